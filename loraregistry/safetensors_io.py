@@ -1,0 +1,444 @@
+"""Read, validate and write safetensors files without torch.
+
+The reader follows the format byte for byte: an unsigned 64-bit little-endian header length N, N bytes
+of UTF-8 JSON (an object of tensor entries plus an optional ``__metadata__`` of str -> str), then the
+data section, which the tensor entries must cover exactly: sorted, contiguous, non-overlapping, every
+``shape x itemsize`` equal to the entry's byte span. Every failure raises a ``LoraregError`` subclass
+that names the tensor and the numbers involved.
+
+Tensor data is read through numpy memory maps (bf16 and fp8 through ml_dtypes). Writes are atomic:
+temp file in the same folder, fsync, rename; an existing file's mode is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import stat
+import struct
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from .errors import (
+    FileAccessError,
+    HeaderTooLarge,
+    InvalidSafetensorsError,
+    PickleCheckpointError,
+    TruncatedFileError,
+)
+
+# Same cap as the safetensors library: a header larger than this is refused before it is read.
+DEFAULT_HEADER_CAP = 100_000_000
+METADATA_KEY = "__metadata__"
+_CHUNK = 1 << 20
+
+# dtype -> size in bits (sub-byte float formats exist in newer safetensors releases).
+DTYPE_BITS: dict[str, int] = {
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8,
+    "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
+    "I32": 32, "U32": 32, "F32": 32,
+    "I64": 64, "U64": 64, "F64": 64, "C64": 64,
+    "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+}
+FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64", "F8_E5M2", "F8_E4M3", "F8_E8M0"})
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor entry of a header; offsets are relative to the start of the data section."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """A validated header. ``tensors`` is ordered by data offset."""
+
+    header_size: int
+    metadata: dict[str, str]
+    tensors: dict[str, TensorInfo]
+    path: str | None = None
+
+    @property
+    def data_offset(self) -> int:
+        return 8 + self.header_size
+
+    @property
+    def data_size(self) -> int:
+        return max((t.end for t in self.tensors.values()), default=0)
+
+    @property
+    def total_size(self) -> int:
+        return self.data_offset + self.data_size
+
+
+# --- parsing -----------------------------------------------------------------------------
+
+
+def _fail(message: str, path: str | None, hint: str | None = None, cls=InvalidSafetensorsError):
+    raise cls(message, path=path, hint=hint)
+
+
+def sniff_not_safetensors(prefix: bytes, path: str | None) -> None:
+    """Raise a specific error for well-known non-safetensors containers."""
+    if prefix.startswith(b"PK\x03\x04") or (prefix[:1] == b"\x80" and prefix[1:2] in b"\x02\x03\x04\x05"):
+        kind = "zip" if prefix.startswith(b"PK") else "pickle"
+        _fail(
+            f"this is a PyTorch {kind} checkpoint (torch.save), not safetensors",
+            path,
+            "lorareg never unpickles files: convert it where you trust its origin, e.g. "
+            "safetensors.torch.save_file(torch.load(f, weights_only=True), 'out.safetensors')",
+            PickleCheckpointError,
+        )
+
+
+def header_length(prefix: bytes, *, path: str | None = None, file_size: int | None = None,
+                  cap: int = DEFAULT_HEADER_CAP) -> int:
+    """Validate the 8-byte header length at the start of ``prefix`` and return it."""
+    if len(prefix) == 0:
+        _fail("empty file (0 bytes)", path, "the download or copy did not finish; fetch the file again")
+    if len(prefix) < 8:
+        sniff_not_safetensors(prefix, path)
+        _fail(f"file is {len(prefix)} bytes, too short for the 8-byte header length", path,
+              "the file is truncated or not safetensors", TruncatedFileError)
+    (n,) = struct.unpack("<Q", prefix[:8])
+    implausible = n > cap or n < 2 or (file_size is not None and 8 + n > file_size)
+    if implausible or (len(prefix) > 8 and prefix[8:9] != b"{"):
+        # Only a failing safetensors reading is blamed on pickle: a valid header length can start with 0x80.
+        sniff_not_safetensors(prefix, path)
+    if n > cap:
+        _fail(f"header length {n} bytes exceeds the cap of {cap} bytes", path,
+              "the file is corrupt or not safetensors", HeaderTooLarge)
+    if n < 2:
+        _fail(f"header length {n} is too small for a JSON object", path, "the file is corrupt or not safetensors")
+    if file_size is not None and 8 + n > file_size:
+        _fail(f"header length {n} points past the end of the file ({file_size} bytes)", path,
+              "the file is truncated or not safetensors", TruncatedFileError)
+    return n
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _decode_json(raw: bytes, path: str | None) -> dict[str, Any]:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        _fail(f"header is not valid UTF-8 (byte {exc.start} of the header)", path, "the file is corrupt")
+    # safetensors pads the header with spaces; anything before '{' is not allowed.
+    if not text.startswith("{"):
+        _fail("header does not start with a JSON object '{'", path, "the file is corrupt or not safetensors")
+    try:
+        obj = json.loads(text, object_pairs_hook=_reject_duplicates)
+    except _DuplicateKey as exc:
+        _fail(f"key {exc.key!r} appears more than once in the header", path, "the writer is broken; re-export the file")
+    except (json.JSONDecodeError, RecursionError) as exc:
+        msg = getattr(exc, "msg", "too deeply nested")
+        pos = getattr(exc, "pos", None)
+        at = f" at byte {pos} of the header" if pos is not None else ""
+        _fail(f"header is not valid JSON: {msg}{at}", path, "the file is corrupt or not safetensors")
+    if not isinstance(obj, dict):
+        _fail(f"header is a JSON {type(obj).__name__}, expected an object", path, "the file is corrupt")
+    return obj
+
+
+def _parse_metadata(raw: Any, path: str | None) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        _fail(f"__metadata__ is a JSON {type(raw).__name__}, expected an object of strings", path,
+              "re-save the file with string metadata values")
+    for key, value in raw.items():
+        if not isinstance(value, str):
+            _fail(f"metadata value for {key!r} is a JSON {type(value).__name__}; metadata values must be strings",
+                  path, "re-save the file with string metadata values (json.dumps nested values)")
+    return dict(raw)
+
+
+def _parse_entry(name: str, entry: Any, path: str | None) -> TensorInfo:
+    if not isinstance(entry, dict):
+        _fail(f"tensor {name!r}: entry is a JSON {type(entry).__name__}, expected an object", path)
+    missing = [k for k in ("dtype", "shape", "data_offsets") if k not in entry]
+    if missing:
+        _fail(f"tensor {name!r}: entry lacks {', '.join(missing)}", path)
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
+        _fail(f"tensor {name!r} has unknown dtype {dtype!r}", path, f"known dtypes: {', '.join(DTYPE_BITS)}")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        _fail(f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers", path)
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(type(o) is int and o >= 0 for o in offsets)):
+        _fail(f"tensor {name!r}: data_offsets {offsets!r} is not a pair of non-negative integers", path)
+    start, end = offsets
+    if end < start:
+        _fail(f"tensor {name!r}: data_offsets end {end} is before start {start}", path)
+    bits = math.prod(shape) * DTYPE_BITS[dtype]
+    if bits % 8 or bits // 8 != end - start:
+        _fail(f"tensor {name!r}: shape {shape} x {dtype} = {bits / 8:g} bytes, but data_offsets "
+              f"[{start}, {end}] span {end - start} bytes", path, "the header and the data disagree; re-export the file")
+    return TensorInfo(name=name, dtype=dtype, shape=tuple(shape), start=start, end=end)
+
+
+def parse_header(header_bytes: bytes, *, path: str | None = None, cap: int = DEFAULT_HEADER_CAP,
+                 file_size: int | None = None) -> SafetensorsHeader:
+    """Parse and validate a header from the file's first ``8 + N`` bytes (or more).
+
+    ``file_size`` (when known) must match the size the header describes exactly: a shorter file is
+    truncated, a longer one carries bytes no tensor accounts for.
+    """
+    n = header_length(header_bytes, path=path, file_size=file_size, cap=cap)
+    if len(header_bytes) < 8 + n:
+        _fail(f"header length {n} points past the end of the data ({len(header_bytes)} bytes)", path,
+              "the file is truncated", TruncatedFileError)
+    obj = _decode_json(header_bytes[8 : 8 + n], path)
+    metadata = _parse_metadata(obj.pop(METADATA_KEY, None), path)
+    entries = sorted((_parse_entry(name, e, path) for name, e in obj.items()), key=lambda t: (t.start, t.end))
+    expected = 0
+    previous: TensorInfo | None = None
+    for info in entries:
+        if info.start < expected:
+            _fail(f"tensor {info.name!r} starts at byte {info.start} of the data, inside "
+                  f"{previous.name!r} which ends at {expected} (overlapping offsets)", path,  # type: ignore[union-attr]
+                  "the file is corrupt")
+        if info.start > expected:
+            after = f"after {previous.name!r} " if previous else ""
+            _fail(f"tensor {info.name!r} starts at byte {info.start} of the data but the previous data {after}"
+                  f"ends at {expected} (a gap of {info.start - expected} bytes)", path, "the file is corrupt")
+        expected = info.end
+        previous = info
+    header = SafetensorsHeader(header_size=n, metadata=metadata, tensors={t.name: t for t in entries}, path=path)
+    if file_size is not None and file_size != header.total_size:
+        if file_size < header.total_size:
+            _fail(f"file is {file_size} bytes but its header describes {header.total_size} "
+                  f"(missing {header.total_size - file_size} bytes of tensor data)", path,
+                  "the download or copy did not finish; fetch the file again", TruncatedFileError)
+        _fail(f"file is {file_size} bytes but its header describes {header.total_size} "
+              f"({file_size - header.total_size} trailing bytes no tensor accounts for)", path,
+              "the file is corrupt or was appended to")
+    return header
+
+
+def _check_regular_file(path: Path) -> os.stat_result:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise FileAccessError("no such file", path=path, hint="check the path") from None
+    except OSError as exc:
+        raise FileAccessError(f"cannot read: {exc.strerror}", path=path) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise FileAccessError("is a folder, expected a .safetensors file", path=path,
+                              hint="name a file, or use a command that takes folders")
+    if not stat.S_ISREG(st.st_mode):
+        raise FileAccessError("is not a regular file", path=path)
+    return st
+
+
+def read_header(path: str | os.PathLike[str], *, cap: int = DEFAULT_HEADER_CAP) -> SafetensorsHeader:
+    """Read and validate only the header of a file: 8 + N bytes are read, never the data."""
+    p = Path(path)
+    st = _check_regular_file(p)
+    try:
+        with p.open("rb") as f:
+            prefix = f.read(9)
+            n = header_length(prefix, path=str(p), file_size=st.st_size, cap=cap)
+            raw = prefix + f.read(n - 1)
+    except OSError as exc:
+        raise FileAccessError(f"cannot read: {exc.strerror}", path=p) from None
+    return parse_header(raw, path=str(p), cap=cap, file_size=st.st_size)
+
+
+# --- tensor data ----------------------------------------------------------------------------
+
+
+def numpy_dtype(dtype: str):
+    """The numpy dtype for a safetensors dtype name (bf16 and fp8 through ml_dtypes)."""
+    import numpy as np
+
+    simple = {
+        "BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "U16": np.uint16,
+        "F16": np.float16, "I32": np.int32, "U32": np.uint32, "F32": np.float32,
+        "I64": np.int64, "U64": np.uint64, "F64": np.float64, "C64": np.complex64,
+    }
+    if dtype in simple:
+        return np.dtype(simple[dtype]).newbyteorder("<")
+    import ml_dtypes
+
+    extra = {"BF16": ml_dtypes.bfloat16, "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2,
+             "F8_E8M0": getattr(ml_dtypes, "float8_e8m0fnu", None)}
+    if extra.get(dtype) is None:
+        raise InvalidSafetensorsError(f"dtype {dtype} cannot be read as a numpy array",
+                                      hint="convert the file to F16/BF16/F32")
+    return np.dtype(extra[dtype])
+
+
+def safetensors_dtype(array_dtype) -> str:
+    """The safetensors dtype name of a numpy dtype."""
+    import numpy as np
+
+    dt = np.dtype(array_dtype)
+    for name in ("BOOL", "U8", "I8", "I16", "U16", "F16", "I32", "U32", "F32", "I64", "U64", "F64", "C64",
+                 "BF16", "F8_E4M3", "F8_E5M2"):
+        if numpy_dtype(name) == dt:
+            return name
+    raise InvalidSafetensorsError(f"numpy dtype {dt} has no safetensors equivalent")
+
+
+def memmap_tensors(path: str | os.PathLike[str], header: SafetensorsHeader) -> Iterator[tuple[TensorInfo, Any]]:
+    """Yield (info, read-only array) for every tensor, backed by one memory map of the file."""
+    import numpy as np
+
+    if header.data_size == 0:
+        for info in header.tensors.values():
+            yield info, np.zeros(info.shape, dtype=numpy_dtype(info.dtype))
+        return
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=header.data_offset, shape=(header.data_size,))
+    for info in header.tensors.values():
+        raw = data[info.start : info.end]
+        yield info, raw.view(numpy_dtype(info.dtype)).reshape(info.shape)
+
+
+def load_tensors(path: str | os.PathLike[str], header: SafetensorsHeader | None = None,
+                 names: list[str] | None = None) -> dict[str, Any]:
+    """Read tensors into memory (copies) as numpy arrays."""
+    header = header or read_header(path)
+    wanted = set(names) if names is not None else None
+    return {info.name: arr.copy() for info, arr in memmap_tensors(path, header)
+            if wanted is None or info.name in wanted}
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
+    """Write to a temp file in the target's folder, fsync, then rename over the target.
+
+    The target is untouched unless the block completes. An existing target keeps its mode; a new file
+    gets the mode a plain ``open`` would give it.
+    """
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise FileAccessError("folder does not exist", path=folder, hint="create it first")
+    try:
+        mode = stat.S_IMODE(target.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise FileAccessError(f"cannot write here: {exc.strerror}", path=folder) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _encode_header(entries: dict[str, Any], metadata: Mapping[str, str] | None) -> bytes:
+    obj: dict[str, Any] = {}
+    if metadata:
+        bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
+        if bad:
+            raise InvalidSafetensorsError(f"metadata keys and values must be strings: {bad[:3]}")
+        obj[METADATA_KEY] = dict(sorted(metadata.items()))
+    obj.update(entries)
+    raw = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # pad like safetensors so the data section is 8-byte aligned
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def write_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, Any],
+                      metadata: Mapping[str, str] | None = None) -> None:
+    """Write numpy arrays as a new safetensors file, atomically.
+
+    Tensors are laid out like the safetensors library does: larger dtypes first, then by name.
+    """
+    import numpy as np
+
+    arrays = {name: np.asarray(a, order="C") for name, a in tensors.items()}  # keeps 0-d shapes
+    order = sorted(arrays, key=lambda n: (-arrays[n].dtype.itemsize, n))
+    entries: dict[str, Any] = {}
+    offset = 0
+    for name in order:
+        a = arrays[name]
+        entries[name] = {"dtype": safetensors_dtype(a.dtype), "shape": list(a.shape),
+                         "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+    with atomic_write(path) as f:
+        f.write(_encode_header(entries, metadata))
+        for name in order:
+            a = arrays[name]
+            if a.dtype.byteorder == ">":
+                a = a.astype(a.dtype.newbyteorder("<"))
+            f.write(a.reshape(-1).view(np.uint8).data if a.nbytes else b"")
+
+
+def rewrite_metadata(path: str | os.PathLike[str], metadata: Mapping[str, str], *,
+                     out: str | os.PathLike[str] | None = None) -> SafetensorsHeader:
+    """Replace a file's ``__metadata__``, keeping every tensor byte identical.
+
+    The data section is streamed, never loaded. Writes ``out`` (default: in place) atomically and
+    returns the new header.
+    """
+    src = Path(path)
+    header = read_header(src)
+    entries = {
+        name: {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [t.start, t.end]}
+        for name, t in header.tensors.items()
+    }
+    encoded = _encode_header(entries, metadata)
+    target = Path(out) if out is not None else src
+    with src.open("rb") as f_in, atomic_write(target) as f_out:
+        f_out.write(encoded)
+        f_in.seek(header.data_offset)
+        remaining = header.data_size
+        while remaining:
+            chunk = f_in.read(min(_CHUNK, remaining))
+            if not chunk:
+                raise TruncatedFileError("file shrank while it was being rewritten", path=src)
+            f_out.write(chunk)
+            remaining -= len(chunk)
+    return parse_header(encoded, path=str(target), file_size=len(encoded) + header.data_size)
