@@ -1,0 +1,158 @@
+"""Module fingerprints of the base architectures: every Linear/Conv2d a LoRA can patch, with its shape.
+
+The data ships as ``data/<name>.json.gz``, generated on the meta device by ``scripts/gen_fingerprints.py``
+from the public configs in ``configs/<name>.json``. This module reads it with the standard library only
+(no torch), lazily, and caches what it loads.
+
+Paths are canonical (see ``loraregistry.canonical``): diffusers/transformers module names, CLIP paths
+with the ``text_model.`` level, T5 paths as in transformers (``encoder.block.0.layer.0.SelfAttention.q``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from types import MappingProxyType
+
+from ..canonical import ModuleKey
+from ..errors import UnknownArchitecture, UsageError
+from . import ids
+
+FORMAT_VERSION = 1
+CLIP_PREFIX = "text_model."
+
+# What kohya's networks/lora*.py wrap by default (FORMATS.md "Default kohya targets"), in canonical paths:
+# UNet Transformer2DModel blocks, CLIP attention + MLP, SD3/Flux transformer blocks. T5 only on request,
+# because kohya trains it only with train_t5xxl=True.
+_KOHYA_TARGETS = re.compile(
+    r"^(?:(?:down_blocks\.\d+|mid_block|up_blocks\.\d+)\.attentions\.\d+\."
+    r"|text_model\.encoder\.layers\.\d+\.(?:self_attn|mlp)\."
+    r"|(?:single_)?transformer_blocks\.\d+\.)"
+)
+_T5_TARGETS = re.compile(r"^encoder\.block\.\d+\.layer\.\d+\.(?:SelfAttention|DenseReluDense)\.")
+
+
+@dataclass(frozen=True)
+class ModuleSpec:
+    """Kind and shape of one patchable module. ``kernel`` is ``(kh, kw)`` for convs, None for Linear."""
+
+    kind: str  # "linear" or "conv"
+    in_features: int
+    out_features: int
+    kernel: tuple[int, int] | None = None
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        """Shape of the base weight: (out, in) or (out, in, kh, kw)."""
+        if self.kernel is None:
+            return (self.out_features, self.in_features)
+        return (self.out_features, self.in_features, *self.kernel)
+
+
+class Fingerprint:
+    """All patchable modules of one base architecture, keyed by ``ModuleKey(component, path)``."""
+
+    def __init__(self, name: str, modules: Mapping[ModuleKey, ModuleSpec]) -> None:
+        self.name = name
+        self.modules: Mapping[ModuleKey, ModuleSpec] = MappingProxyType(dict(modules))
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return tuple(sorted({key.component for key in self.modules}))
+
+    def paths(self, component: str) -> list[str]:
+        return sorted(key.path for key in self.modules if key.component == component)
+
+    def lookup(self, component: str, path: str) -> ModuleSpec | None:
+        """The module at ``path``; CLIP paths may omit the ``text_model.`` level."""
+        spec = self.modules.get(ModuleKey(component, path))
+        if spec is None and not path.startswith(CLIP_PREFIX):
+            spec = self.modules.get(ModuleKey(component, CLIP_PREFIX + path))
+        return spec
+
+    def __repr__(self) -> str:
+        return f"Fingerprint({self.name!r}, {len(self.modules)} modules)"
+
+
+def _data_dir():
+    return resources.files(__package__).joinpath("data")
+
+
+@lru_cache(maxsize=None)
+def fingerprint_names() -> tuple[str, ...]:
+    """Names of the shipped fingerprints (``sd1``, ``sdxl-base``, ...)."""
+    suffix = ".json.gz"
+    return tuple(sorted(p.name[: -len(suffix)] for p in _data_dir().iterdir() if p.name.endswith(suffix)))
+
+
+@lru_cache(maxsize=None)
+def _load(name: str) -> Fingerprint:
+    doc = json.loads(gzip.decompress(_data_dir().joinpath(f"{name}.json.gz").read_bytes()))
+    if doc.get("format") != FORMAT_VERSION:
+        raise ValueError(f"fingerprint {name}: unsupported data format {doc.get('format')!r}")
+    modules = {}
+    for component, rows in doc["components"].items():
+        for path, kind, in_features, out_features, *kernel in rows:
+            modules[ModuleKey(component, path)] = ModuleSpec(
+                kind, in_features, out_features, tuple(kernel) if kernel else None
+            )
+    return Fingerprint(doc["name"], modules)
+
+
+def fingerprint(name_or_arch_id: str) -> Fingerprint:
+    """The fingerprint named ``sd1``/``sdxl-base``/..., or the one of any architecture id or alias."""
+    if name_or_arch_id in fingerprint_names():
+        return _load(name_or_arch_id)
+    arch = ids.resolve(name_or_arch_id)
+    if arch is None or arch.fingerprint not in fingerprint_names():
+        known = ", ".join(fingerprint_names())
+        raise UnknownArchitecture(
+            f"no module fingerprint for {name_or_arch_id!r}", hint=f"known: {known}, or any architecture id/alias"
+        )
+    return _load(arch.fingerprint)
+
+
+def flatten(path: str) -> str:
+    """kohya's spelling of a module path: every "." becomes "_"."""
+    return path.replace(".", "_")
+
+
+@lru_cache(maxsize=None)
+def _flat_index(component: str) -> Mapping[str, str]:
+    index: dict[str, str] = {}
+    for name in fingerprint_names():
+        for path in _load(name).paths(component):
+            flat = flatten(path)
+            if index.setdefault(flat, path) != path:  # the flattening would be ambiguous
+                raise ValueError(f"{component}: {index[flat]!r} and {path!r} both flatten to {flat!r}")
+    return MappingProxyType(index)
+
+
+def flat_name_index(component: str) -> dict[str, str]:
+    """kohya-flattened name -> canonical dotted path, over every module of ``component`` in all fingerprints.
+
+    ``down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q`` -> ``down_blocks.0.attentions.0....to_q``.
+    Names are diffusers names: SDXL SGM names (``input_blocks_4_1_...``) and SD3/Flux kohya names
+    (``joint_blocks_0_x_block_attn_qkv``) must be mapped by the key format first. Returns a fresh dict.
+    """
+    return dict(_flat_index(component))
+
+
+def kohya_default_targets(fingerprint_name: str, component: str, *, include_t5: bool = False) -> list[str]:
+    """Sorted module paths kohya's LoRA wraps by default (Linear and 1x1 Conv in the target blocks)."""
+    fp = fingerprint(fingerprint_name)
+    if component not in fp.components:
+        raise UsageError(f"fingerprint {fp.name} has no component {component!r}", hint=f"has: {fp.components}")
+    targets = []
+    for path in fp.paths(component):
+        spec = fp.modules[ModuleKey(component, path)]
+        if spec.kind == "conv" and spec.kernel != (1, 1):
+            continue
+        if _KOHYA_TARGETS.match(path) or (include_t5 and _T5_TARGETS.match(path)):
+            targets.append(path)
+    return targets
