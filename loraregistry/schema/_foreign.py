@@ -1,0 +1,154 @@
+"""Shared machinery of the tolerant import models for foreign metadata (kohya, ModelSpec, diffusers).
+
+Safetensors metadata is str -> str and written by many tools, so a foreign value that does not parse
+is never fatal: the field becomes ``None`` and a warning names the key, the value and the problem.
+Every lenient field is declared as ``Annotated[T | None, ..., Lenient]``; ``Lenient`` wraps the normal
+validation of ``T`` and turns its failure into that warning.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, WrapValidator
+
+# Values that mean "not set" in the wild: str(None) from kohya, "Dynamic" from resize_lora (rank varies).
+NULL_STRINGS = frozenset({"", "none", "null", "nan", "dynamic", "undefined"})
+
+
+def _lenient(value: Any, handler: Any, info: ValidationInfo) -> Any:
+    if value is None or (isinstance(value, str) and value.strip().lower() in NULL_STRINGS):
+        return None
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        context = info.context or {}
+        problem = exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")
+        where = f"{context.get('where', '')}{info.field_name}"
+        context.get("warnings", []).append(f"{where} = {short(value)}: ignored ({problem})")
+        return None
+
+
+Lenient = WrapValidator(_lenient)
+
+
+def short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --- value parsers (BeforeValidators): foreign spellings -> the canonical Python value ----------
+
+
+def parse_list(value: Any) -> Any:
+    """'a, b,,c' -> ['a', 'b', 'c'] (ModelSpec comma lists); first occurrence wins on repeats."""
+    if not isinstance(value, str):
+        return value
+    items = [part.strip() for part in value.split(",")]
+    return list(dict.fromkeys(item for item in items if item))
+
+
+def parse_resolution(value: Any) -> Any:
+    """'512', '512,768', '(512, 768)', '[512, 768]', '1024x1024' -> (width, height)."""
+    if isinstance(value, int):
+        return (value, value)
+    if not isinstance(value, str):
+        return value
+    numbers = re.fullmatch(r"\s*[\(\[]?\s*(\d+)\s*(?:[,xX*]\s*(\d+))?\s*[\)\]]?\s*", value)
+    if not numbers:
+        raise ValueError("expected a resolution such as '512', '512,768' or '1024x1024'")
+    width = int(numbers.group(1))
+    return (width, int(numbers.group(2) or width))
+
+
+def parse_timestamp(value: Any) -> Any:
+    """Unix seconds (kohya) or ISO 8601 (ModelSpec; a date alone is midnight) -> aware datetime, naive = UTC."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            try:
+                parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            except ValueError:
+                raise ValueError("expected unix seconds or an ISO 8601 date/time") from None
+        else:
+            if not -62135596800 < seconds < 253402300799:  # years 1..9999
+                raise ValueError("timestamp out of range")
+            return datetime.fromtimestamp(seconds, tz=timezone.utc)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
+    return value
+
+
+def parse_sha256(value: Any) -> Any:
+    """'0xABC…' (ModelSpec), upper-case hex (Civitai) -> 64 lowercase hex digits."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip().lower().removeprefix("0x")
+    if not re.fullmatch(r"[0-9a-f]{64}", text):
+        raise ValueError("expected a sha256: 64 hex digits, optionally prefixed with 0x")
+    return text
+
+
+def parse_json(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError):
+        raise ValueError("not valid JSON") from None
+
+
+LenientStr = Annotated[Annotated[str, Field(min_length=1, max_length=20_000)] | None, Lenient]
+LenientBool = Annotated[bool | None, Lenient]
+LenientPositiveInt = Annotated[Annotated[int, Field(ge=1)] | None, Lenient]
+LenientSeed = Annotated[Annotated[int, Field(ge=0)] | None, Lenient]
+LenientPositiveFloat = Annotated[Annotated[float, Field(gt=0)] | None, Lenient]
+LenientNonNegativeFloat = Annotated[Annotated[float, Field(ge=0)] | None, Lenient]
+LenientList = Annotated[list[str] | None, BeforeValidator(parse_list), Lenient]
+LenientResolution = Annotated[tuple[int, int] | None, BeforeValidator(parse_resolution), Lenient]
+LenientTimestamp = Annotated[datetime | None, BeforeValidator(parse_timestamp), Lenient]
+LenientSha256 = Annotated[str | None, BeforeValidator(parse_sha256), Lenient]
+
+
+class ForeignRecord(BaseModel):
+    """Base of the tolerant import models: unknown keys are ignored, NaN/inf refused, nothing raises."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, str_strip_whitespace=True, frozen=True)
+
+    @classmethod
+    def read(cls, data: Mapping[str, Any], *, where: str, warnings: list[str]) -> Any:
+        """Validate ``data`` leniently; problems go to ``warnings`` as '<where><key> = value: ignored (why)'."""
+        return cls.model_validate(dict(data), context={"warnings": warnings, "where": where})
+
+
+# --- what one source says about the canonical record --------------------------------------------
+
+
+@dataclass(frozen=True)
+class Found:
+    """A value for one field of AdapterMetadata and the header key(s) it came from."""
+
+    value: Any
+    key: str
+
+
+@dataclass
+class Findings:
+    """The fields one source declares (dotted AdapterMetadata paths) plus the warnings reading it gave."""
+
+    source: str
+    values: dict[str, Found] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def put(self, path: str, value: Any, key: str) -> None:
+        if value is None or value == [] or value == {}:
+            return
+        self.values[path] = Found(value, key)

@@ -1,0 +1,265 @@
+"""Import a header's metadata into one AdapterMetadata, and project a record back onto header keys.
+
+Import precedence, highest first: the ``lorareg`` record > ``modelspec.*`` > kohya ``ss_*`` > diffusers
+``lora_adapter_metadata`` > the weights. A lower source fills only the fields a higher one left empty,
+and every disagreement becomes a warning naming both keys and values. Two exceptions, because the
+weights cannot be wrong about themselves: ``network.*`` and ``tensor_sha256`` take the weights' value
+(conflict reported); a declared ``base.architecture`` is kept (conflict reported; verify judges it).
+
+Foreign keys that merely echo what ``project_metadata`` writes for the ``lorareg`` record carry no news
+and are skipped, so project -> import returns the record unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..architectures.ids import ARCHITECTURES, resolve
+from ..canonical import NETWORK_TYPES, WeightFacts
+from ..errors import MetadataError
+from . import kohya, modelspec
+from ._foreign import Findings, Found, short
+from .diffusers_meta import KEY as DIFFUSERS_KEY
+from .diffusers_meta import read_diffusers
+from .metadata import HEADER_KEY, AdapterMetadata, describe_validation_error, read_header_value, to_header_value
+
+_SUB_RECORDS = ("base", "network", "training", "provenance")
+_READERS: dict[str, Callable[[Mapping[str, str]], Findings]] = {
+    "modelspec": modelspec.read_modelspec,
+    "kohya": kohya.read_kohya,
+    "diffusers": read_diffusers,
+}  # in precedence order
+_DROP_ORDER = ("diffusers", "kohya", "modelspec", "weights")  # who yields first when values cannot coexist
+_WEIGHTS = "weights"
+_UNORDERED = {"network.components", "network.target_modules"}
+
+
+@dataclass
+class ImportedMetadata:
+    """The record a header's metadata amounts to, and how it was assembled."""
+
+    metadata: AdapterMetadata
+    sources: dict[str, dict[str, str]]  # 'lorareg' / 'modelspec' / 'kohya' / 'diffusers' / 'other' -> raw keys
+    inferred: list[str] = field(default_factory=list)  # fields whose value came from the weights
+    warnings: list[str] = field(default_factory=list)
+    origins: dict[str, str] = field(default_factory=dict)  # field path -> header key it came from, or 'weights'
+
+
+def split_sources(header: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """Group header keys by the convention they belong to (only non-empty groups)."""
+    groups: dict[str, dict[str, str]] = {}
+    for key, value in header.items():
+        if key == HEADER_KEY:
+            group = "lorareg"
+        elif modelspec.is_modelspec_key(key):
+            group = "modelspec"
+        elif kohya.is_kohya_key(key):
+            group = "kohya"
+        elif key == DIFFUSERS_KEY:
+            group = "diffusers"
+        else:
+            group = "other"
+        groups.setdefault(group, {})[key] = value
+    return groups
+
+
+def import_metadata(header_metadata: Mapping[str, str], *, facts: WeightFacts | None = None) -> ImportedMetadata:
+    """Read every metadata convention in a header (and the weights' facts) into one AdapterMetadata.
+
+    Foreign values that do not parse become warnings; only an invalid ``lorareg`` record (our own
+    schema) or a non-string value raises MetadataError.
+    """
+    for key, value in header_metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise MetadataError(f"header metadata must map str to str; {short(key)} -> {type(value).__name__}")
+    warnings: list[str] = []
+    chosen: dict[str, Found] = {}
+    source_of: dict[str, str] = {}
+
+    record = None
+    if HEADER_KEY in header_metadata:
+        record, record_warnings = read_header_value(header_metadata[HEADER_KEY])
+        warnings += record_warnings
+        for path, value in flatten(record).items():
+            chosen[path], source_of[path] = Found(value, HEADER_KEY), "lorareg"
+
+    echo = {name: read(project_metadata(record)) for name, read in _READERS.items()} if record is not None else {}
+    for name, read in _READERS.items():
+        findings = read(header_metadata)
+        warnings += findings.warnings
+        for path, found in findings.values.items():
+            if name in echo and path in echo[name].values and _same(path, echo[name].values[path].value, found.value):
+                continue  # written by lorareg from the record: no news
+            if path not in chosen:
+                chosen[path], source_of[path] = found, name
+            elif not _same(path, chosen[path].value, found.value):
+                warnings.append(_conflict(path, chosen[path], found, keeping=chosen[path].key))
+
+    inferred = _apply_facts(facts, chosen, source_of, warnings) if facts is not None else []
+    metadata, dropped = _build(chosen, source_of, warnings)
+    inferred = [path for path in inferred if path not in dropped]
+    return ImportedMetadata(
+        metadata=metadata,
+        sources=split_sources(header_metadata),
+        inferred=inferred,
+        warnings=warnings,
+        origins={path: found.key for path, found in sorted(chosen.items())},
+    )
+
+
+def _conflict(path: str, kept: Found, other: Found, *, keeping: str) -> str:
+    return f"{path}: {kept.key} = {short(kept.value)} but {other.key} = {short(other.value)}; keeping {keeping}"
+
+
+def _same(path: str, a: Any, b: Any) -> bool:
+    if path in _UNORDERED and isinstance(a, list) and isinstance(b, list):
+        return sorted(map(str, a)) == sorted(map(str, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-6)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(path, a[k], b[k]) for k in a)
+    return a == b
+
+
+def _weight_facts(facts: WeightFacts, warnings: list[str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if facts.network_type in NETWORK_TYPES:
+        values["network.type"] = facts.network_type
+    elif facts.network_type:
+        warnings.append(f"weights: network type {facts.network_type!r} is not one lorareg records; network.type "
+                        "not inferred")
+    values["network.rank"] = facts.rank
+    values["network.alpha"] = facts.alpha
+    values["network.conv_rank"] = facts.conv_rank
+    values["network.conv_alpha"] = facts.conv_alpha
+    if facts.rank is not None:  # with a rank, empty patterns are a fact too: every module uses it
+        values["network.rank_pattern"] = dict(facts.rank_pattern)
+        values["network.alpha_pattern"] = dict(facts.alpha_pattern)
+    values["network.components"] = list(facts.components) or None
+    values["network.target_modules"] = list(facts.target_modules) or None
+    values["tensor_sha256"] = facts.tensor_sha256
+    return values
+
+
+def _apply_facts(facts: WeightFacts, chosen: dict[str, Found], source_of: dict[str, str],
+                 warnings: list[str]) -> list[str]:
+    inferred: list[str] = []
+    for path, value in _weight_facts(facts, warnings).items():
+        if value is None:
+            continue
+        current = chosen.get(path)
+        if (current is None and value == {}) or (current is not None and _same(path, current.value, value)):
+            continue  # the default, or what was declared
+        if current is not None:
+            warnings.append(_conflict(path, current, Found(value, _WEIGHTS), keeping=_WEIGHTS))
+        if value == {}:
+            chosen.pop(path, None)
+            source_of.pop(path, None)
+        else:
+            chosen[path], source_of[path] = Found(value, _WEIGHTS), _WEIGHTS
+        inferred.append(path)
+
+    arch = resolve(facts.architecture) if facts.architecture else None
+    declared = chosen.get("base.architecture")
+    if arch is not None and declared is None:
+        chosen["base.architecture"], source_of["base.architecture"] = Found(arch.id, _WEIGHTS), _WEIGHTS
+        inferred.append("base.architecture")
+    elif arch is not None and declared.value != arch.id:
+        warnings.append(f"base.architecture: {declared.key} = {declared.value!r} but the weights look like "
+                        f"{arch.id!r}; keeping {declared.key} (run `lorareg verify` to check)")
+    return inferred
+
+
+def _build(chosen: dict[str, Found], source_of: dict[str, str],
+           warnings: list[str]) -> tuple[AdapterMetadata, set[str]]:
+    """Validate the merged fields; a foreign value the schema refuses is dropped with a warning, and retried.
+    Returns the record and the dropped paths."""
+    dropped: set[str] = set()
+    while True:
+        try:
+            record = AdapterMetadata.model_validate(unflatten({path: found.value for path, found in chosen.items()}))
+            return record, dropped
+        except ValidationError as exc:
+            culprit = _culprit(exc, chosen, source_of)
+            if culprit is None:
+                raise MetadataError(describe_validation_error(exc)) from None
+            found = chosen.pop(culprit)
+            source_of.pop(culprit)
+            dropped.add(culprit)
+            warnings.append(f"{culprit}: {found.key} = {short(found.value)} ignored ({describe_validation_error(exc)})")
+
+
+def _culprit(exc: ValidationError, chosen: dict[str, Found], source_of: dict[str, str]) -> str | None:
+    """The foreign field to drop for the first error lorareg can blame on one; the least trusted source yields."""
+    for error in exc.errors(include_url=False):
+        if error["type"] == "cross_field":
+            paths = error["ctx"]["fields"].split(",")
+        else:
+            location = ".".join(str(part) for part in error["loc"])
+            paths = [p for p in chosen if location == p or location.startswith(p + ".")]
+        candidates = [p for p in paths if source_of.get(p, "lorareg") != "lorareg"]
+        if candidates:
+            return min(candidates, key=lambda p: _DROP_ORDER.index(source_of[p]))
+    return None
+
+
+def flatten(meta: AdapterMetadata) -> dict[str, Any]:
+    """Set (non-default) fields as {dotted path: value}; sub-records are opened one level, values kept whole."""
+    data = meta.model_dump(exclude_defaults=True)
+    data.pop("schema_version", None)
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _SUB_RECORDS:
+            flat.update({f"{key}.{name}": item for name, item in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for path, value in flat.items():
+        head, _, rest = path.partition(".")
+        if rest:
+            data.setdefault(head, {})[rest] = value
+        else:
+            data[head] = value
+    return data
+
+
+# --- projection -----------------------------------------------------------------------------------
+
+
+def project_metadata(meta: AdapterMetadata) -> dict[str, str]:
+    """Header metadata for a record: ``lorareg`` + ModelSpec (MUST keys always, when the architecture is
+    known) + the minimal kohya ``ss_*`` set, so A1111, ComfyUI and Civitai tools read it. Sorted keys."""
+    projected = {HEADER_KEY: to_header_value(meta), **modelspec.modelspec_projection(meta),
+                 **kohya.kohya_projection(meta)}
+    return dict(sorted(projected.items()))
+
+
+def owned_keys(meta: AdapterMetadata) -> frozenset[str]:
+    """Header keys ``project_metadata`` is responsible for: replaced (or removed) on every write.
+
+    Without a known architecture we write no ModelSpec block and no ss_v2 / ss_base_model_version, so
+    those keys, if a file has them, belong to whoever wrote them and are kept.
+    """
+    owned = {HEADER_KEY, *kohya.OWNED_KEYS}
+    if meta.base.architecture in ARCHITECTURES:
+        owned |= modelspec.OWNED_KEYS
+    else:
+        owned -= kohya.ARCHITECTURE_KEYS
+    return frozenset(owned)
+
+
+def merge_projection(existing: Mapping[str, str], meta: AdapterMetadata) -> dict[str, str]:
+    """``existing`` header metadata with the keys we own replaced by the projection of ``meta``; every
+    other key (``ss_tag_frequency``, ``modelspec.thumbnail``, a tool's own keys, ...) is kept as is."""
+    owned = owned_keys(meta)
+    kept = {key: value for key, value in existing.items() if key not in owned}
+    return dict(sorted({**kept, **project_metadata(meta)}.items()))
