@@ -24,12 +24,15 @@ def tensor_entry(dtype: str, shape: list[int], start: int, end: int) -> dict:
     return {"dtype": dtype, "shape": shape, "data_offsets": [start, end]}
 
 
+GOOD_MODULE = "lora_unet_down_blocks_0_attentions_0_proj_in"
+
+
 def good_file() -> bytes:
     """Two F32 tensors (a 2x2 down, a 2x2 up) and one metadata key."""
     header = {
         "__metadata__": {"ss_network_dim": "2"},
-        "a.lora_down.weight": tensor_entry("F32", [2, 2], 0, 16),
-        "a.lora_up.weight": tensor_entry("F32", [2, 2], 16, 32),
+        f"{GOOD_MODULE}.lora_down.weight": tensor_entry("F32", [2, 2], 0, 16),
+        f"{GOOD_MODULE}.lora_up.weight": tensor_entry("F32", [2, 2], 16, 32),
     }
     return header_bytes(header) + struct.pack("<8f", *range(8))
 

@@ -21,7 +21,7 @@ from loraregistry.safetensors_io import (
     write_safetensors,
 )
 
-from .known_bad import KNOWN_BAD, good_file
+from .known_bad import GOOD_MODULE, KNOWN_BAD, good_file
 
 
 @pytest.mark.parametrize("bad", KNOWN_BAD, ids=lambda b: b.name)
@@ -45,10 +45,10 @@ def test_good_file_parses(tmp_path):
     path.write_bytes(good_file())
     header = read_header(path)
     assert header.metadata == {"ss_network_dim": "2"}
-    assert list(header.tensors) == ["a.lora_down.weight", "a.lora_up.weight"]
-    assert header.tensors["a.lora_up.weight"].shape == (2, 2)
+    assert list(header.tensors) == [f"{GOOD_MODULE}.lora_down.weight", f"{GOOD_MODULE}.lora_up.weight"]
+    assert header.tensors[f"{GOOD_MODULE}.lora_up.weight"].shape == (2, 2)
     arrays = load_tensors(path)
-    assert arrays["a.lora_up.weight"].tolist() == [[4.0, 5.0], [6.0, 7.0]]
+    assert arrays[f"{GOOD_MODULE}.lora_up.weight"].tolist() == [[4.0, 5.0], [6.0, 7.0]]
 
 
 def test_missing_path_and_folder(tmp_path):

@@ -1,0 +1,157 @@
+"""Key formats: detect how an adapter spells its tensor keys, and map keys to and from the canonical
+form ``(component, module_path, role)`` (see ``loraregistry.canonical``). Keys only, no torch.
+
+``FORMATS`` is an ordered registry; detection asks each format in order and the first that
+understands a key claims it. A file whose keys are claimed by more than one format is ``mixed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from ..canonical import CanonicalKey, KeyMapping, ModuleKey
+from ..errors import UnknownAdapterFormat, UsageError
+from .attn_procs import AttnProcsFormat
+from .base import KeyFormat, ParsedKey, add_without_collisions
+from .diffusers import DiffusersFormat
+from .kohya import KohyaFormat
+from .lycoris import network_type
+from .mmdit import SCALE_SHIFT_SWAPPED, fused_targets, is_fused
+from .peft import PeftFormat
+
+__all__ = [
+    "FORMATS", "MIXED", "UNKNOWN", "FormatDetection", "KeyFormat", "ParsedKey", "SCALE_SHIFT_SWAPPED",
+    "detect_format", "from_canonical", "fused_targets", "is_fused", "network_type", "register_format",
+    "roles_by_module", "to_canonical",
+]
+
+MIXED = "mixed"
+UNKNOWN = "unknown"
+
+FORMATS: dict[str, KeyFormat] = {}
+
+
+def register_format(fmt: KeyFormat, *, before: str | None = None) -> None:
+    """Add a format to the registry, last or ahead of ``before`` (detection order matters)."""
+    if fmt.name in FORMATS or fmt.name in (MIXED, UNKNOWN):
+        raise UsageError(f"a key format named {fmt.name!r} is already registered")
+    if before is None:
+        FORMATS[fmt.name] = fmt
+        return
+    if before not in FORMATS:
+        raise UsageError(f"no key format named {before!r} to insert before")
+    items = list(FORMATS.items())
+    at = [name for name, _ in items].index(before)
+    items.insert(at, (fmt.name, fmt))
+    FORMATS.clear()
+    FORMATS.update(items)
+
+
+for _fmt in (KohyaFormat(), PeftFormat(), AttnProcsFormat(), DiffusersFormat()):
+    register_format(_fmt)
+
+
+@dataclass
+class FormatDetection:
+    """Which format claims how many keys. ``format`` is a format name, ``mixed`` or ``unknown``."""
+
+    format: str
+    counts: dict[str, int] = field(default_factory=dict)
+    unknown_keys: list[str] = field(default_factory=list)
+
+
+def _claimant(key: str, component: str | None) -> str | None:
+    for name, fmt in FORMATS.items():
+        if fmt.parse(key, component=component) is not None:
+            return name
+    return None
+
+
+def _claims(keys: Iterable[str], component: str | None) -> tuple[dict[str, list[str]], list[str]]:
+    by_format: dict[str, list[str]] = {}
+    unknown: list[str] = []
+    for key in keys:
+        name = _claimant(key, component)
+        if name is None:
+            unknown.append(key)
+        else:
+            by_format.setdefault(name, []).append(key)
+    return by_format, unknown
+
+
+def detect_format(keys: Iterable[str], *, component: str | None = None) -> FormatDetection:
+    """The key format of a file's tensor keys. ``component`` is a hint for keys with no component prefix."""
+    by_format, unknown = _claims(keys, component)
+    counts = {name: len(claimed) for name, claimed in by_format.items()}
+    if not counts:
+        name = UNKNOWN
+    elif len(counts) == 1:
+        name = next(iter(counts))
+    else:
+        name = MIXED
+    return FormatDetection(format=name, counts=counts, unknown_keys=unknown)
+
+
+def _get(format: str) -> KeyFormat:
+    try:
+        return FORMATS[format]
+    except KeyError:
+        known = ", ".join(FORMATS)
+        raise UsageError(f"unknown key format {format!r}", hint=f"one of: {known}") from None
+
+
+def to_canonical(keys: Iterable[str], *, format: str | None = None, component: str | None = None) -> KeyMapping:
+    """Map a file's keys to canonical keys.
+
+    With ``format=None`` the format is detected; a file no format understands raises
+    UnknownAdapterFormat. With a format given, keys it does not understand are reported unknown.
+    A ``mixed`` file maps each key by the format that claims it; its dialect holds
+    ``formats`` (comma list) and each format's fields as ``<format>.<field>``.
+    ``component`` is a hint for keys with no component prefix (bare peft/diffusers keys).
+    """
+    keys = list(keys)
+    if format is not None and format != MIXED:
+        return _get(format).to_canonical(keys, component=component)
+    by_format, unknown = _claims(keys, component)
+    if not by_format:
+        raise UnknownAdapterFormat(
+            f"no known key format matches these {len(keys)} keys" if keys else "no tensor keys to map",
+            hint=f"known formats: {', '.join(FORMATS)}",
+        )
+    if len(by_format) == 1 and format is None:
+        (name, claimed), = by_format.items()
+        mapping = FORMATS[name].to_canonical(claimed, component=component)
+        mapping.unknown.extend(unknown)
+        return mapping
+    mapping = KeyMapping(format=MIXED, dialect={"formats": ",".join(by_format)})
+    for name, claimed in by_format.items():
+        part = FORMATS[name].to_canonical(claimed, component=component)
+        add_without_collisions(mapping, part.mapped.items())
+        mapping.unknown.extend(part.unknown)
+        mapping.dialect.update({f"{name}.{k}": v for k, v in part.dialect.items()})
+    mapping.unknown.extend(unknown)
+    return mapping
+
+
+def from_canonical(
+    ckeys: Iterable[CanonicalKey], *, format: str, dialect: Mapping[str, str] | None = None
+) -> dict[CanonicalKey, str]:
+    """The key each canonical key gets in ``format``, spelled per ``dialect`` (a KeyMapping's dialect
+    reproduces that file's keys exactly).
+
+    Raises UsageError when the format cannot spell a key: a role it has no tensor for (peft keeps
+    alpha in its config: filter with ``FORMATS[format].roles``), a component or module it cannot
+    name, or ``mixed`` (write one format).
+    """
+    if format == MIXED:
+        raise UsageError("cannot write a mixed file", hint=f"choose one of: {', '.join(FORMATS)}")
+    return _get(format).from_canonical(ckeys, dialect)
+
+
+def roles_by_module(mapping: KeyMapping) -> dict[ModuleKey, set[str]]:
+    """The roles present per module; the input ``network_type`` wants."""
+    result: dict[ModuleKey, set[str]] = {}
+    for ckey in mapping.mapped.values():
+        result.setdefault(ckey.module, set()).add(ckey.role)
+    return result

@@ -1,0 +1,137 @@
+"""SD3 (MMDiT) and Flux original module names <-> canonical (diffusers) transformer paths.
+
+kohya names SD3/Flux modules after the original implementations (``double_blocks.N.img_attn.qkv``),
+not after diffusers. Where a module maps 1:1, the canonical path is the diffusers one
+(``single_blocks.N.linear2`` -> ``single_transformer_blocks.N.proj_out``).
+
+Fused modules: the original fuses projections that diffusers keeps apart (Flux ``img_attn.qkv`` is
+diffusers ``attn.to_q``/``to_k``/``to_v``; ``single_blocks.N.linear1`` is q, k, v and ``proj_mlp``).
+Their canonical path lists the diffusers targets in braces, in the order of the fused output rows::
+
+    transformer_blocks.0.attn.{to_q,to_k,to_v}
+    single_transformer_blocks.0.{attn.to_q,attn.to_k,attn.to_v,proj_mlp}
+
+so a converter knows exactly which diffusers modules it splits into (split sizes are the targets'
+out-features in the base fingerprint) and which ones it must fuse to write kohya. ``fused_targets``
+expands such a path. A fused path is a valid canonical path for kohya only; peft and diffusers
+formats refuse it (split first).
+
+Row order: ``final_layer.adaLN_modulation.1`` stores [shift, scale] where diffusers ``norm_out.linear``
+stores [scale, shift] (both families), as does SD3's last ``context_block.adaLN_modulation.1``
+(``context_pre_only``) against ``norm1_context.linear``. The key maps 1:1, but a converter must swap
+the halves of the up factor: see ``SCALE_SHIFT_SWAPPED``.
+"""
+
+from __future__ import annotations
+
+import re
+
+# native (dotted, {i} = block index) -> canonical template
+FLUX: dict[str, str] = {
+    "double_blocks.{i}.img_attn.qkv": "transformer_blocks.{i}.attn.{to_q,to_k,to_v}",
+    "double_blocks.{i}.img_attn.proj": "transformer_blocks.{i}.attn.to_out.0",
+    "double_blocks.{i}.img_mlp.0": "transformer_blocks.{i}.ff.net.0.proj",
+    "double_blocks.{i}.img_mlp.2": "transformer_blocks.{i}.ff.net.2",
+    "double_blocks.{i}.img_mod.lin": "transformer_blocks.{i}.norm1.linear",
+    "double_blocks.{i}.txt_attn.qkv": "transformer_blocks.{i}.attn.{add_q_proj,add_k_proj,add_v_proj}",
+    "double_blocks.{i}.txt_attn.proj": "transformer_blocks.{i}.attn.to_add_out",
+    "double_blocks.{i}.txt_mlp.0": "transformer_blocks.{i}.ff_context.net.0.proj",
+    "double_blocks.{i}.txt_mlp.2": "transformer_blocks.{i}.ff_context.net.2",
+    "double_blocks.{i}.txt_mod.lin": "transformer_blocks.{i}.norm1_context.linear",
+    "single_blocks.{i}.linear1": "single_transformer_blocks.{i}.{attn.to_q,attn.to_k,attn.to_v,proj_mlp}",
+    "single_blocks.{i}.linear2": "single_transformer_blocks.{i}.proj_out",
+    "single_blocks.{i}.modulation.lin": "single_transformer_blocks.{i}.norm.linear",
+    "img_in": "x_embedder",
+    "txt_in": "context_embedder",
+    "time_in.in_layer": "time_text_embed.timestep_embedder.linear_1",
+    "time_in.out_layer": "time_text_embed.timestep_embedder.linear_2",
+    "vector_in.in_layer": "time_text_embed.text_embedder.linear_1",
+    "vector_in.out_layer": "time_text_embed.text_embedder.linear_2",
+    "guidance_in.in_layer": "time_text_embed.guidance_embedder.linear_1",
+    "guidance_in.out_layer": "time_text_embed.guidance_embedder.linear_2",
+    "final_layer.linear": "proj_out",
+    "final_layer.adaLN_modulation.1": "norm_out.linear",
+}
+
+SD3: dict[str, str] = {
+    "joint_blocks.{i}.x_block.attn.qkv": "transformer_blocks.{i}.attn.{to_q,to_k,to_v}",
+    "joint_blocks.{i}.x_block.attn.proj": "transformer_blocks.{i}.attn.to_out.0",
+    "joint_blocks.{i}.x_block.attn2.qkv": "transformer_blocks.{i}.attn2.{to_q,to_k,to_v}",
+    "joint_blocks.{i}.x_block.attn2.proj": "transformer_blocks.{i}.attn2.to_out.0",
+    "joint_blocks.{i}.x_block.mlp.fc1": "transformer_blocks.{i}.ff.net.0.proj",
+    "joint_blocks.{i}.x_block.mlp.fc2": "transformer_blocks.{i}.ff.net.2",
+    "joint_blocks.{i}.x_block.adaLN_modulation.1": "transformer_blocks.{i}.norm1.linear",
+    "joint_blocks.{i}.context_block.attn.qkv": "transformer_blocks.{i}.attn.{add_q_proj,add_k_proj,add_v_proj}",
+    "joint_blocks.{i}.context_block.attn.proj": "transformer_blocks.{i}.attn.to_add_out",
+    "joint_blocks.{i}.context_block.mlp.fc1": "transformer_blocks.{i}.ff_context.net.0.proj",
+    "joint_blocks.{i}.context_block.mlp.fc2": "transformer_blocks.{i}.ff_context.net.2",
+    "joint_blocks.{i}.context_block.adaLN_modulation.1": "transformer_blocks.{i}.norm1_context.linear",
+    "x_embedder.proj": "pos_embed.proj",
+    "context_embedder": "context_embedder",
+    "t_embedder.mlp.0": "time_text_embed.timestep_embedder.linear_1",
+    "t_embedder.mlp.2": "time_text_embed.timestep_embedder.linear_2",
+    "y_embedder.mlp.0": "time_text_embed.text_embedder.linear_1",
+    "y_embedder.mlp.2": "time_text_embed.text_embedder.linear_2",
+    "final_layer.linear": "proj_out",
+    "final_layer.adaLN_modulation.1": "norm_out.linear",
+}
+
+FAMILIES: dict[str, dict[str, str]] = {"flux": FLUX, "sd3": SD3}
+
+# Canonical paths whose original weight stores [shift, scale] rows against diffusers' [scale, shift].
+# SD3's last block's norm1_context.linear is swapped too; which block is last needs the base depth.
+SCALE_SHIFT_SWAPPED = frozenset({"norm_out.linear"})
+
+_FUSED = re.compile(r"(?P<prefix>.*?)\{(?P<targets>[^{}]+)\}")
+
+
+def fused_targets(path: str) -> tuple[str, ...]:
+    """The diffusers module paths a canonical path stands for: itself, or each target of a fused path."""
+    m = _FUSED.fullmatch(path)
+    if not m:
+        return (path,)
+    return tuple(m["prefix"] + target for target in m["targets"].split(","))
+
+
+def is_fused(path: str) -> bool:
+    return _FUSED.fullmatch(path) is not None
+
+
+def _pattern(template: str, *, flat: bool) -> re.Pattern[str]:
+    text = template.replace(".", "_") if flat else template
+    return re.compile(re.escape(text).replace(re.escape("{i}"), r"(?P<i>\d+)"))
+
+
+def _compile(table: dict[str, str], *, flat: bool, reverse: bool) -> list[tuple[re.Pattern[str], str]]:
+    pairs = [(canonical, native) for native, canonical in table.items()] if reverse else list(table.items())
+    return [(_pattern(src, flat=flat), dst) for src, dst in pairs]
+
+
+_FLAT_NATIVE = {family: _compile(table, flat=True, reverse=False) for family, table in FAMILIES.items()}
+_CANONICAL = {family: _compile(table, flat=False, reverse=True) for family, table in FAMILIES.items()}
+
+
+def _apply(rules: list[tuple[re.Pattern[str], str]], name: str) -> str | None:
+    for pattern, template in rules:
+        if m := pattern.fullmatch(name):
+            return template.replace("{i}", m["i"]) if "i" in pattern.groupindex else template
+    return None
+
+
+def parse_flat(flat: str) -> dict[str, str]:
+    """family -> canonical path, for every family in which the kohya flat name is a known module."""
+    found = {}
+    for family, rules in _FLAT_NATIVE.items():
+        if (path := _apply(rules, flat)) is not None:
+            found[family] = path
+    return found
+
+
+def to_native(path: str, family: str) -> str | None:
+    """The original dotted module name of a canonical transformer path in ``family``, or None."""
+    return _apply(_CANONICAL[family], path)
+
+
+def families_of(path: str) -> frozenset[str]:
+    """The families in which a canonical transformer path has an original name."""
+    return frozenset(family for family in FAMILIES if to_native(path, family) is not None)
