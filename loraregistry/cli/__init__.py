@@ -17,6 +17,7 @@ from ..errors import LoraregError
 from .lazy import LazyGroup
 
 COMMANDS = {
+    "demo": "loraregistry.cli.demo_cmd:demo",
     "inspect": "loraregistry.cli.inspect_cmd:inspect",
     "meta": "loraregistry.cli.meta_cmd:meta",
     "schema": "loraregistry.cli.schema_cmd:schema",

@@ -163,6 +163,13 @@ def _apply_facts(facts: WeightFacts, chosen: dict[str, Found], source_of: dict[s
         else:
             chosen[path], source_of[path] = Found(value, _WEIGHTS), _WEIGHTS
         inferred.append(path)
+    # No alpha stored and none declared: every loader (kohya, peft, diffusers) then uses alpha = rank.
+    for rank_path, alpha_path, rank, alpha in (("network.rank", "network.alpha", facts.rank, facts.alpha),
+                                               ("network.conv_rank", "network.conv_alpha", facts.conv_rank,
+                                                facts.conv_alpha)):
+        if rank is not None and alpha is None and alpha_path not in chosen:
+            chosen[alpha_path], source_of[alpha_path] = Found(float(rank), _WEIGHTS), _WEIGHTS
+            inferred.append(alpha_path)
 
     arch = resolve(facts.architecture) if facts.architecture else None
     declared = chosen.get("base.architecture")

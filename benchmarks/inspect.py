@@ -1,0 +1,95 @@
+"""Header-level inspect throughput: lorareg against safetensors.safe_open, measured in the same run.
+
+    .venv/bin/python benchmarks/inspect.py [--files 200] [--rank 16]
+
+Writes N SD1-shaped kohya adapters (every default UNet attention/ff module plus the text encoder) to a
+temporary folder, then times, in this one process:
+  * reference: safetensors.safe_open(framework="numpy") + metadata() + keys() for each file;
+  * lorareg header: safetensors_io.read_header (validated) for each file;
+  * lorareg inspect: inspection.inspect_adapter(hashes=False) (header, canonical keys, modules, metadata);
+and prints files/s and the ratios. Nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from loraregistry.inspection import inspect_adapter
+from loraregistry.safetensors_io import read_header, write_safetensors
+
+ATTN = [f"attn{i}_to_{p}" for i in (1, 2) for p in ("q", "k", "v", "out_0")] + ["ff_net_0_proj", "ff_net_2"]
+
+
+def sd1_like_modules() -> list[tuple[str, int, int]]:
+    mods = []
+    for block, ch in ((0, 320), (1, 640), (2, 1280)):
+        for a in range(2):
+            for name in ATTN:
+                mods.append((f"lora_unet_down_blocks_{block}_attentions_{a}_transformer_blocks_0_{name}", ch, ch))
+    for layer in range(12):
+        for name in ("self_attn_q_proj", "self_attn_k_proj", "self_attn_v_proj", "self_attn_out_proj"):
+            mods.append((f"lora_te_text_model_encoder_layers_{layer}_{name}", 768, 768))
+    return mods
+
+
+def write_files(folder: Path, count: int, rank: int) -> list[Path]:
+    rng = np.random.default_rng(0)
+    tensors = {}
+    for name, fin, fout in sd1_like_modules():
+        tensors[f"{name}.lora_down.weight"] = rng.standard_normal((rank, fin)).astype(np.float16)
+        tensors[f"{name}.lora_up.weight"] = rng.standard_normal((fout, rank)).astype(np.float16)
+        tensors[f"{name}.alpha"] = np.array(rank / 2, dtype=np.float16)
+    meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(rank / 2),
+            "ss_base_model_version": "sd_v1", "ss_v2": "False"}
+    first = folder / "a0.safetensors"
+    write_safetensors(first, tensors, meta)
+    paths = [first]
+    blob = first.read_bytes()
+    for i in range(1, count):
+        p = folder / f"a{i}.safetensors"
+        p.write_bytes(blob)
+        paths.append(p)
+    return paths
+
+
+def timed(fn, paths) -> float:
+    start = time.perf_counter()
+    for p in paths:
+        fn(p)
+    return time.perf_counter() - start
+
+
+def reference(path: Path) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        f.metadata()
+        list(f.keys())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=200)
+    parser.add_argument("--rank", type=int, default=16)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_files(Path(tmp), args.files, args.rank)
+        for fn in (reference, read_header, lambda p: inspect_adapter(p, hashes=False)):  # warm caches
+            fn(paths[0])
+        t_ref = timed(reference, paths)
+        t_hdr = timed(read_header, paths)
+        t_insp = timed(lambda p: inspect_adapter(p, hashes=False), paths)
+    n = len(paths)
+    print(f"files: {n} ({paths[0].stat().st_size if paths else 0} bytes each, rank {args.rank})")
+    print(f"safetensors.safe_open metadata+keys : {n / t_ref:10.0f} files/s")
+    print(f"lorareg read_header (validated)     : {n / t_hdr:10.0f} files/s   ratio vs reference {t_ref / t_hdr:5.2f}x")
+    print(f"lorareg inspect (no hashes)         : {n / t_insp:10.0f} files/s   ratio vs reference {t_ref / t_insp:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""``AdapterFile``: one adapter file opened once, validated, and described in canonical terms.
+
+``AdapterFile.open(path)`` reads and checks the header (never the tensor data), maps every key to the
+canonical form, groups the tensors into modules (rank, alpha, kind, shapes) and imports the metadata
+from whichever conventions the file carries. Hashes are computed on first use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from .canonical import CanonicalKey, KeyMapping, ModuleKey, WeightFacts
+from .hashes import FileHashes, hash_file
+from .safetensors_io import SafetensorsHeader, TensorInfo, numpy_dtype, read_header
+
+_LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+_LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    """One patched module: its tensors by role and what their shapes say."""
+
+    module: ModuleKey
+    tensors: dict[str, TensorInfo]  # role -> tensor
+    keys: dict[str, str]  # role -> key in the file
+    algo: str  # lora / loha / lokr / full / other
+    kind: str  # linear / conv (as stored: kohya SD2 files store Linear projections as 1x1 convs)
+    rank: int | None
+    in_features: int | None
+    out_features: int | None
+    kernel: tuple[int, ...] | None
+    alpha: float | None = None  # from the file's alpha tensor; None when the file stores none
+    dora: bool = False
+
+    @property
+    def effective_alpha(self) -> float | None:
+        """alpha, or the rank where the file stores none or 0 (kohya and peft both read it that way)."""
+        return self.alpha if self.alpha else (float(self.rank) if self.rank else None)
+
+
+def _shape(t: TensorInfo | None) -> tuple[int, ...]:
+    return t.shape if t is not None else ()
+
+
+def describe_module(module: ModuleKey, tensors: dict[str, TensorInfo], keys: dict[str, str],
+                    alpha: float | None) -> ModuleInfo:
+    """Read rank, kind and features from the shapes of a module's factors."""
+    roles = set(tensors)
+    dora = "dora_scale" in roles
+    rank = fin = fout = None
+    kernel: tuple[int, ...] | None = None
+    if "down" in roles or "up" in roles:
+        algo = "lora"
+        down, up = _shape(tensors.get("down")), _shape(tensors.get("up"))
+        rank = down[0] if down else (up[1] if len(up) > 1 else None)
+        fin = down[1] if len(down) > 1 else None
+        fout = up[0] if up else None
+        if "mid" in roles:  # LoCon Tucker: down [r, in, 1, 1], mid [r, r, kh, kw]
+            kernel = _shape(tensors["mid"])[2:] or None
+        elif len(down) == 4:
+            kernel = down[2:]
+    elif roles & set(_LOHA):
+        algo = "loha"
+        w1a, w1b = _shape(tensors.get("hada_w1_a")), _shape(tensors.get("hada_w1_b"))
+        rank = w1a[1] if len(w1a) > 1 else None
+        fout = w1a[0] if w1a else None
+        fin = w1b[1] if len(w1b) > 1 else None
+        if "hada_t1" in roles:
+            kernel = _shape(tensors["hada_t1"])[2:] or None
+    elif roles & set(_LOKR):
+        algo = "lokr"
+        w1 = _shape(tensors.get("lokr_w1"))
+        w1a, w1b = _shape(tensors.get("lokr_w1_a")), _shape(tensors.get("lokr_w1_b"))
+        w2 = _shape(tensors.get("lokr_w2"))
+        w2a, w2b = _shape(tensors.get("lokr_w2_a")), _shape(tensors.get("lokr_w2_b"))
+        left = (w1[0], w1[1]) if len(w1) >= 2 else ((w1a[0], w1b[1]) if len(w1a) > 1 and len(w1b) > 1 else None)
+        if len(w2) >= 2:
+            right: tuple[int, int] | None = (w2[0], w2[1])
+            kernel = w2[2:] or None
+        elif len(w2a) > 1 and len(w2b) > 1:
+            right = (w2a[0], w2b[1])
+            if "lokr_t2" in roles:
+                kernel = _shape(tensors["lokr_t2"])[2:] or None
+        else:
+            right = None
+        if left and right:
+            fout, fin = left[0] * right[0], left[1] * right[1]
+        rank = w2a[1] if len(w2a) > 1 else (w1a[1] if len(w1a) > 1 else None)
+    elif "diff" in roles:
+        algo = "full"
+        d = _shape(tensors["diff"])
+        fout, fin = (d[0], d[1]) if len(d) > 1 else (None, None)
+        kernel = d[2:] or None
+    else:
+        algo = "other"
+    kind = "conv" if kernel is not None else "linear"
+    return ModuleInfo(module=module, tensors=tensors, keys=keys, algo=algo, kind=kind, rank=rank, in_features=fin,
+                      out_features=fout, kernel=tuple(kernel) if kernel else None, alpha=alpha, dora=dora)
+
+
+def _most_common(values: list) -> object | None:
+    values = [v for v in values if v is not None]
+    return Counter(values).most_common(1)[0][0] if values else None
+
+
+@dataclass
+class AdapterFile:
+    """An adapter whose container and keys have been checked. Use ``AdapterFile.open``."""
+
+    path: Path
+    header: SafetensorsHeader
+    mapping: KeyMapping
+    modules: dict[ModuleKey, ModuleInfo]
+    file_size: int
+    _imported: object = field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> AdapterFile:
+        from .formats import to_canonical
+
+        p = Path(path)
+        header = read_header(p)
+        mapping = to_canonical(list(header.tensors))
+        by_module: dict[ModuleKey, dict[str, str]] = {}
+        for key, ck in mapping.mapped.items():
+            by_module.setdefault(ck.module, {})[ck.role] = key
+        alphas = _read_alphas(p, header, {m: r["alpha"] for m, r in by_module.items() if "alpha" in r})
+        modules = {
+            m: describe_module(m, {role: header.tensors[k] for role, k in roles.items()}, roles, alphas.get(m))
+            for m, roles in sorted(by_module.items())
+        }
+        return cls(path=p, header=header, mapping=mapping, modules=modules, file_size=p.stat().st_size)
+
+    # --- what the weights say ------------------------------------------------------------
+
+    @property
+    def format(self) -> str:
+        return self.mapping.format
+
+    @property
+    def metadata_raw(self) -> dict[str, str]:
+        return self.header.metadata
+
+    @property
+    def unknown_keys(self) -> list[str]:
+        return self.mapping.unknown
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return tuple(sorted({m.component for m in self.modules}))
+
+    @property
+    def dtypes(self) -> dict[str, int]:
+        return dict(Counter(t.dtype for t in self.header.tensors.values()))
+
+    @cached_property
+    def network_type(self) -> str:
+        from .formats import network_type
+
+        return network_type({m: set(info.tensors) for m, info in self.modules.items()})
+
+    @cached_property
+    def facts(self) -> WeightFacts:
+        linear = [m for m in self.modules.values() if m.kind == "linear"]
+        conv = [m for m in self.modules.values() if m.kind == "conv"]
+        rank = _most_common([m.rank for m in linear])
+        alpha = _most_common([m.alpha for m in linear])
+        conv_rank = _most_common([m.rank for m in conv])
+        conv_alpha = _most_common([m.alpha for m in conv])
+        rank_pattern = {str(m.module): m.rank for m in self.modules.values()
+                        if m.rank is not None and m.rank != (rank if m.kind == "linear" else conv_rank)}
+        alpha_pattern = {str(m.module): m.alpha for m in self.modules.values()
+                         if m.alpha is not None and m.alpha != (alpha if m.kind == "linear" else conv_alpha)}
+        targets = tuple(sorted({m.module.path.rsplit(".", 1)[-1] for m in self.modules.values()}))
+        return WeightFacts(
+            format=self.format, network_type=self.network_type, components=self.components,
+            module_count=len(self.modules), rank=rank, alpha=alpha, conv_rank=conv_rank, conv_alpha=conv_alpha,
+            rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, target_modules=targets,
+        )
+
+    # --- metadata ------------------------------------------------------------------------------
+
+    @property
+    def imported(self):
+        """The canonical metadata with the foreign records it came from (``schema.ImportedMetadata``)."""
+        if self._imported is None:
+            from .schema import import_metadata
+
+            self._imported = import_metadata(self.header.metadata, facts=self.facts)
+        return self._imported
+
+    @property
+    def metadata(self):
+        return self.imported.metadata
+
+    # --- hashes ----------------------------------------------------------------------------------
+
+    @cached_property
+    def hashes(self) -> FileHashes:
+        return hash_file(self.path, data_offset=self.header.data_offset)
+
+    def canonical_keys(self) -> dict[CanonicalKey, str]:
+        return {ck: key for key, ck in self.mapping.mapped.items()}
+
+
+def _read_alphas(path: Path, header: SafetensorsHeader, keys: dict[ModuleKey, str]) -> dict[ModuleKey, float]:
+    """Read the scalar alpha tensors (a few bytes each) without loading anything else."""
+    if not keys:
+        return {}
+    import numpy as np
+
+    out: dict[ModuleKey, float] = {}
+    with path.open("rb") as f:
+        for module, key in keys.items():
+            info = header.tensors[key]
+            if info.numel != 1 or info.dtype in ("BOOL", "C64") or info.dtype.startswith("F4") \
+                    or info.dtype.startswith("F6"):
+                continue  # not a usable scalar; verify reports it (integer alphas are real: diffusers writes them)
+            f.seek(header.data_offset + info.start)
+            value = np.frombuffer(f.read(info.nbytes), dtype=numpy_dtype(info.dtype))[0]
+            out[module] = float(value)
+    return out

@@ -1,0 +1,86 @@
+"""Read and edit an adapter's canonical metadata in place, keeping every tensor byte identical."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .adapter import AdapterFile
+from .errors import LoraregError, MetadataError
+from .hashes import tensor_sha256
+from .safetensors_io import read_header, rewrite_metadata
+
+
+def show_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The canonical record, where each part came from, what was inferred, and the raw header metadata."""
+    adapter = AdapterFile.open(path)
+    imported = adapter.imported
+    return {
+        "path": str(adapter.path),
+        "metadata": imported.metadata.model_dump(mode="json", exclude_none=True),
+        "sources": sorted(k for k, v in imported.sources.items() if v),
+        "inferred": list(imported.inferred),
+        "warnings": list(imported.warnings),
+        "raw": dict(adapter.header.metadata),
+    }
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise MetadataError(f"cannot set {dotted!r}: {part!r} is not a group of fields")
+        node = child
+    if value is None:
+        node.pop(parts[-1], None)
+    else:
+        node[parts[-1]] = value
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``field.path=value``; the value is read as JSON when it parses, else taken as a string."""
+    if "=" not in text:
+        raise MetadataError(f"expected FIELD=VALUE, got {text!r}", hint="e.g. --set training.seed=42")
+    field, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return field.strip(), value
+
+
+def write_metadata(path: str | os.PathLike[str], *, updates: dict[str, Any] | None = None,
+                   out: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Apply ``updates`` (dotted field -> value; None removes) to the file's canonical record, record the
+    tensor hash, and rewrite the header: the record under ``lorareg`` plus its projections onto
+    ``modelspec.*`` and ``ss_*``; other foreign keys are kept. Validation happens before anything is
+    written, so a failed edit leaves the file untouched. Returns what ``show_metadata`` returns."""
+    from .schema import AdapterMetadata, merge_projection
+    from .schema.metadata import describe_validation_error
+
+    source = Path(path)
+    adapter = AdapterFile.open(source)
+    data = adapter.metadata.model_dump(mode="json", exclude_none=True)
+    for field, value in (updates or {}).items():
+        _set_dotted(data, field, value)
+    autov3 = tensor_sha256(source, adapter.header.data_offset)
+    data["tensor_sha256"] = autov3
+    try:
+        meta = AdapterMetadata.model_validate(data)
+    except LoraregError:
+        raise
+    except Exception as exc:  # pydantic.ValidationError: name the field and the problem, one line
+        raise MetadataError(f"invalid metadata: {describe_validation_error(exc)}", path=source,
+                            hint="see `lorareg schema export` for the allowed fields and values") from None
+    new_header = merge_projection(dict(adapter.header.metadata), meta)
+    target = Path(out) if out is not None else source
+    rewrite_metadata(source, new_header, out=target)
+    if tensor_sha256(target, read_header(target).data_offset) != autov3:  # the promise of this function
+        raise MetadataError("tensor data changed while the metadata was rewritten", path=target)
+    return show_metadata(target)

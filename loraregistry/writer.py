@@ -1,0 +1,93 @@
+"""Write an adapter from canonical tensors in any key format, with its metadata.
+
+Alpha is where each format keeps it: kohya stores an ``alpha`` tensor per module; peft and diffusers
+keep it in ``lora_adapter_metadata`` (the JSON of a peft LoraConfig per component, flattened with
+component prefixes the way diffusers' ``save_lora_weights`` writes it: ``r``/``lora_alpha`` from the most
+common values, ``rank_pattern``/``alpha_pattern`` for the rest); the legacy attention-processor format
+has nowhere to keep it, so alpha must equal the rank there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter, defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .canonical import CanonicalKey, ModuleKey
+from .errors import UsageError
+from .safetensors_io import write_safetensors
+
+ALPHA_IN_METADATA = frozenset({"peft", "diffusers"})
+
+
+def _rank(tensors: Mapping[CanonicalKey, np.ndarray], module: ModuleKey) -> int | None:
+    down = tensors.get(CanonicalKey(module.component, module.path, "down"))
+    return int(down.shape[0]) if down is not None else None
+
+
+def peft_adapter_metadata(tensors: Mapping[CanonicalKey, np.ndarray],
+                          dialect: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The flattened ``lora_adapter_metadata`` dict for peft/diffusers files (see module docstring).
+
+    Module names are spelled as the file spells them (with or without CLIP's ``text_model.`` level), since
+    peft matches ``target_modules`` and patterns against the component's own module names."""
+    from .formats.paths import spell_text_model
+
+    per_component: dict[str, dict[str, tuple[int, float]]] = defaultdict(dict)
+    modules = {ck.module for ck in tensors if ck.role == "down"}
+    for module in sorted(modules):
+        rank = _rank(tensors, module)
+        alpha_t = tensors.get(CanonicalKey(module.component, module.path, "alpha"))
+        alpha = float(alpha_t) if alpha_t is not None and float(alpha_t) else float(rank)
+        name = spell_text_model(module.component, module.path, dict(dialect or {}))
+        per_component[module.component][name] = (rank, alpha)
+    flat: dict[str, Any] = {}
+    for component, entries in sorted(per_component.items()):
+        r = Counter(rank for rank, _ in entries.values()).most_common(1)[0][0]
+        a = Counter(alpha for _, alpha in entries.values()).most_common(1)[0][0]
+        use_dora = any(ck.role == "dora_scale" and ck.component == component for ck in tensors)
+        config = {
+            "r": r,
+            "lora_alpha": int(a) if a.is_integer() else a,
+            "rank_pattern": {p: rank for p, (rank, _) in entries.items() if rank != r},
+            "alpha_pattern": {p: (int(al) if al.is_integer() else al) for p, (_, al) in entries.items() if al != a},
+            "target_modules": sorted(entries),
+            "use_dora": use_dora,
+            "peft_type": "LORA",
+        }
+        flat.update({f"{component}.{k}": v for k, v in config.items()})
+    return flat
+
+
+def write_adapter(path: str | os.PathLike[str], tensors: Mapping[CanonicalKey, np.ndarray], *, format: str,
+                  dialect: Mapping[str, str] | None = None, metadata=None,
+                  header: Mapping[str, str] | None = None) -> None:
+    """Write canonical ``tensors`` as ``format`` (kohya / peft / diffusers / attn_procs), atomically.
+
+    ``metadata`` (an ``AdapterMetadata``) is stored under ``lorareg`` and projected onto ``modelspec.*`` and
+    ``ss_*``; ``header`` holds other str->str keys to keep.
+    """
+    from .formats import from_canonical
+
+    body = dict(tensors)
+    extra: dict[str, str] = dict(header or {})
+    if format in ALPHA_IN_METADATA or format == "attn_procs":
+        alphas = {ck: body.pop(ck) for ck in list(body) if ck.role == "alpha"}
+        if format == "attn_procs":
+            off = [str(ck.module) for ck, a in alphas.items() if float(a) and float(a) != _rank(tensors, ck.module)]
+            if off:
+                raise UsageError(f"the attention-processor format cannot store alpha != rank ({off[0]} and "
+                                 f"{len(off) - 1} more)", hint="write kohya, peft or diffusers instead")
+        else:
+            extra["lora_adapter_metadata"] = json.dumps(peft_adapter_metadata(tensors, dialect), indent=2, sort_keys=True)
+            extra.setdefault("format", "pt")
+    names = from_canonical(list(body), format=format, dialect=dict(dialect or {}))
+    if metadata is not None:
+        from .schema import merge_projection
+
+        extra = merge_projection(extra, metadata)
+    write_safetensors(path, {names[ck]: np.asarray(arr) for ck, arr in body.items()}, extra)
