@@ -12,15 +12,21 @@ and prints files/s and the ratios. Nothing here asserts a time.
 
 from __future__ import annotations
 
-import argparse
-import tempfile
-import time
-from pathlib import Path
+import os
+import sys
 
-import numpy as np
+# This file is named like the stdlib module `inspect`; keep its folder off the import path.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
-from loraregistry.inspection import inspect_adapter
-from loraregistry.safetensors_io import read_header, write_safetensors
+import argparse  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from loraregistry.inspection import inspect_adapter  # noqa: E402
+from loraregistry.safetensors_io import read_header, write_safetensors  # noqa: E402
 
 ATTN = [f"attn{i}_to_{p}" for i in (1, 2) for p in ("q", "k", "v", "out_0")] + ["ff_net_0_proj", "ff_net_2"]
 
@@ -84,8 +90,9 @@ def main() -> None:
         t_ref = timed(reference, paths)
         t_hdr = timed(read_header, paths)
         t_insp = timed(lambda p: inspect_adapter(p, hashes=False), paths)
+        size = paths[0].stat().st_size
     n = len(paths)
-    print(f"files: {n} ({paths[0].stat().st_size if paths else 0} bytes each, rank {args.rank})")
+    print(f"files: {n} ({size} bytes each, rank {args.rank})")
     print(f"safetensors.safe_open metadata+keys : {n / t_ref:10.0f} files/s")
     print(f"lorareg read_header (validated)     : {n / t_hdr:10.0f} files/s   ratio vs reference {t_ref / t_hdr:5.2f}x")
     print(f"lorareg inspect (no hashes)         : {n / t_insp:10.0f} files/s   ratio vs reference {t_ref / t_insp:5.2f}x")

@@ -8,6 +8,7 @@ from whichever conventions the file carries. Hashes are computed on first use.
 from __future__ import annotations
 
 import os
+import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -208,20 +209,37 @@ class AdapterFile:
         return {ck: key for key, ck in self.mapping.mapped.items()}
 
 
-def _read_alphas(path: Path, header: SafetensorsHeader, keys: dict[ModuleKey, str]) -> dict[ModuleKey, float]:
-    """Read the scalar alpha tensors (a few bytes each) without loading anything else."""
-    if not keys:
-        return {}
-    import numpy as np
+_SCALAR_FORMATS = {"F16": "<e", "F32": "<f", "F64": "<d", "I8": "<b", "U8": "<B", "I16": "<h", "U16": "<H",
+                   "I32": "<i", "U32": "<I", "I64": "<q", "U64": "<Q"}
 
+
+def _scalar(raw: bytes, dtype: str) -> float | None:
+    if dtype in _SCALAR_FORMATS:
+        return float(struct.unpack(_SCALAR_FORMATS[dtype], raw)[0])
+    if dtype == "BF16":  # the top half of an fp32
+        return float(struct.unpack("<f", b"\x00\x00" + raw)[0])
+    if dtype.startswith("F8"):
+        import numpy as np
+
+        return float(np.frombuffer(raw, dtype=numpy_dtype(dtype))[0])
+    return None  # not a usable scalar; verify reports it
+
+
+def _read_alphas(path: Path, header: SafetensorsHeader, keys: dict[ModuleKey, str]) -> dict[ModuleKey, float]:
+    """Read the scalar alpha tensors (a few bytes each, integer alphas included: diffusers writes them)
+    without loading anything else."""
     out: dict[ModuleKey, float] = {}
-    with path.open("rb") as f:
+    if not keys:
+        return out
+    fd = os.open(path, os.O_RDONLY)
+    try:
         for module, key in keys.items():
             info = header.tensors[key]
-            if info.numel != 1 or info.dtype in ("BOOL", "C64") or info.dtype.startswith("F4") \
-                    or info.dtype.startswith("F6"):
-                continue  # not a usable scalar; verify reports it (integer alphas are real: diffusers writes them)
-            f.seek(header.data_offset + info.start)
-            value = np.frombuffer(f.read(info.nbytes), dtype=numpy_dtype(info.dtype))[0]
-            out[module] = float(value)
+            if info.numel != 1:
+                continue  # verify reports an alpha that is not a scalar
+            value = _scalar(os.pread(fd, info.nbytes, header.data_offset + info.start), info.dtype)
+            if value is not None:
+                out[module] = value
+    finally:
+        os.close(fd)
     return out

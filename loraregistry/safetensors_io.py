@@ -13,6 +13,7 @@ temp file in the same folder, fsync, rename; an existing file's mode is kept.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -22,7 +23,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from .errors import (
     FileAccessError,
@@ -48,9 +49,9 @@ DTYPE_BITS: dict[str, int] = {
 FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64", "F8_E5M2", "F8_E4M3", "F8_E8M0"})
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    """One tensor entry of a header; offsets are relative to the start of the data section."""
+class TensorInfo(NamedTuple):
+    """One tensor entry of a header; offsets are relative to the start of the data section.
+    (A NamedTuple: headers hold thousands of these and tuples are cheap to build.)"""
 
     name: str
     dtype: str
@@ -135,17 +136,45 @@ def header_length(prefix: bytes, *, path: str | None = None, file_size: int | No
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in seen:
-            raise _DuplicateKey(key)
-        seen[key] = value
-    return seen
+    obj = dict(pairs)
+    if len(obj) != len(pairs):  # rare: find which key repeats, for the message
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
 
 
 class _DuplicateKey(Exception):
     def __init__(self, key: str) -> None:
         self.key = key
+
+
+def _surely_unique(text: str, obj: Any) -> bool:
+    """True when no key of the header can have been repeated, checked at C speed.
+
+    A plain ``json.loads`` keeps the last of repeated keys. Every tensor entry spells ``"data_offsets"``
+    once, so as many occurrences as entries means no tensor name repeats; the metadata object is decoded
+    again on its own with the strict hook. Anything unusual falls back to the slow strict parse."""
+    if not isinstance(obj, dict):
+        return True
+    entries = len(obj) - (METADATA_KEY in obj)
+    if text.count('"data_offsets"') != entries:
+        return False
+    if METADATA_KEY not in obj:
+        return text.count('"__metadata__"') == 0
+    if text.count('"__metadata__"') != 1:
+        return False
+    at = text.index('"__metadata__"') + len('"__metadata__"')
+    rest = text[at:].lstrip()
+    if not rest.startswith(":"):
+        return False
+    start = len(text) - len(rest[1:].lstrip())
+    if not text.startswith("{", start):
+        return True  # not an object at all: _parse_metadata says so
+    json.JSONDecoder(object_pairs_hook=_reject_duplicates).raw_decode(text, start)
+    return True
 
 
 def _decode_json(raw: bytes, path: str | None) -> dict[str, Any]:
@@ -157,7 +186,9 @@ def _decode_json(raw: bytes, path: str | None) -> dict[str, Any]:
     if not text.startswith("{"):
         _fail("header does not start with a JSON object '{'", path, "the file is corrupt or not safetensors")
     try:
-        obj = json.loads(text, object_pairs_hook=_reject_duplicates)
+        obj = json.loads(text)
+        if not _surely_unique(text, obj):  # rare: re-parse slowly to find the repeated key
+            obj = json.loads(text, object_pairs_hook=_reject_duplicates)
     except _DuplicateKey as exc:
         _fail(f"key {exc.key!r} appears more than once in the header", path, "the writer is broken; re-export the file")
     except (json.JSONDecodeError, RecursionError) as exc:
@@ -204,7 +235,7 @@ def _parse_entry(name: str, entry: Any, path: str | None) -> TensorInfo:
     if bits % 8 or bits // 8 != end - start:
         _fail(f"tensor {name!r}: shape {shape} x {dtype} = {bits / 8:g} bytes, but data_offsets "
               f"[{start}, {end}] span {end - start} bytes", path, "the header and the data disagree; re-export the file")
-    return TensorInfo(name=name, dtype=dtype, shape=tuple(shape), start=start, end=end)
+    return TensorInfo(name, dtype, tuple(shape), start, end)
 
 
 def parse_header(header_bytes: bytes, *, path: str | None = None, cap: int = DEFAULT_HEADER_CAP,
@@ -278,6 +309,7 @@ def read_header(path: str | os.PathLike[str], *, cap: int = DEFAULT_HEADER_CAP) 
 # --- tensor data ----------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=None)
 def numpy_dtype(dtype: str):
     """The numpy dtype for a safetensors dtype name (bf16 and fp8 through ml_dtypes)."""
     import numpy as np

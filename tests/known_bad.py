@@ -60,6 +60,12 @@ def _duplicate_key() -> bytes:
     return struct.pack("<Q", len(raw)) + raw + bytes(32)
 
 
+def _duplicate_metadata_key() -> bytes:
+    entries = json.dumps(_good_entries(), separators=(",", ":"))[1:-1]
+    raw = ('{"__metadata__":{"ss_network_dim":"2","ss_network_dim":"4"},' + entries + "}").encode()
+    return struct.pack("<Q", len(raw)) + raw + struct.pack("<8f", *range(8))
+
+
 KNOWN_BAD: list[BadFile] = [
     BadFile("empty_file", b"", errors.InvalidSafetensorsError, "empty file"),
     BadFile("shorter_than_length_field", b"\x10\x00\x00", errors.TruncatedFileError, "too short"),
@@ -99,6 +105,8 @@ KNOWN_BAD: list[BadFile] = [
     BadFile("truncated_data", good_file()[:-5], errors.TruncatedFileError, "missing 5 bytes"),
     BadFile("trailing_bytes", good_file() + b"junk", errors.InvalidSafetensorsError, "4 trailing bytes"),
     BadFile("duplicate_tensor_key", _duplicate_key(), errors.InvalidSafetensorsError, "more than once"),
+    BadFile("duplicate_metadata_key", _duplicate_metadata_key(), errors.InvalidSafetensorsError,
+            "'ss_network_dim' appears more than once"),
     BadFile("entry_missing_dtype", _with_header({"a": {"shape": [2, 2], "data_offsets": [0, 16]},
                                                  "b": tensor_entry("F32", [2, 2], 16, 32)}),
             errors.InvalidSafetensorsError, "lacks dtype"),

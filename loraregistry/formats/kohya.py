@@ -24,6 +24,8 @@ writes always reads back unchanged.
 
 from __future__ import annotations
 
+import functools
+
 import re
 from collections.abc import Mapping
 from functools import cache
@@ -120,29 +122,44 @@ def _parse_text_encoder(prefix: str, flat: str) -> ParsedKey | None:
     return ParsedKey(CanonicalKey(component, canonical, ""), facts)
 
 
+@functools.lru_cache(maxsize=1 << 17)
+def _parse_key(key: str) -> ParsedKey | None:
+    """Cached: detection and mapping both parse every key, and files of one tool share key names.
+    Callers get a copy of the facts, never the cached dict."""
+    m = _KEY.fullmatch(key)
+    if not m:
+        return None
+    prefix, flat, suffix = m.groups()
+    role = SUFFIX_ROLES.get(suffix)
+    if role is None:
+        return None
+    parsed = _parse_module(prefix, flat)
+    if parsed is None:
+        return None
+    return ParsedKey(CanonicalKey(parsed.key.component, parsed.key.path, role), parsed.facts)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _parse_module(prefix: str, flat: str) -> ParsedKey | None:
+    """One module name; cached, since every module has 2-3 keys and most files share module names."""
+    if prefix == "lora_unet":
+        if (path := name_index("unet").get(flat)) is not None:  # the common case, one dict lookup
+            return ParsedKey(CanonicalKey("unet", path, ""), {"unet_names": "diffusers"})
+        return _parse_transformer_native(flat) or _parse_unet(flat)
+    if prefix == "lora_transformer":
+        path = resolve("transformer", flat, TRANSFORMER_ROOTS)
+        return None if path is None else ParsedKey(
+            CanonicalKey("transformer", path, ""), {"transformer_names": "diffusers"})
+    return _parse_text_encoder(prefix, flat)
+
+
 class KohyaFormat(KeyFormat):
     name = "kohya"
     roles = frozenset(ROLE_SUFFIXES)
 
     def parse(self, key: str, *, component: str | None = None) -> ParsedKey | None:
-        m = _KEY.fullmatch(key)
-        if not m:
-            return None
-        prefix, flat, suffix = m.groups()
-        role = SUFFIX_ROLES.get(suffix)
-        if role is None:
-            return None
-        if prefix == "lora_unet":
-            parsed = _parse_transformer_native(flat) or _parse_unet(flat)
-        elif prefix == "lora_transformer":
-            path = resolve("transformer", flat, TRANSFORMER_ROOTS)
-            parsed = None if path is None else ParsedKey(
-                CanonicalKey("transformer", path, ""), {"transformer_names": "diffusers"})
-        else:
-            parsed = _parse_text_encoder(prefix, flat)
-        if parsed is None:
-            return None
-        return ParsedKey(CanonicalKey(parsed.key.component, parsed.key.path, role), parsed.facts)
+        parsed = _parse_key(key)
+        return None if parsed is None else ParsedKey(parsed.key, dict(parsed.facts))
 
     def settle(self, parsed: dict[str, ParsedKey], dialect: dict[str, str]) -> dict[str, ParsedKey]:
         te3_keys = [k for k, p in parsed.items() if p.key.component == "text_encoder_3"]
