@@ -1,0 +1,108 @@
+"""The one place that builds ``HfApi`` clients and turns huggingface_hub / HTTP errors into ``HubError``s.
+
+Import this module only after ``env.prepare()``: it imports huggingface_hub.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import httpx2
+from huggingface_hub import HfApi
+from huggingface_hub import errors as hf_errors
+
+from .. import __version__
+from ..errors import LoraregError
+from .errors import (
+    LOGIN_HINT,
+    DownloadFailed,
+    HubAuthError,
+    HubError,
+    HubUnreachable,
+    InvalidRepoId,
+    RemoteFileNotFound,
+    RepoNotFound,
+    RevisionNotFound,
+)
+
+
+def hub_api(endpoint: str, token: str | bool | None) -> HfApi:
+    """``token=None`` uses huggingface_hub's usual sources (``HF_TOKEN``, the saved login)."""
+    return HfApi(endpoint=endpoint, token=token, library_name="lorareg", library_version=__version__)
+
+
+@contextlib.contextmanager
+def hub_errors(*, endpoint: str, repo_id: str | None = None, revision: str | None = None,
+               filename: str | None = None) -> Iterator[None]:
+    """Re-raise anything huggingface_hub or the transport raises as a specific ``HubError``."""
+    try:
+        yield
+    except LoraregError:
+        raise
+    except Exception as exc:
+        translated = translate(exc, endpoint=endpoint, repo_id=repo_id, revision=revision, filename=filename)
+        if translated is None:
+            raise
+        raise translated from None
+
+
+def translate(exc: BaseException, *, endpoint: str, repo_id: str | None = None, revision: str | None = None,
+              filename: str | None = None) -> HubError | None:
+    repo = f"{repo_id!r}" if repo_id else "the repo"
+    where = f"on {endpoint}"
+    connection = _connection_problem(exc)
+    if connection is not None:
+        return HubUnreachable(f"cannot reach {endpoint} ({connection})",
+                              hint="check --endpoint / HF_ENDPOINT and that the server is running")
+    if isinstance(exc, hf_errors.OfflineModeIsEnabled):
+        return HubError(f"cannot reach {endpoint}: offline mode is on", hint="unset HF_HUB_OFFLINE")
+    if isinstance(exc, hf_errors.HFValidationError):
+        return InvalidRepoId(str(exc).splitlines()[0])
+    status = _status(exc)
+    if isinstance(exc, hf_errors.RevisionNotFoundError):
+        return RevisionNotFound(f"revision {revision!r} does not exist in {repo} {where}",
+                                hint="give a branch, tag or commit sha of the repo")
+    if isinstance(exc, hf_errors.RemoteEntryNotFoundError):
+        return RemoteFileNotFound(f"{filename!r} does not exist in {repo} at {revision or 'main'} {where}",
+                                  hint="list the repo's files on the Hub, or omit the file name")
+    if isinstance(exc, hf_errors.GatedRepoError):
+        return HubAuthError(f"{repo} is gated {where}: accept its conditions on the repo page",
+                            hint=LOGIN_HINT)
+    if isinstance(exc, hf_errors.RepositoryNotFoundError) and status == 404:
+        return RepoNotFound(f"repo {repo} does not exist {where}",
+                            hint=f"check the name; if it is private, {LOGIN_HINT}")
+    if status in (401, 403) or isinstance(exc, hf_errors.RepositoryNotFoundError):
+        reason = "no valid token" if status == 401 else "the token lacks permission"
+        return HubAuthError(f"{endpoint} refused access to {repo} (HTTP {status}: {reason})", hint=LOGIN_HINT)
+    if isinstance(exc, hf_errors.HfHubHTTPError):
+        return HubError(f"{endpoint} answered HTTP {status} for {repo}: {_server_message(exc)}")
+    if isinstance(exc, (httpx2.TransportError, OSError)) and not isinstance(exc, LoraregError):
+        return DownloadFailed(f"the transfer from {endpoint} broke off ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})",
+                              hint="nothing was kept; try again")
+    return None
+
+
+def _connection_problem(exc: BaseException) -> str | None:
+    """The connection failure anywhere in the cause chain (hf_hub_download wraps it in LocalEntryNotFoundError)."""
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 10:
+        if isinstance(current, (httpx2.ConnectError, httpx2.ConnectTimeout)):
+            return str(current) or "connection refused"
+        if isinstance(current, ConnectionRefusedError):
+            return "connection refused"
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return None
+
+
+def _status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _server_message(exc: BaseException) -> str:
+    message = getattr(exc, "server_message", None) or str(exc).splitlines()[0]
+    return message[:300]

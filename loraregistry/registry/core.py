@@ -1,0 +1,337 @@
+"""``Registry``: the embedded local index of adapters (SQLite + content-addressed store), zero setup.
+
+Layout under the root (``LORAREG_HOME`` or the user data dir)::
+
+    registry.db                     SQLite in WAL mode: entries, origins, FTS5 index
+    store/sha256/ab/cdef....safetensors   the adapters, by the sha256 of their bytes
+    store/sha256/ab/cdef....jsonl         append-only journal per blob (origins, verdicts)
+
+Writes are ordered blob -> journal -> index, so a crash at any point leaves at most an unindexed blob,
+which ``rebuild`` picks up: the index can always be recreated from the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..errors import UsageError
+from .db import connect, sqlite_errors, transaction
+from .entry import Entry, Origin, Verdict
+from .errors import AmbiguousEntry, EntryNotFound, RegistryNotWritable
+from .paths import default_root
+from .store import Store, file_sha256
+
+DB_NAME = "registry.db"
+RATINGS = ("general", "mature", "adult")
+_SHA_PREFIX = re.compile(r"[0-9a-f]{4,64}")  # shorter prefixes match too much to be useful
+
+
+@dataclass
+class RebuildResult:
+    """What ``rebuild`` did: entries indexed, blobs it could not index (path, reason), old index kept aside."""
+
+    indexed: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    moved_aside: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"indexed": self.indexed, "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+                "moved_aside": self.moved_aside}
+
+
+class Registry:
+    """Open with ``Registry.open()``; one instance per process (connections are not shared across forks)."""
+
+    def __init__(self, root: Path, conn: sqlite3.Connection) -> None:
+        self.root = root
+        self.db_path = root / DB_NAME
+        self.store = Store(root / "store")
+        self._conn = conn
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str] | None = None) -> Registry:
+        """Open (creating if needed) the registry at ``root`` (default: ``default_root()``)."""
+        path = Path(root) if root is not None else default_root()
+        _ensure_writable(path)
+        return cls(path, connect(path / DB_NAME))
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def add(self, path: str | os.PathLike[str], *, origin: Origin | None = None, report: Any = None) -> Entry:
+        """Store an adapter file and index it; adding the same bytes again only records the new origin.
+
+        The file is not verified here: pass the verify ``report`` to record its verdict (and the detected
+        architecture when the metadata declares none). Raises for files that are no adapter.
+        """
+        source = Path(path)
+        facts = _read_facts(source)
+        blob = self.store.put(source, facts["sha256"], source_stat=facts.pop("stat"))
+        origin = origin or Origin.local(str(source.resolve()))
+        verdict = Verdict.from_report(report) if report is not None else None
+        if report is not None and not facts["architecture"]:
+            facts["architecture"] = getattr(report, "detected_architecture", None)
+        event = {"added_at": _now(), "file_name": source.name, "origin": origin.to_dict(),
+                 "verdict": verdict.to_dict() if verdict else None, "architecture": facts["architecture"]}
+        self.store.append_journal(facts["sha256"], event)
+        with sqlite_errors(self.db_path), transaction(self._conn) as conn:
+            _insert(conn, facts, event, blob)
+        return self.show(facts["sha256"])
+
+    def remove(self, ref: str) -> Entry:
+        """Remove an entry (by id, sha256 prefix or name) and its stored file."""
+        entry = self.show(ref)
+        with sqlite_errors(self.db_path), transaction(self._conn) as conn:
+            row = conn.execute("SELECT rowid FROM entries WHERE sha256 = ?", (entry.sha256,)).fetchone()
+            if row is not None:
+                conn.execute("DELETE FROM entries_fts WHERE rowid = ?", (row["rowid"],))
+                conn.execute("DELETE FROM entries WHERE sha256 = ?", (entry.sha256,))
+        self.store.remove(entry.sha256)
+        return entry
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def search(self, query: str | None = None, *, architecture: str | None = None, trigger: str | None = None,
+               tag: str | None = None, rating: str | None = None, limit: int | None = None) -> list[Entry]:
+        """Entries matching every filter given. ``query`` searches name, description, trigger words and tags
+        (FTS5, prefix match per word); ``trigger`` matches a trigger word or phrase; ``architecture`` takes
+        any alias (``sdxl``, ``SD 1.5``); ``tag`` matches a tag exactly (case-insensitive)."""
+        sql = ["SELECT e.* FROM entries e"]
+        where: list[str] = []
+        params: list[Any] = []
+        match = _fts_match(query, trigger)
+        if match:
+            sql.append("JOIN entries_fts f ON f.rowid = e.rowid")
+            where.append("entries_fts MATCH ?")
+            params.append(match)
+        if architecture:
+            where.append("e.architecture = ?")
+            params.append(_architecture_id(architecture))
+        if tag:
+            where.append("EXISTS (SELECT 1 FROM json_each(e.tags) WHERE lower(json_each.value) = lower(?))")
+            params.append(tag.strip())
+        if rating:
+            if rating not in RATINGS:
+                raise UsageError(f"unknown content rating {rating!r}", hint=f"use one of {', '.join(RATINGS)}")
+            where.append("e.content_rating = ?")
+            params.append(rating)
+        if where:
+            sql.append("WHERE " + " AND ".join(where))
+        sql.append("ORDER BY bm25(entries_fts), e.added_at DESC" if match else "ORDER BY e.added_at DESC, e.sha256")
+        if limit is not None:
+            sql.append("LIMIT ?")
+            params.append(int(limit))
+        with sqlite_errors(self.db_path):
+            rows = self._conn.execute(" ".join(sql), params).fetchall()
+            return [self._entry(row) for row in rows]
+
+    def list(self, **filters: Any) -> list[Entry]:
+        """Every entry, newest first (same filters as ``search``, without a query)."""
+        return self.search(None, **filters)
+
+    def show(self, ref: str) -> Entry:
+        """The entry a full sha256, a unique sha256 prefix (4+ hex digits) or an exact name names."""
+        ref = ref.strip().lower()
+        with sqlite_errors(self.db_path):
+            rows: list[sqlite3.Row] = []
+            if _SHA_PREFIX.fullmatch(ref):
+                rows = self._conn.execute("SELECT * FROM entries WHERE sha256 LIKE ? LIMIT 11",
+                                          (ref + "%",)).fetchall()
+            if not rows:
+                rows = self._conn.execute("SELECT * FROM entries WHERE lower(name) = ? OR lower(file_name) = ? "
+                                          "LIMIT 11", (ref, ref)).fetchall()
+            if not rows:
+                raise EntryNotFound(f"no registry entry matches {ref!r}",
+                                    hint="give an id or sha256 prefix from `lorareg registry list`, or a name")
+            if len(rows) > 1:
+                ids = ", ".join(f"{r['sha256'][:12]} ({r['name'] or r['file_name']})" for r in rows[:10])
+                raise AmbiguousEntry(f"{ref!r} matches several entries: {ids}", hint="give more of the sha256")
+            return self._entry(rows[0])
+
+    def export(self) -> Iterator[dict[str, Any]]:
+        """Every entry as a dict (``Entry.to_dict``), oldest first: the registry as data."""
+        with sqlite_errors(self.db_path):
+            rows = self._conn.execute("SELECT * FROM entries ORDER BY added_at, sha256").fetchall()
+            for row in rows:
+                yield self._entry(row).to_dict()
+
+    def export_jsonl(self, out: TextIO) -> int:
+        """Write ``export()`` as JSON lines; returns the number of entries."""
+        count = 0
+        for item in self.export():
+            out.write(json.dumps(item, sort_keys=True, ensure_ascii=False) + "\n")
+            count += 1
+        return count
+
+    def _entry(self, row: sqlite3.Row) -> Entry:
+        origins = self._conn.execute(
+            "SELECT kind, path, endpoint, repo, revision, file FROM origins WHERE sha256 = ? ORDER BY added_at",
+            (row["sha256"],)).fetchall()
+        verdict = json.loads(row["verdict"]) if row["verdict"] else None
+        return Entry(
+            sha256=row["sha256"], path=str(self.store.blob_path(row["sha256"])), file_name=row["file_name"],
+            size=row["size"], added_at=row["added_at"], name=row["name"], description=row["description"],
+            architecture=row["architecture"], format=row["format"], network_type=row["network_type"],
+            rank=row["rank"], content_rating=row["content_rating"],
+            trigger_words=tuple(json.loads(row["trigger_words"])), tags=tuple(json.loads(row["tags"])),
+            tensor_sha256=row["tensor_sha256"],
+            verdict=Verdict(ok=verdict["ok"], error_codes=tuple(verdict["error_codes"])) if verdict else None,
+            metadata=json.loads(row["metadata"]),
+            origins=tuple(Origin.from_dict({k: (o[k] or None) for k in o.keys()}) for o in origins),
+        )
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _ensure_writable(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RegistryNotWritable(str(root), exc.strerror or str(exc)) from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise RegistryNotWritable(str(root), "permission denied")
+
+
+def _read_facts(path: Path) -> dict[str, Any]:
+    """Everything the index stores about a file, read from the file itself."""
+    from ..adapter import AdapterFile
+    from ..errors import FileAccessError
+
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise FileAccessError("no such file", path=path, hint="check the path") from None
+    adapter = AdapterFile.open(path)
+    meta = adapter.metadata
+    hashes = adapter.hashes
+    return {
+        "stat": stat,
+        "sha256": hashes.sha256,
+        "tensor_sha256": hashes.autov3,
+        "name": meta.name,
+        "description": meta.description,
+        "size": stat.st_size,
+        "architecture": meta.base.architecture,
+        "format": adapter.format,
+        "network_type": adapter.network_type,
+        "rank": adapter.facts.rank,
+        "content_rating": meta.content_rating,
+        "trigger_words": list(meta.trigger_words),
+        "tags": list(meta.tags),
+        "metadata": meta.model_dump(mode="json", exclude_defaults=True),
+    }
+
+
+def _insert(conn: sqlite3.Connection, facts: dict[str, Any], event: dict[str, Any], blob: Path) -> None:
+    """Insert the entry (first add wins), its FTS row, the event's origin, and the newest verdict."""
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO entries (sha256, tensor_sha256, name, description, file_name, size, architecture, "
+        "format, network_type, rank, content_rating, trigger_words, tags, metadata, added_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (facts["sha256"], facts["tensor_sha256"], facts["name"], facts["description"],
+         event.get("file_name") or blob.name, facts["size"], facts["architecture"], facts["format"],
+         facts["network_type"], facts["rank"], facts["content_rating"], json.dumps(facts["trigger_words"]),
+         json.dumps(facts["tags"]), json.dumps(facts["metadata"], sort_keys=True), event["added_at"]))
+    if cur.rowcount == 1:
+        conn.execute("INSERT INTO entries_fts (rowid, name, description, trigger_words, tags) VALUES (?, ?, ?, ?, ?)",
+                     (cur.lastrowid, facts["name"] or "", facts["description"] or "",
+                      "\n".join(facts["trigger_words"]), "\n".join(facts["tags"])))
+    elif facts["architecture"]:
+        conn.execute("UPDATE entries SET architecture = ? WHERE sha256 = ? AND architecture IS NULL",
+                     (facts["architecture"], facts["sha256"]))
+    origin = event.get("origin")
+    if origin:
+        o = Origin.from_dict(origin)
+        conn.execute("INSERT OR IGNORE INTO origins (sha256, kind, path, endpoint, repo, revision, file, added_at) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                     (facts["sha256"], o.kind, o.path or "", o.endpoint or "", o.repo or "", o.revision or "",
+                      o.file or "", event["added_at"]))
+    if event.get("verdict") is not None:
+        conn.execute("UPDATE entries SET verdict = ? WHERE sha256 = ?",
+                     (json.dumps(event["verdict"], sort_keys=True), facts["sha256"]))
+
+
+def _fts_match(query: str | None, trigger: str | None) -> str | None:
+    """An FTS5 expression from free text: every word must match (as a prefix); quoting defuses FTS syntax."""
+    parts: list[str] = []
+    words = _words(query)
+    if words:
+        parts.append(" ".join(f'"{w}"*' for w in words))
+    trigger_words = _words(trigger)
+    if trigger_words:
+        parts.append('trigger_words : "' + " ".join(trigger_words) + '"')
+    return " AND ".join(f"({p})" for p in parts) or None
+
+
+def _words(text: str | None) -> list[str]:
+    return re.findall(r"\w+", text or "")
+
+
+def _architecture_id(name: str) -> str:
+    from ..architectures import get
+
+    return get(name).id
+
+
+def _move_aside(db_path: Path) -> str | None:
+    if not db_path.exists():
+        return None
+    aside = db_path.with_name(f"{db_path.name}.broken-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}")
+    os.replace(db_path, aside)
+    for suffix in ("-wal", "-shm"):  # the WAL belongs to the old file; replaying it on a new one corrupts it
+        side = db_path.with_name(db_path.name + suffix)
+        if side.exists():
+            os.replace(side, aside.with_name(aside.name + suffix))
+    return str(aside)
+
+
+def rebuild(root: str | os.PathLike[str] | None = None) -> RebuildResult:
+    """Re-index the store from the files' own metadata and journals; the old database is kept aside.
+
+    The fix for ``RegistryCorrupt``: it never opens the old database. Run it while no other lorareg process
+    writes to this registry.
+    """
+    path = Path(root) if root is not None else default_root()
+    _ensure_writable(path)
+    result = RebuildResult(moved_aside=_move_aside(path / DB_NAME))
+    with Registry(path, connect(path / DB_NAME)) as registry:
+        for claimed, blob in registry.store.blobs():
+            try:
+                actual = file_sha256(blob)
+                if actual != claimed:
+                    result.skipped.append((str(blob), f"content hash {actual} differs from its name (damaged)"))
+                    continue
+                facts = _read_facts(blob)
+                facts.pop("stat")
+            except Exception as exc:  # one unreadable blob must not stop the re-index of the others
+                result.skipped.append((str(blob), str(exc)))
+                continue
+            events = registry.store.read_journal(claimed) or [{"added_at": _now(), "file_name": blob.name}]
+            with sqlite_errors(registry.db_path), transaction(registry._conn) as conn:
+                for event in events:
+                    if not facts["architecture"] and event.get("architecture"):
+                        facts["architecture"] = event["architecture"]
+                    _insert(conn, facts, event, blob)
+            result.indexed += 1
+    return result

@@ -1,0 +1,121 @@
+"""The SQLite index: WAL mode (readers never block the writer), a busy timeout, short write transactions.
+
+Every sqlite3 error that means "the file is damaged" or "the folder is read-only" becomes the registry's
+own error here, so callers see what to run next instead of a raw ``sqlite3.DatabaseError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import RegistryCorrupt, RegistryError, RegistryNotWritable
+
+DB_SCHEMA_VERSION = "1"
+BUSY_TIMEOUT_S = 60.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    sha256 TEXT PRIMARY KEY,
+    tensor_sha256 TEXT,
+    name TEXT,
+    description TEXT,
+    file_name TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    architecture TEXT,
+    format TEXT,
+    network_type TEXT,
+    rank INTEGER,
+    content_rating TEXT NOT NULL,
+    trigger_words TEXT NOT NULL,  -- JSON list
+    tags TEXT NOT NULL,           -- JSON list
+    metadata TEXT NOT NULL,       -- the canonical record, JSON
+    verdict TEXT,                 -- JSON {ok, error_codes} or NULL when not verified
+    added_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_architecture ON entries (architecture);
+CREATE TABLE IF NOT EXISTS origins (
+    sha256 TEXT NOT NULL REFERENCES entries (sha256) ON DELETE CASCADE,
+    kind TEXT NOT NULL,
+    path TEXT NOT NULL DEFAULT '',
+    endpoint TEXT NOT NULL DEFAULT '',
+    repo TEXT NOT NULL DEFAULT '',
+    revision TEXT NOT NULL DEFAULT '',
+    file TEXT NOT NULL DEFAULT '',
+    added_at TEXT NOT NULL,
+    UNIQUE (sha256, kind, path, endpoint, repo, revision, file)
+);
+CREATE VIRTUAL TABLE IF NOT EXISTS entries_fts USING fts5 (name, description, trigger_words, tags);
+"""
+
+_CORRUPT = ("file is not a database", "malformed", "database corrupt")
+_READ_ONLY = ("readonly database", "unable to open database file", "disk i/o error")
+
+
+@contextlib.contextmanager
+def sqlite_errors(db_path: Path) -> Iterator[None]:
+    """Map sqlite3 errors to registry errors that say what to do."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        text = str(exc).lower()
+        if any(s in text for s in _CORRUPT):
+            raise RegistryCorrupt(str(db_path), str(exc)) from None
+        if any(s in text for s in _READ_ONLY):
+            raise RegistryNotWritable(str(db_path.parent), str(exc)) from None
+        if "locked" in text or "busy" in text:
+            raise RegistryError(f"the registry stayed busy for {BUSY_TIMEOUT_S:g} s ({exc})", path=db_path,
+                                hint="another lorareg process holds it; retry when it is done") from None
+        raise
+
+
+def connect(db_path: Path) -> sqlite3.Connection:
+    """Open (creating if needed) the index; raises RegistryCorrupt / RegistryNotWritable."""
+    with sqlite_errors(db_path):
+        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a writer takes the lock up front
+        # instead of upgrading a read lock (which deadlocks under concurrency and fails without waiting).
+        conn = sqlite3.connect(db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA foreign_keys = ON")
+            _enable_wal(conn)
+            conn.execute("PRAGMA synchronous = NORMAL")  # durable enough in WAL mode, much faster
+            with transaction(conn):
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    conn.execute(statement)
+                conn.execute("INSERT OR IGNORE INTO info (key, value) VALUES ('schema_version', ?)",
+                             (DB_SCHEMA_VERSION,))
+        except BaseException:
+            conn.close()
+            raise
+    return conn
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    # Switching to WAL needs an exclusive lock that the busy handler does not always wait for when
+    # several processes open a fresh registry at once; the mode is persistent, so retry briefly.
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A short write transaction that takes the write lock at BEGIN."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
