@@ -14,6 +14,8 @@ _LAZY = {
     "AdapterFile": "loraregistry.adapter",
     "LoraregError": "loraregistry.errors",
     "AdapterMetadata": "loraregistry.schema",
+    "Report": "loraregistry.verify",
+    "verify": "loraregistry.verify",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from .adapter import AdapterFile
     from .errors import LoraregError
     from .schema import AdapterMetadata
+    from .verify import Report, verify
 
 
 def __getattr__(name: str) -> Any:

@@ -409,7 +409,8 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
             os.close(dir_fd)
 
 
-def _encode_header(entries: dict[str, Any], metadata: Mapping[str, str] | None) -> bytes:
+def encode_header(entries: dict[str, Any], metadata: Mapping[str, str] | None) -> bytes:
+    """The 8-byte length and padded JSON header for tensor ``entries`` (name -> dtype/shape/data_offsets)."""
     obj: dict[str, Any] = {}
     if metadata:
         bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
@@ -440,7 +441,7 @@ def write_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, Any],
                          "data_offsets": [offset, offset + a.nbytes]}
         offset += a.nbytes
     with atomic_write(path) as f:
-        f.write(_encode_header(entries, metadata))
+        f.write(encode_header(entries, metadata))
         for name in order:
             a = arrays[name]
             if a.dtype.byteorder == ">":
@@ -461,7 +462,7 @@ def rewrite_metadata(path: str | os.PathLike[str], metadata: Mapping[str, str], 
         name: {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [t.start, t.end]}
         for name, t in header.tensors.items()
     }
-    encoded = _encode_header(entries, metadata)
+    encoded = encode_header(entries, metadata)
     target = Path(out) if out is not None else src
     with src.open("rb") as f_in, atomic_write(target) as f_out:
         f_out.write(encoded)

@@ -17,10 +17,17 @@ from ..errors import LoraregError
 from .lazy import LazyGroup
 
 COMMANDS = {
+    "bake": "loraregistry.cli.bake_cmd:bake",
     "demo": "loraregistry.cli.demo_cmd:demo",
+    "extract": "loraregistry.cli.bake_cmd:extract",
     "inspect": "loraregistry.cli.inspect_cmd:inspect",
     "meta": "loraregistry.cli.meta_cmd:meta",
+    "pull": "loraregistry.cli.hub_cmd:pull",
+    "push": "loraregistry.cli.hub_cmd:push",
+    "registry": "loraregistry.cli.registry_cmd:registry",
     "schema": "loraregistry.cli.schema_cmd:schema",
+    "search": "loraregistry.cli.hub_cmd:search",
+    "verify": "loraregistry.cli.verify_cmd:verify",
 }
 
 

@@ -12,9 +12,12 @@ JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
-    """{file name: JSON Schema} of every record lorareg stores."""
+    """{file name: JSON Schema} of every record lorareg stores or prints as ``--json``."""
+    from ..verify.outputs import VerifyRunModel  # pydantic only, no torch
+
     return {
         "adapter-metadata.v1.schema.json": {"$schema": JSON_SCHEMA_DIALECT, **AdapterMetadata.model_json_schema()},
+        "verify-output.v1.schema.json": {"$schema": JSON_SCHEMA_DIALECT, **VerifyRunModel.model_json_schema()},
     }
 
 

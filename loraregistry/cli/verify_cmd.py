@@ -1,0 +1,131 @@
+"""``lorareg verify PATH...``: prove adapters load into their base; exit codes and outputs for CI gates."""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import click
+
+from ..errors import FileAccessError, LoraregError
+from .output import console, status
+
+_GLOB_CHARS = set("*?[")
+
+
+def expand_paths(specs: tuple[str, ...]) -> list[str]:
+    """Files as given, folders searched recursively for *.safetensors, globs expanded (quoted ones too).
+    Remote specs (hf://, http(s)://) pass through."""
+    found: list[str] = []
+    for spec in specs:
+        if spec.startswith(("hf://", "http://", "https://")):
+            found.append(spec)
+        elif os.path.isdir(spec):
+            files = sorted(str(p) for p in Path(spec).rglob("*.safetensors") if p.is_file())
+            if not files:
+                raise FileAccessError("no .safetensors files in this folder", path=spec,
+                                      hint="name adapter files, or a folder that holds some")
+            found.extend(files)
+        elif _GLOB_CHARS & set(spec) and not os.path.exists(spec):
+            files = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+            if not files:
+                raise FileAccessError("the pattern matches no files", path=spec)
+            found.extend(files)
+        else:
+            found.append(spec)
+    return list(dict.fromkeys(found))  # once each, in order
+
+
+def _render(reports, strict: bool) -> None:
+    from rich.markup import escape
+
+    from ..verify.outputs import failed
+
+    out = console()
+    colors = {"error": "red", "warning": "yellow", "info": "cyan"}
+    for report in reports:
+        verdict = "[red]FAIL[/red]" if failed(report, strict) else "[green]OK[/green]  "
+        facts = []
+        if report.format:
+            facts.append(f"{report.format} {report.network_type or ''}".strip())
+        arch = report.detected_architecture or ("/".join(report.candidates) if report.candidates else "no base fits")
+        if report.format:
+            declared = f" (declared {report.declared_architecture})" if report.declared_architecture else ""
+            facts.append(f"{arch}{declared}")
+            facts.append(f"{report.modules} modules")
+        if report.requested_base:
+            facts.append(f"base {report.requested_base}")
+        out.print(f"{verdict} {escape(report.path)}  {escape(' · '.join(facts))}")
+        for f in report.findings:
+            color = colors[f.severity]
+            key = f" [dim]{escape(f.key)}[/dim]" if f.key else ""
+            out.print(f"  [{color}]{f.severity:7}[/{color}] {f.code}{key}  {escape(f.message)}")
+            if f.hint:
+                out.print(f"          hint: {escape(f.hint)}")
+
+
+def _summary(reports, strict: bool) -> str:
+    from ..verify.outputs import run_document
+
+    s = run_document(reports, strict=strict)["summary"]
+    return (f"{s['files']} file(s): {s['passed']} passed, {s['failed']} failed "
+            f"({s['error']} errors, {s['warning']} warnings, {s['info']} notes)")
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--base", help="Architecture id/alias (sd1, sdxl-base, ...) or a diffusers model folder / single-file "
+                             "checkpoint to check every module against (headers only).")
+@click.option("--strict", is_flag=True, help="Warnings fail too (exit 1).")
+@click.option("--no-tensors", is_flag=True, help="Header-level checks only: skip the tensor scan (NaN/Inf, ...).")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON document (schemas/verify-output.v1.schema.json).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text", show_default=True,
+              help="github: workflow annotations (::error file=...) for GitHub Actions.")
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), help="Also write JUnit XML here.")
+@click.option("-q", "--quiet", is_flag=True, help="Text output: only failing files and the summary.")
+def verify(paths, base, strict, no_tensors, as_json, fmt, junit, quiet) -> int:
+    """Verify adapters: container, key format, architecture, every module against the base, tensor health.
+
+    PATHS are files, folders (searched for *.safetensors) or glob patterns. Exit 0 when every file passes,
+    1 when one has errors (or warnings with --strict), 2 for usage or input errors.
+    """
+    from ..safetensors_io import atomic_write
+    from ..verify import verify as verify_file
+    from ..verify.outputs import failed, github_annotations, json_text, junit_xml
+
+    fmt = "json" if as_json else fmt
+    files = expand_paths(paths)
+    if base is not None:
+        from ..verify import load_base
+
+        load_base(base)  # a bad --base is a usage error before any file is read
+    reports, io_errors = [], 0
+    for spec in files:
+        try:
+            if spec.startswith(("hf://", "http://", "https://")):
+                from ..hub.remote import verify_remote  # header-only over HTTP range requests
+
+                reports.append(verify_remote(spec, base=base))
+            else:
+                reports.append(verify_file(spec, base=base, tensors=not no_tensors))
+        except LoraregError as exc:
+            if len(files) == 1:
+                raise
+            io_errors += 1
+            status(f"lorareg: error: {exc.one_line()}")
+    if fmt == "json":
+        click.echo(json_text(reports, strict=strict))
+    elif fmt == "github":
+        click.echo(github_annotations(reports, strict=strict), nl=False)
+        status(_summary(reports, strict))
+    else:
+        _render([r for r in reports if failed(r, strict)] if quiet else reports, strict)
+        if len(reports) > 1 or quiet:
+            console().print(_summary(reports, strict))
+    if junit is not None:
+        with atomic_write(junit) as f:
+            f.write(junit_xml(reports, strict=strict).encode())
+    if io_errors:
+        return 2
+    return 1 if any(failed(r, strict) for r in reports) else 0

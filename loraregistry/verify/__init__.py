@@ -1,0 +1,83 @@
+"""``verify``: prove that an adapter loads into its base, without torch.
+
+``verify(path)`` opens the file once, runs every check and returns a ``Report`` of findings, each with a
+stable ``LRG###`` code (table: ``findings.CODES``, docs: ``docs/verify-codes.md``). A bad adapter file
+never raises: even bytes that are no safetensors container give a report with an integrity finding.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+from collections import Counter
+
+from ..adapter import AdapterFile
+from ..errors import InvalidSafetensorsError, UnknownAdapterFormat
+from ..safetensors_io import read_header
+from .base import Base, load_base
+from .checks import HEADER_CHECKS, TENSOR_CHECKS, unreadable_keys
+from .context import Context
+from .findings import CODES, Finding, codes_markdown
+from .integrity import container_finding
+from .report import REPORT_SCHEMA_VERSION, Report
+
+__all__ = ["CODES", "REPORT_SCHEMA_VERSION", "Base", "Finding", "Report", "codes_markdown", "load_base", "verify"]
+
+
+def verify(path: str | os.PathLike[str], *, base: str | None = None, tensors: bool = True) -> Report:
+    """Verify one adapter file and return its report.
+
+    ``base``: an architecture id or alias (``sd1``, ``sdxl-base``, ``SDXL 1.0``, ...) or the path of a
+    diffusers model folder / single-file checkpoint to check every module against; by default modules are
+    checked against the architecture their shapes fit. ``tensors=False`` skips the tensor scan (NaN/Inf,
+    untrained and extreme factors, declared tensor hashes), so only the header and alpha scalars are read.
+
+    Raises ``LoraregError`` only for usage and I/O problems: an unknown ``base`` (UnknownArchitecture, listing
+    the known ids), a ``base`` path that is no model (UsageError), or a ``path`` that does not exist or cannot
+    be read (FileAccessError). The file is never modified.
+    """
+    target: Base | None = load_base(base) if base is not None else None
+    report = Report(path=str(path), requested_base=target.label if target else None)
+    try:
+        adapter = AdapterFile.open(path)
+    except InvalidSafetensorsError as exc:
+        report.findings.append(container_finding(exc))
+        return report
+    except UnknownAdapterFormat:
+        report.findings += unreadable_keys(read_header(path))
+        return report
+    ctx = Context.build(adapter, target)
+    for check in HEADER_CHECKS + (TENSOR_CHECKS if tensors else ()):
+        report.findings += check(ctx)
+    _describe(report, ctx, tensors)
+    return report
+
+
+def _describe(report: Report, ctx: Context, tensors: bool) -> None:
+    adapter, detection = ctx.adapter, ctx.detection
+    report.format = adapter.format
+    report.network_type = adapter.network_type
+    report.detected_architecture = detection.architecture
+    report.candidates = detection.candidates
+    report.declared_architecture = ctx.declaration.architecture
+    report.declared_source = ctx.declaration.source
+    report.modules = len(adapter.modules)
+    report.components = dict(sorted(Counter(m.component for m in adapter.modules).items()))
+    if ctx.target is not None:
+        from .detect import measure_fit
+
+        report.fitted = measure_fit(adapter.modules, ctx.deltas, ctx.target).fitted
+    report.tensors_checked = tensors
+
+
+
+class _CallableModule(types.ModuleType):
+    """``loraregistry.verify(path)`` must call ``verify`` even once this subpackage is imported, when Python
+    binds the attribute ``loraregistry.verify`` to the module itself: so the module is callable too."""
+
+    def __call__(self, path: str | os.PathLike[str], *, base: str | None = None, tensors: bool = True) -> Report:
+        return verify(path, base=base, tensors=tensors)
+
+
+sys.modules[__name__].__class__ = _CallableModule

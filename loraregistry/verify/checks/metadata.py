@@ -1,0 +1,100 @@
+"""Metadata checks: the lorareg record's schema, what the conventions declare, recommended fields, size."""
+
+from __future__ import annotations
+
+from ...errors import MetadataError
+from ...schema import HEADER_KEY, import_metadata, read_header_value
+from ..context import Context
+from ..findings import Finding, finding
+
+TAG_FREQUENCY_KEY = "ss_tag_frequency"
+TAG_FREQUENCY_LIMIT = 64 * 1024  # kohya writes one count per caption tag; sane datasets stay far below this
+METADATA_LIMIT = 1024 * 1024  # every listing, hash and load parses the header; a megabyte is already slow on a Hub
+
+_NETWORK_FIELDS = ("network.rank:", "network.alpha:", "network.conv_rank:", "network.conv_alpha:")
+# Judged elsewhere: base.architecture by the architecture checks. Not comparable: peft target_modules are patterns,
+# the weights' are leaf module names.
+_JUDGED_ELSEWHERE = ("base.architecture:", "network.target_modules:", "network.components:")
+
+
+def _import_warning_code(warning: str) -> str | None:
+    """The code an importer warning becomes, or None when another check already reports its cause."""
+    if warning.startswith(_JUDGED_ELSEWHERE):
+        return None
+    if warning.startswith("network.") and ": weights = " in warning:
+        return None  # a value of the weights the schema refuses (alpha 0, NaN): the compatibility checks report it
+    if warning.startswith(_NETWORK_FIELDS) and " but weights = " in warning:
+        return "declared-network-mismatch"
+    return "metadata-import-warning"
+
+
+def check_record(ctx: Context) -> list[Finding]:
+    raw = ctx.adapter.header.metadata.get(HEADER_KEY)
+    if raw is None:
+        return []
+    try:
+        read_header_value(raw)
+    except MetadataError as exc:
+        return [finding("record-invalid", exc.message, key=HEADER_KEY,
+                        hint="fix it with `lorareg meta set`, or rewrite it with `lorareg fix`")]
+    return []
+
+
+def check_declared_sources(ctx: Context) -> list[Finding]:
+    sources = ctx.declaration.sources
+    if len(set(sources.values())) < 2:
+        return []
+    spelled = ", ".join(f"{key} = {arch}" for key, arch in sources.items())
+    return [finding("declared-architectures-conflict", f"got {spelled}, expected one base architecture",
+                    key=next(iter(sources)),
+                    hint="rewrite the metadata with `lorareg meta set base.architecture=<id>`")]
+
+
+def _imported(ctx: Context):
+    """The merged record; an invalid lorareg record (reported by check_record) is left out, not fatal."""
+    header = ctx.adapter.header.metadata
+    try:
+        return import_metadata(header, facts=ctx.adapter.facts)
+    except MetadataError:
+        try:
+            return import_metadata({k: v for k, v in header.items() if k != HEADER_KEY}, facts=ctx.adapter.facts)
+        except MetadataError:
+            return None
+
+
+def check_imported(ctx: Context) -> list[Finding]:
+    imported = _imported(ctx)
+    if imported is None:
+        return []
+    findings: list[Finding] = []
+    hints = {"declared-network-mismatch": "the weights are right; rewrite the metadata with `lorareg fix`",
+             "metadata-import-warning": "fix or remove the metadata key"}
+    for warning in imported.warnings:
+        name = _import_warning_code(warning)
+        if name is not None:
+            findings.append(finding(name, warning, hint=hints[name]))
+    meta = imported.metadata
+    if not meta.trigger_words:
+        findings.append(finding("missing-trigger-words", "got no trigger words, expected the words that activate "
+                                "the adapter", hint="`lorareg meta set trigger_words=...` (or none if it needs none)"))
+    if not meta.license:
+        findings.append(finding("missing-license", "got no license, expected a license id such as 'openrail++'",
+                                hint="`lorareg meta set license=<id>`"))
+    return findings
+
+
+def check_size(ctx: Context) -> list[Finding]:
+    metadata = ctx.adapter.header.metadata
+    findings: list[Finding] = []
+    tags = metadata.get(TAG_FREQUENCY_KEY)
+    if tags is not None and len(tags.encode("utf-8")) > TAG_FREQUENCY_LIMIT:
+        findings.append(finding("tag-frequency-bloat", f"got {TAG_FREQUENCY_KEY} of {len(tags.encode('utf-8')):,} "
+                                f"bytes, expected at most {TAG_FREQUENCY_LIMIT:,}", key=TAG_FREQUENCY_KEY,
+                                hint="drop it with `lorareg meta unset ss_tag_frequency`"))
+    total = sum(len(k.encode("utf-8")) + len(v.encode("utf-8")) for k, v in metadata.items())
+    if total > METADATA_LIMIT:
+        largest = max(metadata, key=lambda k: len(metadata[k]))
+        findings.append(finding("header-bloat", f"got {total:,} bytes of metadata, expected at most "
+                                f"{METADATA_LIMIT:,}; the largest key is {largest!r}", key=largest,
+                                hint=f"drop or shorten it with `lorareg meta unset {largest}`"))
+    return findings

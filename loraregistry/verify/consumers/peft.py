@@ -1,0 +1,52 @@
+"""peft on one model: ``PeftModel.from_pretrained(model, folder)`` / ``set_peft_model_state_dict(model, sd)``.
+
+Written from huggingface/peft 0.21.2 (installed here) ``utils/save_and_load.py`` (``set_peft_model_state_dict``:
+keys relative to the model, ``base_model.model.`` prefixed or not; adapter names inserted before loading with
+``load_state_dict(strict=False)``) and ``tuners/lora/layer.py`` (LoRA ``lora_A``/``lora_B``, DoRA
+``lora_magnitude_vector``). The rules hold since peft 0.9:
+
+* only peft keys (``lora_A``/``lora_B``, ``lora_magnitude_vector``, ``lora_B.bias``) load; kohya, diffusers
+  ``.lora.down`` and attention-processor keys match no parameter, so the adapter stays at its zero init;
+* the keys must be relative to the one model peft wraps: a diffusers file's ``unet.``/``text_encoder.``
+  prefixes match nothing (load it with diffusers, or strip the prefix per component);
+* a module the model lacks is an unexpected key; a factor whose shape differs (1x1-conv factors on a Linear,
+  2-D factors on a 1x1 Conv2d) raises ``RuntimeError: size mismatch``;
+* LoHa/LoKr in kohya keys are not peft's ``hada_``/``lokr_`` parameters (peft needs its own config for them).
+
+Checked by tests/test_consumers_rules.py (goldens written by peft itself load; the edits do not).
+"""
+
+from __future__ import annotations
+
+from . import Assessment, Consumer
+from .facts import ABSENT, FITS, UNCHECKED, AdapterFacts
+
+VERSION_RANGE = "0.9 - 0.21"
+_FIX = "run `lorareg convert --to peft`"
+
+
+def assess(facts: AdapterFacts) -> Assessment:
+    a = Assessment("peft")
+    not_peft = [m.module for m in facts.modules.values() if m.key_format != "peft"]
+    a.skip(not_peft, "their keys are not peft parameter names", hint=_FIX)
+    prefixed = [m.module for m in facts.modules.values() if m.key_format == "peft"
+                and all(k.startswith(f"{m.component}.") for k in m.keys)]
+    a.skip(prefixed, "their keys carry a diffusers component prefix ('unet.'), which peft's model lacks",
+           hint="load the file with diffusers, or strip the prefix for each component")
+    components = {m.component for m in facts.modules.values() if m.module not in a.skipped}
+    if len(components) > 1:
+        a.note("consumer-skips-modules", f"keys for {len(components)} components: peft wraps one model at a time",
+               hint="load each component's keys into its own model")
+    a.skip([m.module for m in facts.modules.values() if m.fit == ABSENT], "the model has no such module")
+    bad = [m for m in facts.modules.values() if m.module not in a.skipped and m.fit not in (FITS, ABSENT, UNCHECKED)]
+    if bad:
+        a.refuse(f"RuntimeError: size mismatch for {len(bad)} modules ({bad[0].fit}), e.g. '{bad[0].module}'",
+                 key=str(bad[0].module), hint=_FIX)
+    a.ignore(list(facts.unknown_keys), "are unexpected keys")
+    return a
+
+
+CONSUMER = Consumer(
+    name="peft", title="peft `set_peft_model_state_dict`", version_range=VERSION_RANGE,
+    sources=("huggingface/peft: src/peft/utils/save_and_load.py", "huggingface/peft: src/peft/tuners/lora/layer.py"),
+    assess=assess)

@@ -1,0 +1,49 @@
+"""What every check needs, worked out once per file: the adapter, each module's delta shape, the
+declared and detected architecture, and the base the modules are checked against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from ..adapter import AdapterFile
+from ..architectures import Fingerprint, fingerprint
+from ..canonical import ModuleKey
+from .base import Base
+from .detect import Declaration, Detection, detect_architecture, read_declaration
+from .shapes import Problem, Shape, factor_problems
+
+
+@dataclass
+class Context:
+    adapter: AdapterFile
+    base: Base | None  # the requested base (--base), if any
+    deltas: dict[ModuleKey, Shape | None]
+    factor_problems: dict[ModuleKey, list[Problem]]
+    declaration: Declaration
+    detection: Detection
+
+    @classmethod
+    def build(cls, adapter: AdapterFile, base: Base | None) -> Context:
+        deltas: dict[ModuleKey, Shape | None] = {}
+        problems: dict[ModuleKey, list[Problem]] = {}
+        for key, info in adapter.modules.items():
+            deltas[key], problems[key] = factor_problems(info)
+        declaration = read_declaration(adapter.header.metadata)
+        detection = detect_architecture(adapter.modules, deltas, declaration)
+        return cls(adapter, base, deltas, problems, declaration, detection)
+
+    @cached_property
+    def target(self) -> Fingerprint | None:
+        """The fingerprint modules are checked against: the requested base, else the best-fitting one."""
+        if self.base is not None:
+            return self.base.fingerprint
+        best = self.detection.best
+        return fingerprint(best.fingerprint) if best is not None else None
+
+    @property
+    def target_label(self) -> str:
+        if self.base is not None:
+            return self.base.label
+        best = self.detection.best
+        return self.detection.architecture or (best.fingerprint if best else "none")

@@ -1,0 +1,165 @@
+"""Which base architecture an adapter is for: what its shapes fit, and what its metadata declares.
+
+Detection counts, for every shipped fingerprint, the modules that exist there with a delta that loads
+(shapes, kernel; kohya's 1x1-conv factors on Linear projections count as loading). Every architecture
+whose fingerprint holds all modules is a candidate. Several candidates share shapes (sd2-512 and
+sd2-768-v; flux1-dev and -schnell; a CLIP-L-only adapter fits every base with CLIP-L): the declared
+architecture, then the declared prediction type / resolution, picks one, else all are reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..adapter import ModuleInfo
+from ..architectures import ARCHITECTURES, Fingerprint, fingerprint, fingerprint_names
+from ..canonical import ModuleKey
+from ..errors import MetadataError
+from .shapes import Shape, fits
+
+
+@dataclass(frozen=True)
+class Fit:
+    """How one fingerprint holds an adapter's checkable modules."""
+
+    fingerprint: str
+    architectures: tuple[str, ...]  # architecture ids that share this fingerprint
+    fitted: int
+    total: int
+    misfits: tuple[ModuleKey, ...] = ()  # modules absent from the fingerprint, or whose shapes do not load
+
+    @property
+    def fits_all(self) -> bool:
+        return self.total > 0 and self.fitted == self.total
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """What the metadata says the base is. ``sources`` maps the header key to the architecture id it names,
+    in precedence order (lorareg record, modelspec, kohya, diffusers base model id)."""
+
+    sources: dict[str, str] = field(default_factory=dict)
+    prediction_type: str | None = None
+    resolution: int | None = None
+
+    @property
+    def architecture(self) -> str | None:
+        return next(iter(self.sources.values()), None)
+
+    @property
+    def source(self) -> str | None:
+        return next(iter(self.sources), None)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """The result of matching an adapter against every fingerprint.
+
+    ``architecture``: the one architecture the adapter is for, or None (no fit, or several candidates that
+    nothing declared tells apart). ``candidates``: every architecture that holds all modules.
+    ``decided_by``: ``shapes`` (one candidate), ``declared`` (declared architecture), ``prediction_type`` /
+    ``resolution`` (declared facts), or None. ``fits``: per fingerprint, best first.
+    """
+
+    architecture: str | None
+    candidates: tuple[str, ...]
+    decided_by: str | None
+    fits: tuple[Fit, ...]
+
+    @property
+    def best(self) -> Fit | None:
+        return self.fits[0] if self.fits and self.fits[0].fitted else None
+
+    def fit_of(self, arch_id: str) -> Fit | None:
+        return next((f for f in self.fits if arch_id in f.architectures), None)
+
+
+def architectures_of(fingerprint_name: str) -> tuple[str, ...]:
+    return tuple(a.id for a in ARCHITECTURES.values() if a.fingerprint == fingerprint_name)
+
+
+def measure_fit(modules: Mapping[ModuleKey, ModuleInfo], deltas: Mapping[ModuleKey, Shape | None],
+                fp: Fingerprint, architectures: tuple[str, ...] = ()) -> Fit:
+    """Count the modules ``fp`` holds; modules whose factors make no delta are left out (reported elsewhere)."""
+    misfits = []
+    checked = 0
+    for key, info in modules.items():
+        delta = deltas.get(key)
+        if delta is None:
+            continue
+        checked += 1
+        if not fits(info, delta, fp.modules.get(key) or fp.lookup(key.component, key.path)):
+            misfits.append(key)
+    return Fit(fp.name, architectures, checked - len(misfits), checked, tuple(misfits))
+
+
+def detect_architecture(modules: Mapping[ModuleKey, ModuleInfo], deltas: Mapping[ModuleKey, Shape | None],
+                        declared: Declaration | None = None) -> Detection:
+    """Match the modules against every shipped fingerprint (see the module docstring)."""
+    declared = declared or Declaration()
+    fit_list = [measure_fit(modules, deltas, fingerprint(name), architectures_of(name))
+                for name in fingerprint_names()]
+    fit_list.sort(key=lambda f: (-f.fitted, f.fingerprint))
+    candidates = tuple(a for f in fit_list if f.fits_all for a in f.architectures)
+    architecture, decided_by = _choose(candidates, declared)
+    return Detection(architecture, candidates, decided_by, tuple(fit_list))
+
+
+def _choose(candidates: tuple[str, ...], declared: Declaration) -> tuple[str | None, str | None]:
+    if len(candidates) == 1:
+        return candidates[0], "shapes"
+    if not candidates:
+        return None, None
+    if declared.architecture in candidates:
+        return declared.architecture, "declared"
+    for fact, value in (("prediction_type", declared.prediction_type), ("resolution", declared.resolution)):
+        if value is None:
+            continue
+        matching = [a for a in candidates if getattr(ARCHITECTURES[a], fact) == value]
+        if len(matching) == 1:
+            return matching[0], fact
+    return None, None
+
+
+# --- declared -----------------------------------------------------------------------------------
+
+
+def read_declaration(header_metadata: Mapping[str, str]) -> Declaration:
+    """The architecture every metadata convention declares, without merging them (verify compares them).
+
+    Unknown or unparsable values are skipped here; the metadata checks report them.
+    """
+    from ..architectures import resolve
+    from ..schema.diffusers_meta import read_diffusers
+    from ..schema.kohya import read_kohya
+    from ..schema.metadata import HEADER_KEY, read_header_value
+    from ..schema.modelspec import read_modelspec
+
+    sources: dict[str, str] = {}
+    prediction: str | None = None
+    resolution: int | None = None
+    if HEADER_KEY in header_metadata:
+        try:
+            record, _ = read_header_value(header_metadata[HEADER_KEY])
+        except MetadataError:
+            record = None
+        if record is not None:
+            if record.base.architecture:
+                sources[HEADER_KEY] = record.base.architecture
+            prediction = record.base.prediction_type
+            resolution = record.base.resolution[0] if record.base.resolution else None
+    for reader in (read_modelspec, read_kohya, read_diffusers):
+        found = reader(header_metadata).values
+        arch = found.get("base.architecture")
+        if arch is not None:
+            sources.setdefault(arch.key, arch.value)
+        model_id = found.get("base.model_id")
+        by_repo = resolve(model_id.value) if model_id is not None else None
+        if by_repo is not None:
+            sources.setdefault(model_id.key, by_repo.id)
+        if prediction is None and "base.prediction_type" in found:
+            prediction = found["base.prediction_type"].value
+        if resolution is None and "base.resolution" in found:
+            resolution = found["base.resolution"].value[0]
+    return Declaration(sources=sources, prediction_type=prediction, resolution=resolution)

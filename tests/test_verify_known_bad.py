@@ -1,0 +1,50 @@
+"""The known-bad adapter library: one file per defect, named after it, each getting its code."""
+
+from __future__ import annotations
+
+import pytest
+
+from loraregistry.verify import verify
+from loraregistry.verify.findings import CODES
+from tests.adapters import KNOWN_BAD_ADAPTERS, BadAdapter
+from tests.test_verify_integrity import EXPECTED as CONTAINER_CODES
+
+# Codes no file in the libraries triggers, and why.
+UNTRIGGERED = {
+    "LRG015": "fallback for container errors no rule classifies; every known container defect has its own code",
+    "LRG106": "no key format maps OFT/IA3/GLoRA tensors to roles yet, so no module has an unchecked algorithm",
+    "LRG107": "covered by the peft/attn-procs goldens (test_verify_goldens)",
+    "LRG108": "covered by the LyCORIS LoHa/LoKr goldens (test_verify_goldens)",
+    "LRG405": "covered in test_verify_health with an F8_E8M0 tensor where ml_dtypes lacks it",
+}
+
+
+@pytest.mark.parametrize("case", KNOWN_BAD_ADAPTERS, ids=lambda c: c.name)
+def test_known_bad_adapter_gets_its_code(case: BadAdapter, tmp_path):
+    path = case.build(tmp_path)
+    before = path.read_bytes()
+    report = verify(path, base=case.base)
+    matching = [f for f in report.findings if f.code == case.code]
+    assert matching, f"{case.name}: expected {case.code}, got {report.codes()}"
+    assert case.phrase in matching[0].message
+    assert all(f.hint for f in matching)
+    assert report.exit_code(strict=True) == 1 or CODES[case.code].severity == "info"
+    assert path.read_bytes() == before
+
+
+def test_library_covers_every_code():
+    covered = {c.code for c in KNOWN_BAD_ADAPTERS} | set(CONTAINER_CODES.values()) | set(UNTRIGGERED)
+    assert covered == set(CODES)
+    assert len({c.name for c in KNOWN_BAD_ADAPTERS}) == len(KNOWN_BAD_ADAPTERS)
+
+
+def test_healthy_small_adapters_are_clean(tmp_path):
+    from tests.adapters import lora_tensors, write_adapter
+
+    for arch, expected in (("sd1", "sd1"), ("sdxl-base", "sdxl-base")):
+        path = write_adapter(tmp_path / f"{arch}.safetensors", lora_tensors(arch),
+                             {"modelspec.architecture": f"{expected}", "modelspec.license": "mit",
+                              "modelspec.trigger_phrase": "sks"})
+        report = verify(path)
+        assert report.findings == [], [f.message for f in report.findings]
+        assert report.detected_architecture == expected
