@@ -1,4 +1,4 @@
-"""push / pull / search / remote header read: the real huggingface_hub client against tests/hub_server.py."""
+"""push / pull / search / remote header read: the real huggingface_hub client against loraregistry/hub/devserver.py."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from loraregistry.safetensors_io import read_header
 from loraregistry.schema import AdapterMetadata, to_header_value
 
 from .adapters import KNOWN_BAD_ADAPTERS, lora_tensors, write_adapter
-from .hub_server import HubServer
+from loraregistry.hub.devserver import HubServer
 
 
 @pytest.fixture
@@ -247,7 +247,7 @@ def test_pull_without_file_needs_a_single_top_level_adapter(hub, registry, tmp_p
 def test_pull_of_a_plain_git_file_checks_the_git_blob_id(hub, registry, tmp_path):
     data = make_adapter(tmp_path).read_bytes()
     hub.state.add_files("alice/plain", {"README.md": b"# hi\n"})
-    from .hub_server import StoredFile
+    from loraregistry.hub.devserver import StoredFile
 
     commit = hub.state.repos["alice/plain"].resolve("main")
     commit.files["plain.safetensors"] = StoredFile(size=len(data), data=data)  # not LFS

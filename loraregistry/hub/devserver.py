@@ -1,4 +1,4 @@
-"""A Hub-API-compatible HTTP server for tests: the routes huggingface_hub 2.4 calls, in memory.
+"""A Hub-API-compatible HTTP server, in memory: for tests and the demo (127.0.0.1 only, no auth by default).
 
 Routes (paths as in huggingface_hub's hf_api.py / _commit_api.py / lfs.py / file_download.py):
 
