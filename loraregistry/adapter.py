@@ -35,12 +35,16 @@ class ModuleInfo:
     in_features: int | None
     out_features: int | None
     kernel: tuple[int, ...] | None
-    alpha: float | None = None  # from the file's alpha tensor; None when the file stores none
+    alpha: float | None = None  # from the file's alpha tensor; None when the file stores none (or alpha_unknown)
     dora: bool = False
+    alpha_unknown: bool = False  # an alpha tensor is stored but its value was not read (header-only adapters)
 
     @property
     def effective_alpha(self) -> float | None:
-        """alpha, or the rank where the file stores none or 0 (kohya and peft both read it that way)."""
+        """alpha, or the rank where the file stores none or 0 (kohya and peft both read it that way);
+        None when the stored alpha was not read."""
+        if self.alpha_unknown:
+            return None
         return self.alpha if self.alpha else (float(self.rank) if self.rank else None)
 
 
@@ -49,7 +53,7 @@ def _shape(t: TensorInfo | None) -> tuple[int, ...]:
 
 
 def describe_module(module: ModuleKey, tensors: dict[str, TensorInfo], keys: dict[str, str],
-                    alpha: float | None) -> ModuleInfo:
+                    alpha: float | None, *, alpha_unknown: bool = False) -> ModuleInfo:
     """Read rank, kind and features from the shapes of a module's factors."""
     roles = set(tensors)
     dora = "dora_scale" in roles
@@ -68,11 +72,14 @@ def describe_module(module: ModuleKey, tensors: dict[str, TensorInfo], keys: dic
     elif roles & set(_LOHA):
         algo = "loha"
         w1a, w1b = _shape(tensors.get("hada_w1_a")), _shape(tensors.get("hada_w1_b"))
-        rank = w1a[1] if len(w1a) > 1 else None
-        fout = w1a[0] if w1a else None
-        fin = w1b[1] if len(w1b) > 1 else None
-        if "hada_t1" in roles:
+        if "hada_t1" in roles:  # Tucker: w1_a [r, out], w1_b [r, in], t1 [r, r, kh, kw]
+            rank = w1a[0] if w1a else None
+            fout = w1a[1] if len(w1a) > 1 else None
             kernel = _shape(tensors["hada_t1"])[2:] or None
+        else:  # w1_a [out, r], w1_b [r, in (x kh x kw)]
+            rank = w1a[1] if len(w1a) > 1 else None
+            fout = w1a[0] if w1a else None
+        fin = w1b[1] if len(w1b) > 1 else None
     elif roles & set(_LOKR):
         algo = "lokr"
         w1 = _shape(tensors.get("lokr_w1"))
@@ -84,14 +91,19 @@ def describe_module(module: ModuleKey, tensors: dict[str, TensorInfo], keys: dic
             right: tuple[int, int] | None = (w2[0], w2[1])
             kernel = w2[2:] or None
         elif len(w2a) > 1 and len(w2b) > 1:
-            right = (w2a[0], w2b[1])
-            if "lokr_t2" in roles:
+            if "lokr_t2" in roles:  # Tucker: w2_a [r, out2], w2_b [r, in2], t2 [r, r, kh, kw]
+                right = (w2a[1], w2b[1])
                 kernel = _shape(tensors["lokr_t2"])[2:] or None
+            else:  # w2_a [out2, r], w2_b [r, in2 (x kh x kw)]
+                right = (w2a[0], w2b[1])
         else:
             right = None
         if left and right:
             fout, fin = left[0] * right[0], left[1] * right[1]
-        rank = w2a[1] if len(w2a) > 1 else (w1a[1] if len(w1a) > 1 else None)
+        if len(w2a) > 1:
+            rank = w2a[0] if "lokr_t2" in roles else w2a[1]
+        else:
+            rank = w1a[1] if len(w1a) > 1 else None
     elif "diff" in roles:
         algo = "full"
         d = _shape(tensors["diff"])
@@ -101,7 +113,25 @@ def describe_module(module: ModuleKey, tensors: dict[str, TensorInfo], keys: dic
         algo = "other"
     kind = "conv" if kernel is not None else "linear"
     return ModuleInfo(module=module, tensors=tensors, keys=keys, algo=algo, kind=kind, rank=rank, in_features=fin,
-                      out_features=fout, kernel=tuple(kernel) if kernel else None, alpha=alpha, dora=dora)
+                      out_features=fout, kernel=tuple(kernel) if kernel else None, alpha=alpha, dora=dora,
+                      alpha_unknown=alpha_unknown)
+
+
+def _group(header: SafetensorsHeader) -> tuple[KeyMapping, dict[ModuleKey, dict[str, str]]]:
+    """The key mapping and, per module, role -> key (raises UnknownAdapterFormat for unreadable keys)."""
+    from .formats import to_canonical
+
+    mapping = to_canonical(list(header.tensors))
+    by_module: dict[ModuleKey, dict[str, str]] = {}
+    for key, ck in mapping.mapped.items():
+        by_module.setdefault(ck.module, {})[ck.role] = key
+    return mapping, by_module
+
+
+def _leaf_name(path: str) -> str:
+    """The module's own name as target lists spell it: ``to_q``, and ``to_out.0`` rather than ``0``."""
+    parts = path.split(".")
+    return ".".join(parts[-2:]) if parts[-1].isdigit() and len(parts) > 1 else parts[-1]
 
 
 def _most_common(values: list) -> object | None:
@@ -122,20 +152,39 @@ class AdapterFile:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> AdapterFile:
-        from .formats import to_canonical
-
         p = Path(path)
         header = read_header(p)
-        mapping = to_canonical(list(header.tensors))
-        by_module: dict[ModuleKey, dict[str, str]] = {}
-        for key, ck in mapping.mapped.items():
-            by_module.setdefault(ck.module, {})[ck.role] = key
+        mapping, by_module = _group(header)
         alphas = _read_alphas(p, header, {m: r["alpha"] for m, r in by_module.items() if "alpha" in r})
         modules = {
             m: describe_module(m, {role: header.tensors[k] for role, k in roles.items()}, roles, alphas.get(m))
             for m, roles in sorted(by_module.items())
         }
         return cls(path=p, header=header, mapping=mapping, modules=modules, file_size=p.stat().st_size)
+
+    @classmethod
+    def from_header(cls, header: SafetensorsHeader, *, path: str | os.PathLike[str],
+                    file_size: int | None = None) -> AdapterFile:
+        """An adapter from a parsed header alone (a remote file read up to 8 + N bytes).
+
+        Alpha values live in the tensor data, so a module that stores an alpha tensor gets ``alpha=None`` with
+        ``alpha_unknown=True`` ("not read"), never the "no alpha stored" reading (alpha = rank). ``path`` only
+        names the file; hashes and tensor reads need a local file. ``file_size`` defaults to the size the header
+        describes.
+        """
+        mapping, by_module = _group(header)
+        modules = {
+            m: describe_module(m, {role: header.tensors[k] for role, k in roles.items()}, roles, None,
+                               alpha_unknown="alpha" in roles)
+            for m, roles in sorted(by_module.items())
+        }
+        return cls(path=Path(path), header=header, mapping=mapping, modules=modules,
+                   file_size=header.total_size if file_size is None else file_size)
+
+    @property
+    def alphas_unknown(self) -> bool:
+        """True when some stored alpha was not read (``from_header``): alpha facts are then incomplete."""
+        return any(m.alpha_unknown for m in self.modules.values())
 
     # --- what the weights say ------------------------------------------------------------
 
@@ -177,7 +226,7 @@ class AdapterFile:
                         if m.rank is not None and m.rank != (rank if m.kind == "linear" else conv_rank)}
         alpha_pattern = {str(m.module): m.alpha for m in self.modules.values()
                          if m.alpha is not None and m.alpha != (alpha if m.kind == "linear" else conv_alpha)}
-        targets = tuple(sorted({m.module.path.rsplit(".", 1)[-1] for m in self.modules.values()}))
+        targets = tuple(sorted({_leaf_name(m.module.path) for m in self.modules.values()}))
         return WeightFacts(
             format=self.format, network_type=self.network_type, components=self.components,
             module_count=len(self.modules), rank=rank, alpha=alpha, conv_rank=conv_rank, conv_alpha=conv_alpha,

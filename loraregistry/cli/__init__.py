@@ -27,6 +27,7 @@ COMMANDS = {
     "registry": "loraregistry.cli.registry_cmd:registry",
     "schema": "loraregistry.cli.schema_cmd:schema",
     "search": "loraregistry.cli.hub_cmd:search",
+    "train": "loraregistry.cli.train_cmd:train",
     "verify": "loraregistry.cli.verify_cmd:verify",
 }
 

@@ -1,0 +1,93 @@
+"""``lorareg train --config run.toml [--set k=v ...] [--resume latest|PATH]`` and ``lorareg train init``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .output import emit_json, status
+
+_COMMON = (  # flag -> dotted field: the settings people change between runs most
+    ("base", "model.base"), ("data", "data.folder"), ("output", "output.dir"), ("name", "output.name"),
+    ("steps", "train.steps"), ("lr", "optim.lr"), ("rank", "network.rank"), ("seed", "train.seed"),
+)
+
+
+@click.group(invoke_without_command=True)
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML config (write one with `lorareg train init`).")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
+              help="Override a config field (TOML value syntax); repeatable.")
+@click.option("--resume", metavar="latest|PATH", help="Continue from the newest checkpoint or a checkpoint folder.")
+@click.option("--base", help="= --set model.base=...")
+@click.option("--data", help="= --set data.folder=...")
+@click.option("--output", help="= --set output.dir=...")
+@click.option("--name", help="= --set output.name=...")
+@click.option("--steps", type=int, help="= --set train.steps=...")
+@click.option("--lr", type=float, help="= --set optim.lr=...")
+@click.option("--rank", type=int, help="= --set network.rank=...")
+@click.option("--seed", type=int, help="= --set train.seed=...")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+def train(ctx: click.Context, config_path: Path | None, overrides: tuple[str, ...], resume: str | None,
+          as_json: bool, quiet: bool, **flags) -> int | None:
+    """Train a LoRA on SD1.x / SD2.x / SDXL; write it verified, with full metadata.
+
+    Multi-GPU: accelerate launch -m loraregistry.train --config run.toml
+    """
+    if ctx.invoked_subcommand is not None:
+        return None
+    from ..train.config import TrainConfig, parse_value
+    from ..train.errors import ConfigError
+
+    if config_path is None and not flags.get("base"):
+        raise click.UsageError("give --config run.toml (see `lorareg train init`), or at least --base and --data")
+    settings: dict[str, object] = {}
+    for flag, dotted in _COMMON:
+        if flags.get(flag) is not None:
+            settings[dotted] = flags[flag]
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item}: expected SECTION.FIELD=VALUE")
+        settings[key.strip()] = parse_value(value.strip())
+    config = TrainConfig.load(config_path, settings)
+    from ..train.run import train as run_training
+
+    result = run_training(config, resume=resume, quiet=quiet or as_json)
+    if as_json:
+        emit_json(result.to_dict())
+        return 0
+    _render(result.to_dict())
+    return 0
+
+
+def _render(summary: dict) -> None:
+    first, last = summary["loss_first"], summary["loss_last"]
+    status(f"trained {summary['architecture']} LoRA: {summary['steps']} steps in {summary['seconds']} s, "
+           f"loss {first:.4f} -> {last:.4f}" if first is not None else "trained")
+    skipped = summary["dataset"]["skipped"]
+    if skipped:
+        status(f"skipped {len(skipped)} dataset items (see run.json): first {skipped[0]['path']}: "
+               f"{skipped[0]['reason']}")
+    for out in summary["outputs"]:
+        note = f" (registry {out['registry_id']})" if out["registry_id"] else ""
+        if out["registry_error"]:
+            note = f" (not registered: {out['registry_error']})"
+        click.echo(f"{out['format']}: {out['path']} verified ok{note}")
+    if summary["outputs"]:
+        status(f"check again with: lorareg verify {summary['outputs'][0]['path']} --base {summary['verify_base']}")
+
+
+@train.command("init")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default=Path("run.toml"))
+@click.option("--preset", type=click.Choice(["sd15", "sdxl", "tiny"]), default="sd15", show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(path: Path, preset: str, force: bool) -> None:
+    """Write an annotated training config template."""
+    from ..train.presets import write_template
+
+    write_template(path, preset, force=force)
+    status(f"wrote {path} ({preset} preset); edit it, then: lorareg train --config {path}")

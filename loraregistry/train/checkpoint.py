@@ -1,0 +1,165 @@
+"""Checkpoints: everything a killed run needs to continue bit for bit, written atomically.
+
+A checkpoint is a folder ``checkpoints/step-00000040/`` with the LoRA parameters (by parameter name), the
+optimizer and lr-scheduler states, every RNG state (python, numpy, torch CPU and CUDA, the trainer's noise
+generator), the data position and the config that made it. It is written under a temporary name and renamed
+into place, so a ``step-*`` folder is always complete; ``latest`` is the highest step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError
+
+_PREFIX = "step-"
+# Settings a checkpoint cannot be resumed under when they change (the state would not fit or would mean
+# something else). Everything else (steps, sampling, output) may change between runs.
+_FIXED = ("model", "network", "data", "optim.optimizer", "train.batch_size", "train.seed",
+          "optim.grad_accumulation")
+
+
+@dataclass
+class Position:
+    """Where training stands: optimizer steps done, and the next micro-batch (epoch, index in it)."""
+
+    step: int
+    epoch: int
+    batch_index: int
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def save(run_dir: Path, position: Position, *, models: dict[str, Any], optimizer, scheduler, generator,
+         config_json: dict[str, Any], keep: int) -> Path:
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    root = checkpoint_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{_PREFIX}{position.step:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+    try:
+        save_file(trainable_state(models), str(tmp / "lora.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+               "generator": generator.get_state(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        torch.save(rng, tmp / "rng.pt")
+        (tmp / "state.json").write_text(json.dumps({"position": asdict(position), "config": config_json},
+                                                   indent=2, sort_keys=True, default=str))
+        _fsync_tree(tmp)
+        if final.exists():  # the same step again (a resumed run repeating it): replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _prune(root, keep)
+    return final
+
+
+def trainable_state(models: dict[str, Any]) -> dict[str, Any]:
+    return {f"{component}/{name}": p.detach().cpu().contiguous()
+            for component, model in models.items()
+            for name, p in _unwrap(model).named_parameters() if p.requires_grad}
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        with path.open("rb") as f:
+            os.fsync(f.fileno())
+
+
+def _prune(root: Path, keep: int) -> None:
+    for old in sorted(_steps(root))[:-keep]:
+        shutil.rmtree(old[1], ignore_errors=True)
+    for stale in root.glob(f".{_PREFIX}*"):  # temp folders of a run killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _steps(root: Path) -> list[tuple[int, Path]]:
+    found = []
+    for path in root.glob(f"{_PREFIX}*"):
+        if path.is_dir() and (path / "state.json").is_file():
+            try:
+                found.append((int(path.name[len(_PREFIX):]), path))
+            except ValueError:
+                continue
+    return found
+
+
+def resolve(run_dir: Path, spec: str) -> Path:
+    """``latest`` -> the newest checkpoint of this run; anything else is a checkpoint folder path."""
+    if spec == "latest":
+        steps = _steps(checkpoint_dir(run_dir))
+        if not steps:
+            raise CheckpointError("no checkpoint to resume from", path=checkpoint_dir(run_dir),
+                                  hint="set train.checkpoint_every, or start without --resume")
+        return max(steps)[1]
+    path = Path(spec).expanduser()
+    if not (path / "state.json").is_file():
+        raise CheckpointError("not a checkpoint folder (no state.json)", path=path,
+                              hint="pass --resume latest or a checkpoints/step-* folder")
+    return path
+
+
+def load(path: Path, *, models: dict[str, Any], optimizer, scheduler, generator,
+         config_json: dict[str, Any]) -> Position:
+    """Restore a checkpoint into live objects; refuses one made under incompatible settings."""
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    state = json.loads((path / "state.json").read_text())
+    _check_compatible(path, state["config"], config_json)
+    saved = load_file(str(path / "lora.safetensors"))
+    with torch.no_grad():
+        for component, model in models.items():
+            for name, p in _unwrap(model).named_parameters():
+                if p.requires_grad:
+                    p.copy_(saved[f"{component}/{name}"])
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    rng = torch.load(path / "rng.pt", weights_only=False)
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    generator.set_state(rng["generator"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return Position(**state["position"])
+
+
+def _check_compatible(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    for dotted in _FIXED:
+        old, new = _get(saved, dotted), _get(current, dotted)
+        if old != new:
+            raise CheckpointError(f"was made with a different {dotted} ({_short(old)} -> {_short(new)})", path=path,
+                                  hint="resume with the config the run started with, or start a new run")
+
+
+def _get(data: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        data = data.get(part, {}) if isinstance(data, dict) else {}
+    return data
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) < 80 else text[:77] + "..."

@@ -1,0 +1,289 @@
+"""``build_components(config)``: the base pipeline loaded offline, its architecture checked, LoRA injected.
+
+Bases: ``tiny:<arch>`` (built from configs), a local diffusers folder, a single-file checkpoint (diffusers needs the
+component configs for those: ``model.single_file_config``), or a Hub id that is already in the HF cache. Nothing is
+ever downloaded: Hub lookups run with ``local_files_only=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..architectures.ids import Architecture, get
+from .config import TrainConfig
+from .errors import BaseModelError, ConfigError
+from .tiny import is_tiny, tiny_pipeline_from_spec
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+# ResNet / sampler convolutions LoCon adds (kohya: ResnetBlock2D, Downsample2D, Upsample2D).
+CONV_SUFFIXES = ("conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv")
+
+
+@dataclass
+class BaseSource:
+    """Where the base came from, for metadata and for verify's ``--base``."""
+
+    spec: str
+    path: Path | None = None  # folder or file verify can read (None until a tiny base is saved)
+    model_id: str | None = None  # Hub repo id
+    revision: str | None = None
+    sha256: str | None = None  # single-file checkpoints only
+
+
+@dataclass
+class Components:
+    """Everything a training step and an export need. ``trained`` maps component name -> model with LoRA."""
+
+    pipeline: Any
+    architecture: Architecture
+    prediction_type: str  # "epsilon" or "v"
+    source: BaseSource
+    noise_scheduler: Any
+    trained: dict[str, Any] = field(default_factory=dict)
+    target_modules: dict[str, list[str]] = field(default_factory=dict)
+    conv_modules: list[str] = field(default_factory=list)  # UNet convolutions with LoCon rank/alpha
+    content_keys: dict[str, str] = field(default_factory=dict)  # component -> weights key for caches
+
+    @property
+    def unet(self):
+        return self.pipeline.unet
+
+    @property
+    def vae(self):
+        return self.pipeline.vae
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.architecture.family == "sdxl"
+
+    def model(self, name: str):
+        """The module to call in training: the trainer's wrapped copy (DDP) when it trains, else the pipeline's."""
+        return self.trained[name] if name in self.trained else getattr(self.pipeline, name)
+
+    def text_encoders(self) -> list[Any]:
+        return [self.model(n) for n in TEXT_ENCODERS if getattr(self.pipeline, n, None) is not None]
+
+    def tokenizers(self) -> list[Any]:
+        names = ("tokenizer", "tokenizer_2")
+        return [getattr(self.pipeline, n) for n in names if getattr(self.pipeline, n, None) is not None]
+
+
+def build_components(config: TrainConfig, *, pipeline=None) -> Components:
+    """Load the base, check its architecture, inject LoRA (seeded: the same config gives the same init).
+
+    ``pipeline``: an SD / SDXL pipeline already in memory to train instead of loading ``model.base`` (which then
+    only names it in the metadata)."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    pipeline, source = load_base(config) if pipeline is None else (pipeline, BaseSource(spec=config.model.base))
+    arch = detect_architecture(pipeline)
+    arch = check_override(arch, config.model.architecture)
+    scheduler_pred = pipeline.scheduler.config.get("prediction_type", "epsilon")
+    prediction = config.model.prediction_type or ("v" if scheduler_pred == "v_prediction" else "epsilon")
+    if arch.family == "sd2" and config.model.architecture is None:
+        arch = get("sd2-768-v" if prediction == "v" else "sd2-512")
+    noise_scheduler = DDPMScheduler.from_config(
+        pipeline.scheduler.config, prediction_type="v_prediction" if prediction == "v" else "epsilon")
+    for name in ("unet", "vae", *TEXT_ENCODERS):
+        module = getattr(pipeline, name, None)
+        if module is not None:
+            module.requires_grad_(False)
+    parts = Components(pipeline=pipeline, architecture=arch, prediction_type=prediction, source=source,
+                       noise_scheduler=noise_scheduler)
+    parts.content_keys = {name: weights_key(getattr(pipeline, name)) for name in ("vae", *TEXT_ENCODERS)
+                          if getattr(pipeline, name, None) is not None}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.train.seed)
+        inject_lora(parts, config)
+    return parts
+
+
+# --- loading -------------------------------------------------------------------------------------------------
+
+
+def load_base(config: TrainConfig) -> tuple[Any, BaseSource]:
+    spec = config.model.base
+    if is_tiny(spec):
+        try:
+            return tiny_pipeline_from_spec(spec), BaseSource(spec=spec)
+        except ValueError as exc:
+            raise ConfigError(f"model.base: {exc}") from None
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _from_folder(path, config), BaseSource(spec=spec, path=path.resolve())
+    if path.is_file():
+        return _from_single_file(path, config)
+    if spec.startswith((".", "/", "~")) or path.suffix in SINGLE_FILE_SUFFIXES:
+        raise BaseModelError("no such file or folder", path=spec,
+                             hint="model.base takes a diffusers folder, a checkpoint file, a cached Hub id or tiny:sd1")
+    return _from_hub_cache(spec, config)
+
+
+def _from_folder(path: Path, config: TrainConfig):
+    from diffusers import DiffusionPipeline
+
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise BaseModelError("folder has no model_index.json: not a diffusers pipeline", path=path,
+                             hint="point model.base at the folder save_pretrained wrote, or at a checkpoint file")
+    kind = json.loads(index.read_text()).get("_class_name")
+    if kind not in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):
+        raise BaseModelError(f"{kind} is not a base lorareg trains", path=path,
+                             hint="supported: StableDiffusionPipeline (SD1/SD2) and StableDiffusionXLPipeline")
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if config.model.variant:
+        kwargs["variant"] = config.model.variant
+    if kind == "StableDiffusionPipeline":  # the safety checker is never used in training: do not load it
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    try:
+        return DiffusionPipeline.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise BaseModelError(f"cannot load the diffusers folder: {_first_line(exc)}", path=path) from None
+
+
+def _from_single_file(path: Path, config: TrainConfig):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from ..hashes import hash_file
+
+    cls = StableDiffusionXLPipeline if _looks_sdxl(path) else StableDiffusionPipeline
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if config.model.single_file_config:
+        kwargs["config"] = config.model.single_file_config
+    try:
+        pipeline = cls.from_single_file(str(path), **kwargs)
+    except Exception as exc:  # noqa: BLE001 - diffusers raises many types here; all mean "cannot build offline"
+        raise BaseModelError(
+            f"cannot load the single-file checkpoint offline ({type(exc).__name__}: {_first_line(exc)})", path=path,
+            hint="diffusers needs the component configs: set model.single_file_config to a diffusers folder or a "
+                 "Hub id in your HF cache (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5), or convert the "
+                 "checkpoint to a diffusers folder") from None
+    return pipeline, BaseSource(spec=str(path), path=path.resolve(), sha256=hash_file(path).sha256)
+
+
+def _looks_sdxl(path: Path) -> bool:
+    if path.suffix != ".safetensors":
+        return False
+    from ..safetensors_io import read_header
+
+    return any(k.startswith("conditioner.embedders.1.") for k in read_header(path).tensors)
+
+
+def _from_hub_cache(repo_id: str, config: TrainConfig):
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(repo_id, revision=config.model.revision, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError):
+        raise BaseModelError(f"{repo_id!r} is not in the Hugging Face cache and lorareg never downloads models",
+                             hint=f"download it first: hf download {repo_id}") from None
+    except HFValidationError:
+        raise BaseModelError(f"{repo_id!r} is neither an existing path nor a Hub repo id",
+                             hint="model.base takes a diffusers folder, a checkpoint file, a cached Hub id or "
+                                  "tiny:sd1") from None
+    pipeline = _from_folder(folder, config)
+    return pipeline, BaseSource(spec=repo_id, path=folder, model_id=repo_id, revision=folder.name)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:300]
+
+
+# --- architecture -------------------------------------------------------------------------------------------
+
+
+def detect_architecture(pipeline) -> Architecture:
+    """From structure, not sizes (tiny models keep the structure): SDXL has text-time conditioning and two
+    text encoders; SD2 uses linear transformer projections; SD1 1x1 convolutions."""
+    unet = pipeline.unet.config
+    if unet.get("addition_embed_type") == "text_time":
+        if getattr(pipeline, "text_encoder", None) is None:
+            raise BaseModelError("this is an SDXL refiner (no first text encoder); lorareg trains the SDXL base")
+        return get("sdxl-base")
+    if getattr(pipeline, "text_encoder", None) is None or unet.get("in_channels") != 4:
+        raise BaseModelError("the base is not an SD1, SD2 or SDXL text-to-image model",
+                             hint="inpainting and other variants are not supported yet")
+    return get("sd2-512" if unet.get("use_linear_projection") else "sd1")
+
+
+def check_override(detected: Architecture, requested: str | None) -> Architecture:
+    if requested is None:
+        return detected
+    wanted = get(requested)
+    if wanted.family != detected.family:
+        raise BaseModelError(f"model.architecture is {wanted.id} but the base is {detected.family}",
+                             hint="drop model.architecture or fix model.base")
+    return wanted
+
+
+def weights_key(module) -> str:
+    """A content key of a model for caches: its config and a digest of a few parameters (cheap, and changes
+    when the weights do, unlike a path)."""
+    import torch
+
+    h = hashlib.sha256()
+    config = getattr(module, "config", None)
+    h.update(json.dumps(config.to_dict() if hasattr(config, "to_dict") else dict(config or {}),
+                        sort_keys=True, default=str).encode())
+    params = list(module.state_dict().items())
+    for name, tensor in params[:2] + params[-2:]:
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# --- LoRA injection -----------------------------------------------------------------------------------------
+
+
+def inject_lora(parts: Components, config: TrainConfig) -> None:
+    from peft import LoraConfig
+
+    net = config.network
+    for component in net.components:
+        model = getattr(parts.pipeline, component, None)
+        if model is None:
+            raise ConfigError(f"network.components lists {component} but a {parts.architecture.id} base has none",
+                              hint=f"allowed here: {', '.join(parts.architecture.components)}")
+        suffixes = net.unet_modules() if component == "unet" else net.text_encoder_modules()
+        linear = _matching(model, suffixes)
+        if component == "text_encoder" and parts.is_sdxl:
+            # SDXL reads the first encoder's penultimate layer: a LoRA on its last layer would never train
+            last = f"layers.{model.config.num_hidden_layers - 1}."
+            linear = [name for name in linear if last not in name]
+        conv = _conv_modules(model) if component == "unet" and net.conv_rank else []
+        if not linear:
+            field_name = "unet_targets" if component == "unet" else "text_encoder_targets"
+            raise ConfigError(f"network.{field_name} {suffixes} matches no Linear/Conv2d module of the {component}")
+        conv_alpha = net.conv_alpha if net.conv_alpha is not None else float(net.conv_rank)
+        lora = LoraConfig(
+            r=net.rank, lora_alpha=net.alpha, lora_dropout=net.dropout, init_lora_weights=True,
+            use_dora=net.use_dora, target_modules=linear + conv,
+            rank_pattern={name: net.conv_rank for name in conv}, alpha_pattern={name: conv_alpha for name in conv},
+        )
+        model.add_adapter(lora)
+        parts.trained[component] = model
+        parts.target_modules[component] = linear + conv
+        parts.conv_modules += conv
+
+
+def _matching(model, suffixes: list[str]) -> list[str]:
+    import torch
+
+    return [name for name, m in model.named_modules()
+            if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
+            and any(name == s or name.endswith("." + s) for s in suffixes)]
+
+
+def _conv_modules(unet) -> list[str]:
+    import torch
+
+    blocks = (".resnets.", ".downsamplers.", ".upsamplers.")
+    return [name for name, m in unet.named_modules()
+            if isinstance(m, torch.nn.Conv2d) and any(b in name for b in blocks) and name.endswith(CONV_SUFFIXES)]

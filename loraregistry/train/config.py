@@ -1,0 +1,317 @@
+"""``TrainConfig``: every setting of a training run, typed and strict, loaded from TOML and overridden by flags.
+
+Sections mirror the pipeline: ``model`` (the base) -> ``data`` -> ``network`` (what LoRA patches) -> ``optim`` ->
+``train`` (the loop) -> ``output``. Unknown fields are errors (a typo never silently does nothing), and every error
+is one line naming the field and what it accepts. Pure pydantic: importing this module never imports torch.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+Architecture = Literal["sd1", "sd2-512", "sd2-768-v", "sdxl-base"]
+Precision = Literal["no", "fp16", "bf16"]
+Optimizer = Literal["adamw", "adamw8bit", "prodigy"]
+Scheduler = Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
+OutputFormat = Literal["kohya", "diffusers"]
+TrainedComponent = Literal["unet", "text_encoder", "text_encoder_2"]
+OnBadItem = Literal["skip", "stop"]
+OnMissingCaption = Literal["skip", "stop", "empty"]
+
+# Module-name suffixes peft matches. "attn" is what the diffusers LoRA scripts train; "transformer" adds the
+# projections and feed-forward of each transformer block (kohya's default target set).
+UNET_TARGET_PRESETS = {
+    "attn": ["to_q", "to_k", "to_v", "to_out.0"],
+    "transformer": ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"],
+}
+TEXT_ENCODER_TARGET_PRESETS = {
+    "attn": ["q_proj", "k_proj", "v_proj", "out_proj"],
+    "all": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+}
+
+Positive = Annotated[int, Field(ge=1)]
+Rate = Annotated[float, Field(ge=0, le=1)]
+
+
+def _cross(field: str, problem: str) -> PydanticCustomError:
+    return PydanticCustomError("cross_field", "{message}", {"message": f"{field} {problem}"})
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False)
+
+
+class ModelConfig(_Section):
+    """The base model: where it is and what it is."""
+
+    base: str = Field(description="local diffusers folder, single-file .safetensors/.ckpt, Hub id already in the "
+                                  "HF cache, or tiny:sd1|sd2|sd2-v|sdxl (built offline from configs)")
+    revision: str | None = Field(None, description="Hub revision of a cached Hub id")
+    variant: str | None = Field(None, description="weights variant to load, e.g. fp16")
+    single_file_config: str | None = Field(
+        None, description="for a single-file base: a diffusers folder or cached Hub id holding the component configs")
+    architecture: Architecture | None = Field(None, description="override detection: sd1, sd2-512, sd2-768-v, "
+                                                                "sdxl-base")
+    prediction_type: Literal["epsilon", "v"] | None = Field(None, description="override the scheduler's")
+
+
+class DataConfig(_Section):
+    """Images with same-name captions, or an HF imagefolder ``metadata.jsonl``."""
+
+    folder: Path = Field(description="images + same-name captions; N_name subfolders repeat N times")
+    caption_extension: str = Field(".txt", pattern=r"^\.[\w.-]+$")
+    repeats: Positive = Field(1, description="repeats of images outside N_name folders")
+    shuffle_captions: bool = Field(False, description="shuffle comma-separated tags after keep_tokens")
+    keep_tokens: int = Field(1, ge=0, description="leading tags kept in place (the trigger word)")
+    caption_dropout: Rate = Field(0.0, description="probability of training a sample with an empty caption")
+    resolution: int = Field(512, ge=16, le=4096, description="training side length; buckets keep its area")
+    buckets: bool = Field(True, description="aspect-ratio buckets (else center crop to a square)")
+    bucket_step: int = Field(64, ge=8, le=512, description="bucket sides are multiples of this")
+    cache_dir: Path | None = Field(None, description="latent / text-embedding cache (default: user cache)")
+    missing_caption: OnMissingCaption = Field("skip", description="image without caption: skip, stop or empty")
+    bad_image: OnBadItem = Field("skip", description="unreadable image: skip (reported) or stop")
+
+    @model_validator(mode="after")
+    def _step_divides(self) -> DataConfig:
+        if self.resolution % 8:
+            raise _cross("data.resolution", f"must be a multiple of 8 (got {self.resolution})")
+        return self
+
+
+class NetworkConfig(_Section):
+    """What the adapter patches and how big it is."""
+
+    rank: Positive = 16
+    alpha: float = Field(8.0, gt=0, description="scale = alpha / rank")
+    dropout: Rate = 0.0
+    components: list[TrainedComponent] = Field(["unet"], min_length=1)
+    unet_targets: list[str] | Literal["attn", "transformer"] = "attn"
+    text_encoder_targets: list[str] | Literal["attn", "all"] = "attn"
+    conv_rank: int = Field(0, ge=0, description="> 0 adds ResNet convolutions (LoCon)")
+    conv_alpha: float | None = Field(None, gt=0)
+    use_dora: bool = False
+
+    @field_validator("components")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"lists a component twice: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _conv(self) -> NetworkConfig:
+        if self.conv_alpha is not None and not self.conv_rank:
+            raise _cross("network.conv_alpha", "is set but network.conv_rank is 0; set conv_rank or drop conv_alpha")
+        return self
+
+    def unet_modules(self) -> list[str]:
+        t = self.unet_targets
+        return list(UNET_TARGET_PRESETS[t] if isinstance(t, str) else t)
+
+    def text_encoder_modules(self) -> list[str]:
+        t = self.text_encoder_targets
+        return list(TEXT_ENCODER_TARGET_PRESETS[t] if isinstance(t, str) else t)
+
+
+class OptimConfig(_Section):
+    optimizer: Optimizer = "adamw"
+    lr: float = Field(1e-4, gt=0, le=10)
+    unet_lr: float | None = Field(None, gt=0, le=10)
+    text_encoder_lr: float | None = Field(None, gt=0, le=10)
+    weight_decay: float = Field(1e-2, ge=0)
+    betas: list[float] = Field([0.9, 0.999], min_length=2, max_length=2)
+    eps: float = Field(1e-8, gt=0)
+    scheduler: Scheduler = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    grad_accumulation: Positive = 1
+    max_grad_norm: float | None = Field(1.0, gt=0, description="clip gradients to this norm; omit to disable")
+
+
+class LoopConfig(_Section):
+    """The ``[train]`` section."""
+
+    steps: Positive | None = Field(None, description="optimizer steps (or give epochs)")
+    epochs: Positive | None = None
+    batch_size: Positive = 1
+    seed: int = Field(42, ge=0, lt=2**32)
+    mixed_precision: Precision = "no"
+    gradient_checkpointing: bool = False
+    min_snr_gamma: float | None = Field(None, gt=0)
+    noise_offset: float = Field(0.0, ge=0, le=1)
+    checkpoint_every: int = Field(0, ge=0, description="0 = no intermediate checkpoints")
+    keep_checkpoints: Positive = 2
+    sample_every: int = Field(0, ge=0, description="0 = samples only at the end (if prompts are set)")
+    sample_prompts: list[str] = Field(default_factory=list)
+    sample_seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0])
+    sample_steps: Positive = 20
+    sample_guidance: float = Field(7.0, ge=0)
+    log_every: Positive = 1
+
+    @model_validator(mode="after")
+    def _length(self) -> LoopConfig:
+        if (self.steps is None) == (self.epochs is None):
+            raise _cross("train.steps", "or train.epochs: set exactly one of them")
+        if not self.sample_seeds:
+            raise _cross("train.sample_seeds", "must list at least one seed")
+        return self
+
+
+class OutputConfig(_Section):
+    dir: Path = Path("lorareg-output")
+    name: str = Field("lora", pattern=r"^[\w.-]+$", max_length=120)
+    formats: list[OutputFormat] = Field(["kohya"], min_length=1)
+    dtype: Literal["fp16", "fp32"] = Field("fp16", description="dtype of the saved factors")
+    trigger_words: list[str] = Field(default_factory=list)
+    license: str | None = None
+    content_rating: Literal["general", "mature", "adult"] = "general"
+    description: str | None = None
+    author: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    add_to_registry: bool = Field(True, description="add the result to the local registry")
+
+
+class TrainConfig(_Section):
+    """A whole run. ``TrainConfig.load(path, overrides)`` is the usual way in."""
+
+    model: ModelConfig
+    data: DataConfig
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: LoopConfig
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+        """Read a TOML file (its relative paths are relative to the file), then apply dotted overrides (their
+        relative paths are relative to the working directory)."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            path = Path(path)
+            data = resolve_paths(read_toml(path), path.resolve().parent)
+        extra: dict[str, Any] = {}
+        for dotted, value in (overrides or {}).items():
+            set_dotted(extra, dotted, value)
+        for section, values in resolve_paths(extra, Path.cwd()).items():
+            data[section] = {**(data.get(section) or {}), **values}
+        return from_dict(data)
+
+    def lr_for(self, component: str) -> float:
+        specific = self.optim.unet_lr if component == "unet" else self.optim.text_encoder_lr
+        return specific if specific is not None else self.optim.lr
+
+    def trains_text_encoder(self) -> bool:
+        return any(c != "unet" for c in self.network.components)
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "model": ModelConfig, "data": DataConfig, "network": NetworkConfig, "optim": OptimConfig, "train": LoopConfig,
+    "output": OutputConfig,
+}
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError("no such config file", path=path, hint="write one with `lorareg train init`") from None
+    except IsADirectoryError:
+        raise ConfigError("is a folder, expected a TOML file", path=path) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", path=path) from None
+
+
+def parse_value(text: str) -> Any:
+    """A flag value as TOML (``8``, ``1e-4``, ``true``, ``["unet"]``); anything else is a plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    section, _, name = dotted.partition(".")
+    if section not in SECTIONS or not name or "." in name:
+        raise ConfigError(f"--set {dotted}: expected section.field with section one of {', '.join(SECTIONS)}")
+    fields = SECTIONS[section].model_fields
+    if name not in fields:
+        raise ConfigError(f"--set {dotted}: unknown field; {section} has {', '.join(fields)}")
+    data.setdefault(section, {})[name] = value
+
+
+_PATH_FIELDS = (("data", "folder"), ("data", "cache_dir"), ("output", "dir"))
+
+
+def resolve_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """Make relative paths in ``data`` absolute against ``base_dir`` (``model.base`` only when it starts with
+    ``.`` or ``~``: otherwise it may be a Hub id like ``org/model``)."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for section, name in _PATH_FIELDS:
+        value = data.get(section, {}).get(name) if isinstance(data.get(section), dict) else None
+        if isinstance(value, str):
+            data[section][name] = str((base_dir / Path(value).expanduser()).resolve())
+    model = data.get("model")
+    base = model.get("base") if isinstance(model, dict) else None
+    if isinstance(base, str) and base.startswith((".", "~")):
+        model["base"] = str((base_dir / Path(base).expanduser()).resolve())
+    return data
+
+
+def from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Validate a plain dict (paths may be strings) into a config; ConfigError on the first problem."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for section, name in _PATH_FIELDS:
+        value = data.get(section, {}).get(name) if isinstance(data.get(section), dict) else None
+        if isinstance(value, str):
+            data[section][name] = Path(value)
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"config: {describe(exc)}") from None
+
+
+def describe(exc: ValidationError) -> str:
+    """The first problem, as 'section.field: what is wrong; allowed: ...' (one line)."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    loc = [str(p) for p in first["loc"]]
+    where = ".".join(loc)
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        model = _model_at(loc[:-1])
+        allowed = ", ".join(model.model_fields) if model else ""
+        message = f"{where}: unknown field; allowed: {allowed}"
+    elif kind == "missing":
+        message = f"{where}: required"
+    elif kind == "cross_field":
+        message = first["msg"]
+    else:
+        got = first.get("input")
+        message = f"{where}: {first['msg'].removeprefix('Value error, ')} (got {got!r})"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return message + more
+
+
+def _model_at(loc: list[str]) -> type[BaseModel] | None:
+    if not loc:
+        return TrainConfig
+    return SECTIONS.get(loc[0]) if len(loc) == 1 else None

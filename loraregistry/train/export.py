@@ -1,0 +1,167 @@
+"""The trained LoRA -> canonical tensors -> a conforming file per output format, verified before it is named.
+
+peft's state dict is read as the ``peft`` key format (component-prefixed, as diffusers' ``save_lora_weights``
+writes it), so the canonical keys come from the same mapper every other file goes through. Alpha is added per
+module from the network config. Each file is written to a temp name in the output folder, verified against the
+base it was trained on, and only then renamed into place: a failed verification leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..canonical import CanonicalKey
+from ..schema import AdapterMetadata, BaseInfo, NetworkInfo, Provenance, TrainingInfo
+from .config import TrainConfig
+from .errors import ExportError
+
+DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what load_lora_weights(folder) looks for
+_DTYPES = {"fp16": np.float16, "fp32": np.float32}
+
+
+@dataclass
+class ExportedFile:
+    format: str
+    path: Path
+    report: Any = None  # the verify Report of the file as written
+    registry_id: str | None = None
+    registry_error: str | None = None
+
+
+def canonical_tensors(parts, config: TrainConfig) -> tuple[dict[CanonicalKey, np.ndarray], dict[str, str]]:
+    """Canonical tensors of the trained LoRA (alpha included) and the peft dialect of the models' own names."""
+    from peft import get_peft_model_state_dict
+
+    from ..formats import to_canonical
+
+    arrays: dict[str, np.ndarray] = {}
+    for component, model in parts.trained.items():
+        state = get_peft_model_state_dict(getattr(model, "module", model))
+        for key, tensor in state.items():
+            arrays[f"{component}.{key}"] = tensor.detach().float().cpu().numpy()
+    mapping = to_canonical(list(arrays), format="peft")
+    if mapping.unknown:
+        raise ExportError(f"peft produced keys lorareg cannot map: {mapping.unknown[:3]}")
+    dtype = _DTYPES[config.output.dtype]
+    tensors = {ck: arrays[key].astype(dtype) for key, ck in mapping.mapped.items()}
+    net = config.network
+    conv = set(parts.conv_modules)  # LoCon convolutions (UNet only) carry conv_alpha
+    conv_alpha = net.conv_alpha if net.conv_alpha is not None else float(net.conv_rank or net.rank)
+    for ck in [ck for ck in tensors if ck.role == "down"]:
+        alpha = conv_alpha if ck.component == "unet" and ck.path in conv else net.alpha
+        tensors[CanonicalKey(ck.component, ck.path, "alpha")] = np.array(alpha, dtype=dtype)
+    return tensors, dict(mapping.dialect)
+
+
+def build_metadata(parts, config: TrainConfig, *, dataset, fit) -> AdapterMetadata:
+    from datetime import datetime, timezone
+
+    net, out, loop, optim = config.network, config.output, config.train, config.optim
+    source = parts.source
+    network_type = "dora" if net.use_dora else ("locon" if net.conv_rank else "lora")
+    side = config.data.resolution
+    return AdapterMetadata(
+        name=out.name, description=out.description, author=out.author, license=out.license, tags=out.tags,
+        content_rating=out.content_rating, trigger_words=out.trigger_words,
+        base=BaseInfo(architecture=parts.architecture.id, model_id=source.model_id,
+                      model_name=Path(source.spec).name if source.path and not source.model_id else source.spec,
+                      revision=source.revision, sha256=source.sha256, prediction_type=parts.prediction_type,
+                      resolution=(parts.architecture.resolution, parts.architecture.resolution)),
+        network=NetworkInfo(type=network_type, rank=net.rank, alpha=net.alpha,
+                            conv_rank=net.conv_rank or None,
+                            conv_alpha=(net.conv_alpha or float(net.conv_rank)) if net.conv_rank else None,
+                            components=list(parts.trained),
+                            target_modules=sorted({*net.unet_modules(), *(net.text_encoder_modules()
+                                                                           if config.trains_text_encoder() else [])})),
+        training=TrainingInfo(
+            steps=fit.steps, epochs=fit.epochs, learning_rate=optim.lr,
+            unet_lr=config.lr_for("unet") if "unet" in net.components else None,
+            text_encoder_lr=config.lr_for("text_encoder") if config.trains_text_encoder() else None,
+            optimizer=optim.optimizer, scheduler=optim.scheduler, batch_size=loop.batch_size, seed=loop.seed,
+            resolution=(side, side), dataset_size=len(dataset.items), dataset_hash=dataset.hash, tool="lorareg",
+            tool_version=__version__, started_at=fit.started_at, finished_at=fit.finished_at,
+            mixed_precision=loop.mixed_precision, noise_offset=loop.noise_offset or None,
+            min_snr_gamma=loop.min_snr_gamma),
+        provenance=Provenance(created_at=datetime.now(timezone.utc), tool="lorareg", tool_version=__version__,
+                              operation="train",
+                              params={"base": source.spec, "loss_final": fit.losses[-1]["loss"] if fit.losses else None,
+                                      "grad_accumulation": optim.grad_accumulation,
+                                      "warmup_steps": optim.warmup_steps}),
+    )
+
+
+def output_path(config: TrainConfig, fmt: str) -> Path:
+    out = config.output
+    if fmt == "kohya":
+        return out.dir / f"{out.name}.safetensors"
+    return out.dir / f"{out.name}-diffusers" / DIFFUSERS_WEIGHT_NAME
+
+
+def export(parts, config: TrainConfig, *, metadata: AdapterMetadata, verify_base: str | None) -> list[ExportedFile]:
+    """Write every configured format; each is verified before it replaces anything. ExportError on failure."""
+    from ..writer import write_adapter
+
+    tensors, peft_dialect = canonical_tensors(parts, config)
+    written = []
+    for fmt in config.output.formats:
+        target = output_path(config, fmt)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        writer_format, dialect = ("peft", peft_dialect) if fmt == "diffusers" else ("kohya", kohya_dialect(parts))
+        # a fresh name (not mkstemp's 0600 file) so the result gets the mode any new file would get
+        tmp = target.parent / f".{target.stem}.{uuid.uuid4().hex[:12]}.tmp.safetensors"
+        try:
+            write_adapter(tmp, tensors, format=writer_format, dialect=dialect, metadata=metadata)
+            report = _verified(tmp, target, verify_base)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        report.path = str(target)
+        written.append(ExportedFile(format=fmt, path=target, report=report))
+    return written
+
+
+def kohya_dialect(parts) -> dict[str, str]:
+    """SDXL kohya files use SGM block names (what A1111 / ComfyUI / sd-scripts write); the tiny SDXL has a
+    different block count, so it keeps diffusers names."""
+    if parts.is_sdxl and not parts.source.spec.startswith("tiny:"):
+        return {"unet_names": "sgm", "unet_levels": "3", "te_prefix": "lora_te1"}
+    return {"te_prefix": "lora_te1"} if parts.is_sdxl else {}
+
+
+def _verified(tmp: Path, target: Path, base: str | None):
+    from ..verify import verify
+
+    report = verify(tmp, base=base)
+    if not report.ok:
+        errors = [f for f in report.findings if f.severity == "error"]
+        raise ExportError(f"the trained adapter failed verification ({errors[0].code}: {errors[0].message}; "
+                          f"{len(errors)} errors); nothing was written", path=target,
+                          hint="run with --debug and report it: a trainer bug")
+    return report
+
+
+def register(files: list[ExportedFile]) -> None:
+    """Add each file to the local registry when that module exists; a registry problem never fails a run."""
+    try:
+        from ..registry import Registry
+    except ImportError:
+        return
+    from ..errors import LoraregError
+
+    try:
+        with Registry.open() as registry:
+            for f in files:
+                try:
+                    f.registry_id = registry.add(f.path, report=f.report).id
+                except LoraregError as exc:
+                    f.registry_error = exc.one_line()
+    except LoraregError as exc:
+        for f in files:
+            f.registry_error = exc.one_line()
