@@ -7,6 +7,7 @@ re-reads a canonical metadata record, checking that the tensor bytes (AutoV3) di
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,18 +103,33 @@ def build_adapter(spec: DemoAdapter, folder: Path, seed: int = 0) -> Path:
     return path
 
 
-def run_demo(folder: Path, *, say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Build, inspect, annotate. Returns what was shown, for tests."""
+def _repo_examples() -> Path:
+    return Path(__file__).resolve().parents[1] / "examples"
+
+
+def run_demo(folder: Path, *, say: Callable[[str], None] = print, train: bool = True) -> dict[str, Any]:
+    """Build -> inspect -> verify -> train -> merge -> resize -> annotate -> registry -> push -> search -> pull.
+
+    Everything stays under ``folder``: the local registry too (``folder/registry``), and the Hub is a
+    Hub-compatible server on 127.0.0.1 for the length of the demo. Returns what was shown, for tests."""
+    import os
+
     from .inspection import inspect_adapter
     from .meta import show_metadata, write_metadata
+    from .verify import verify
 
+    folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
+    os.environ["LORAREG_HOME"] = str(folder / "registry")
+    for quiet in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):  # keep the demo's own lines readable
+        os.environ.setdefault(quiet, "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    shown: dict[str, Any] = {}
+
     say(f"1. Building {len(DEMO_ADAPTERS)} adapters with real SD1.5/SDXL module shapes in {folder}/")
-    reports = []
-    for spec in DEMO_ADAPTERS:
-        path = build_adapter(spec, folder)
-        report = inspect_adapter(path)
-        reports.append(report)
+    (folder / "formats").mkdir(exist_ok=True)
+    paths = [build_adapter(spec, folder / "formats", seed=i) for i, spec in enumerate(DEMO_ADAPTERS)]
+    reports = [inspect_adapter(p) for p in paths]
     say("2. Inspecting them (header-level: no torch):")
     say(f"   {'file':36} {'format':11} {'network':8} {'modules':>7}  {'rank':6} {'alpha':6} components")
     for report in reports:
@@ -121,21 +137,111 @@ def run_demo(folder: Path, *, say: Callable[[str], None] = print) -> dict[str, A
         alphas = ",".join(report["alphas"]) or str(report["metadata"].get("network", {}).get("alpha", "-"))
         say(f"   {Path(report['path']).name:36} {report['format']:11} {report['network_type']:8} "
             f"{report['module_count']:>7}  {ranks:6} {alphas:6} {', '.join(report['components'])}")
-    target = folder / DEMO_ADAPTERS[0].file
-    before = reports[0]["hashes"]["autov3"]
-    say(f"3. Writing a canonical metadata record into {target.name}")
-    write_metadata(target, updates={"name": "Demo shapes", "trigger_words": ["lrgshape"], "license": "cc0-1.0",
-                                    "content_rating": "general", "base.architecture": "sd1",
-                                    "recommended_weight": 0.8})
-    info = show_metadata(target)
-    after = inspect_adapter(target)["hashes"]["autov3"]
+    shown["reports"] = reports
+
+    say("3. Verifying them against the shipped architecture fingerprints:")
+    verdicts = [verify(p) for p in paths]
+    for path, v in zip(paths, verdicts):
+        codes = ", ".join(f.code for f in v.findings if f.severity != "info") or "-"
+        say(f"   {'ok  ' if v.ok else 'FAIL'} {path.name:36} {v.detected_architecture or '?':10} warnings: {codes}")
+    shown["verified_ok"] = all(v.ok for v in verdicts)
+
+    if train:
+        shown["train"] = _train_step(folder, say)
+
+    say("5. Merging two SD1.5 adapters exactly (factors concatenated: rank 4 + 4 = 8), then resizing to rank 4:")
+    from .ops.merge import MergeInput, merge
+    from .ops.resize import ResizeSettings, resize
+
+    merged_path = folder / "merged.safetensors"
+    merged = merge([MergeInput(paths[0], 0.8), MergeInput(paths[4], 0.5)], merged_path, to="kohya")
+    msum = merged.summary()
+    say(f"   merged {paths[0].name}:0.8 + {paths[4].name}:0.5 -> {merged_path.name}: {msum['modules']} modules, "
+        f"max relative error {msum['max_rel_error']:.1e}, verify {'ok' if msum['verify_ok'] else 'FAILED'}")
+    small_path = folder / "merged-r4.safetensors"
+    rsum = resize(merged_path, small_path, ResizeSettings(rank=4)).summary()
+    say(f"   resized -> {small_path.name}: rank {rsum['rank_before']} -> {rsum['rank_after']}, "
+        f"Frobenius norm kept {100 * rsum['retained_fro_mean']:.1f}% on average")
+    shown["merge"], shown["resize"] = msum, rsum
+
+    say(f"6. Writing the canonical metadata record into {merged_path.name}")
+    before = inspect_adapter(merged_path)["hashes"]["autov3"]
+    write_metadata(merged_path, updates={"name": "Demo shapes", "trigger_words": ["lrgshape"], "license": "cc0-1.0",
+                                         "content_rating": "general", "recommended_weight": 0.8,
+                                         "description": "Two demo adapters merged at 0.8 and 0.5."})
+    info = show_metadata(merged_path)
+    after = inspect_adapter(merged_path)["hashes"]["autov3"]
     meta = info["metadata"]
     say(f"   read back: name={meta['name']!r} trigger_words={meta['trigger_words']} base={meta['base']['architecture']}"
-        f" rank={meta['network'].get('rank')} alpha={meta['network'].get('alpha')}")
-    say(f"   header keys now: {', '.join(sorted(k for k in info['raw'] if not k.startswith('ss_')))} + "
-        f"{sum(1 for k in info['raw'] if k.startswith('ss_'))} ss_* keys")
+        f" rank={meta['network'].get('rank')} parents={len(meta.get('provenance', {}).get('parents', []))}")
     say(f"   AutoV3 (tensor bytes) before {before[:16]}... after {after[:16]}... "
         f"{'unchanged' if before == after else 'CHANGED'}")
     if before != after:
         raise RuntimeError("metadata edit changed tensor bytes")
-    return {"reports": reports, "metadata": meta, "autov3_unchanged": before == after}
+    shown["metadata"], shown["autov3_unchanged"] = meta, before == after
+
+    shown["share"] = _share_step(folder, merged_path, say)
+    say(f"Done. Everything is under {folder}/")
+    return shown
+
+
+def _train_step(folder: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    from .train import TrainConfig, train
+
+    config_path = _repo_examples() / "train-tiny.toml"
+    say(f"4. Training {config_path.name} on the example dataset (tiny SD1 base built offline, CPU):")
+    config = TrainConfig.load(config_path, {"output.dir": str(folder / "train-tiny"), "train.sample_every": 0,
+                                            "train.sample_prompts": []})
+    result = train(config)
+    data = result.to_dict()
+    say(f"   {data['steps']} steps in {data['seconds']:.0f} s, loss {data['loss_first']:.3f} -> {data['loss_last']:.3f}")
+    for out in result.outputs:
+        say(f"   wrote {out.path} (verified against {result.verify_base or 'its base'})")
+    return data
+
+
+@contextlib.contextmanager
+def _hub_client_online() -> Iterator[None]:
+    """The demo's Hub is on 127.0.0.1: let huggingface_hub talk to it even where HF_HUB_OFFLINE=1 keeps
+    everything else (model downloads) off the network. Restored afterwards."""
+    from .hub import prepare
+
+    prepare("http://127.0.0.1")  # sets HF_HUB_DISABLE_XET before huggingface_hub is imported
+    import huggingface_hub.constants as constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = False
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+def _share_step(folder: Path, adapter: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    with _hub_client_online():
+        return _share(folder, adapter, say)
+
+
+def _share(folder: Path, adapter: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    from .hub import pull, push, search
+    from .hub.devserver import HubServer
+    from .registry import Registry
+
+    say("7. Sharing: local registry, then push/search/pull through a Hub-compatible server on 127.0.0.1")
+    with Registry.open() as registry:
+        entry = registry.add(adapter)
+        hits = registry.search(trigger="lrgshape")
+        say(f"   registry: added {entry.sha256[:12]} ({entry.name}); search --trigger lrgshape -> "
+            f"{len(hits)} hit(s) in {registry.root}")
+        with HubServer() as hub:
+            pushed = push(adapter, "demo/shapes-lora", endpoint=hub.endpoint)
+            say(f"   push: {', '.join(pushed.files)} in one commit {pushed.commit[:12]}")
+            found = search("shapes", hub=True, local=False, endpoint=hub.endpoint)
+            say(f"   search the Hub for 'shapes' -> {', '.join(h.id for h in found) or 'nothing'}")
+            pulled = pull("demo/shapes-lora", endpoint=hub.endpoint, registry=registry,
+                          dest=folder / "pulled")
+            say(f"   pull: {pulled.filename} at {pulled.commit[:12]}, sha256 checked, verify "
+                f"{'ok' if pulled.report.ok else 'FAILED'}, registered as {pulled.entry.sha256[:12]}")
+        same = Path(pulled.path).read_bytes() == adapter.read_bytes()
+        say(f"   pulled bytes identical to the pushed ones: {same}")
+    return {"pushed_files": pushed.files, "pulled_identical": same, "registry_hits": len(hits)}

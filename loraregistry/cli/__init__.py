@@ -18,13 +18,17 @@ from .lazy import LazyGroup
 
 COMMANDS = {
     "bake": "loraregistry.cli.bake_cmd:bake",
+    "convert": "loraregistry.cli.ops_cmd:convert",
     "demo": "loraregistry.cli.demo_cmd:demo",
     "extract": "loraregistry.cli.bake_cmd:extract",
+    "fix": "loraregistry.cli.fix_cmd:fix",
     "inspect": "loraregistry.cli.inspect_cmd:inspect",
+    "merge": "loraregistry.cli.ops_cmd:merge",
     "meta": "loraregistry.cli.meta_cmd:meta",
     "pull": "loraregistry.cli.hub_cmd:pull",
     "push": "loraregistry.cli.hub_cmd:push",
     "registry": "loraregistry.cli.registry_cmd:registry",
+    "resize": "loraregistry.cli.ops_cmd:resize",
     "schema": "loraregistry.cli.schema_cmd:schema",
     "search": "loraregistry.cli.hub_cmd:search",
     "train": "loraregistry.cli.train_cmd:train",

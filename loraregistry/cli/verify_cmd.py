@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from ..errors import FileAccessError, LoraregError
+from ..verify.consumers import target_option
 from .output import console, status
 
 _GLOB_CHARS = set("*?[")
@@ -84,7 +85,8 @@ def _summary(reports, strict: bool) -> str:
               help="github: workflow annotations (::error file=...) for GitHub Actions.")
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), help="Also write JUnit XML here.")
 @click.option("-q", "--quiet", is_flag=True, help="Text output: only failing files and the summary.")
-def verify(paths, base, strict, no_tensors, as_json, fmt, junit, quiet) -> int:
+@target_option
+def verify(paths, base, strict, no_tensors, as_json, fmt, junit, quiet, targets) -> int:
     """Verify adapters: container, key format, architecture, every module against the base, tensor health.
 
     PATHS are files, folders (searched for *.safetensors) or glob patterns. Exit 0 when every file passes,
@@ -100,7 +102,9 @@ def verify(paths, base, strict, no_tensors, as_json, fmt, junit, quiet) -> int:
         from ..verify import load_base
 
         load_base(base)  # a bad --base is a usage error before any file is read
-    reports, io_errors = [], 0
+    from ..verify.consumers import target_verdicts, verdict_exit_code, verdict_findings
+
+    reports, io_errors, gated = [], 0, 0
     for spec in files:
         try:
             if spec.startswith(("hf://", "http://", "https://")):
@@ -109,6 +113,10 @@ def verify(paths, base, strict, no_tensors, as_json, fmt, junit, quiet) -> int:
                 reports.append(verify_remote(spec, base=base))
             else:
                 reports.append(verify_file(spec, base=base, tensors=not no_tensors))
+                if targets:
+                    verdicts = target_verdicts(spec, targets, base=base)
+                    reports[-1].findings += verdict_findings(verdicts)
+                    gated += verdict_exit_code(verdicts)
         except LoraregError as exc:
             if len(files) == 1:
                 raise
@@ -128,4 +136,4 @@ def verify(paths, base, strict, no_tensors, as_json, fmt, junit, quiet) -> int:
             f.write(junit_xml(reports, strict=strict).encode())
     if io_errors:
         return 2
-    return 1 if any(failed(r, strict) for r in reports) else 0
+    return 1 if gated or any(failed(r, strict) for r in reports) else 0

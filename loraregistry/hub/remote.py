@@ -93,16 +93,21 @@ def verify_remote(uri: str, *, base: str | None = None, endpoint: str | None = N
                   revision: str | None = None):
     """Header-level verify of a remote file (integrity, format, architecture, compatibility, metadata).
 
-    Needs ``loraregistry.verify.verify_header(header, *, base, source)``, the header-only entry point of
-    verify; tensor checks need the data and are never run here.
+    Fetches only the 8 + N header bytes and runs ``loraregistry.verify.verify_header`` on them; tensor checks
+    need the data and never run here (``tensors_checked`` is False), and stored alpha values count as unknown.
+    A header that is no valid safetensors container gives a report with its integrity finding, as a local
+    file does; network and Hub errors raise.
     """
-    from .. import verify as verify_module
+    from ..errors import InvalidSafetensorsError
+    from ..verify import Report, load_base, verify_header
+    from ..verify.integrity import container_finding
 
-    verify_header = getattr(verify_module, "verify_header", None)
-    if verify_header is None:
-        from ..errors import UsageError
-
-        raise UsageError("this lorareg build cannot verify remote files yet (verify has no header-only entry point)",
-                         hint="download the file (lorareg pull) and verify it locally")
-    remote = read_remote_header(uri, endpoint=endpoint, token=token, revision=revision)
-    return verify_header(remote.header, base=base, source=uri)
+    if base is not None:
+        load_base(base)  # a bad --base is a usage error before any request
+    try:
+        remote = read_remote_header(uri, endpoint=endpoint, token=token, revision=revision)
+    except InvalidSafetensorsError as exc:
+        report = Report(path=uri, requested_base=load_base(base).label if base is not None else None)
+        report.findings.append(container_finding(exc))
+        return report
+    return verify_header(remote.header, base=base, source=uri, file_size=remote.file_size)

@@ -14,15 +14,16 @@ from collections import Counter
 
 from ..adapter import AdapterFile
 from ..errors import InvalidSafetensorsError, UnknownAdapterFormat
-from ..safetensors_io import read_header
+from ..safetensors_io import SafetensorsHeader, read_header
 from .base import Base, load_base
 from .checks import HEADER_CHECKS, TENSOR_CHECKS, unreadable_keys
 from .context import Context
 from .findings import CODES, Finding, codes_markdown
-from .integrity import container_finding
+from .integrity import container_finding, size_finding
 from .report import REPORT_SCHEMA_VERSION, Report
 
-__all__ = ["CODES", "REPORT_SCHEMA_VERSION", "Base", "Finding", "Report", "codes_markdown", "load_base", "verify"]
+__all__ = ["CODES", "REPORT_SCHEMA_VERSION", "Base", "Finding", "Report", "codes_markdown", "load_base", "verify",
+           "verify_header"]
 
 
 def verify(path: str | os.PathLike[str], *, base: str | None = None, tensors: bool = True) -> Report:
@@ -47,6 +48,33 @@ def verify(path: str | os.PathLike[str], *, base: str | None = None, tensors: bo
     except UnknownAdapterFormat:
         report.findings += unreadable_keys(read_header(path))
         return report
+    return _run_checks(report, adapter, target, tensors)
+
+
+def verify_header(header: SafetensorsHeader, *, base: str | None = None, source: str,
+                  file_size: int | None = None) -> Report:
+    """Verify an adapter from its parsed header alone (a remote file read up to 8 + N bytes).
+
+    Runs every header check (integrity of what the header says, format, architecture, compatibility,
+    metadata); the tensor scan needs the data and never runs, so ``tensors_checked`` is False. Alpha values
+    live in the data too: a stored alpha counts as unknown, never as "no alpha" (alpha = rank). ``source``
+    names the file in the report (a URL, an hf:// URI); ``file_size``, when known, must be the size the
+    header describes. ``base`` is as for ``verify``.
+    """
+    target: Base | None = load_base(base) if base is not None else None
+    report = Report(path=source, requested_base=target.label if target else None)
+    if file_size is not None and file_size != header.total_size:
+        report.findings.append(size_finding(header, file_size, source))
+        return report
+    try:
+        adapter = AdapterFile.from_header(header, path=source, file_size=file_size)
+    except UnknownAdapterFormat:
+        report.findings += unreadable_keys(header)
+        return report
+    return _run_checks(report, adapter, target, tensors=False)
+
+
+def _run_checks(report: Report, adapter: AdapterFile, target: Base | None, tensors: bool) -> Report:
     ctx = Context.build(adapter, target)
     for check in HEADER_CHECKS + (TENSOR_CHECKS if tensors else ()):
         report.findings += check(ctx)
@@ -69,8 +97,6 @@ def _describe(report: Report, ctx: Context, tensors: bool) -> None:
 
         report.fitted = measure_fit(adapter.modules, ctx.deltas, ctx.target).fitted
     report.tensors_checked = tensors
-
-
 
 class _CallableModule(types.ModuleType):
     """``loraregistry.verify(path)`` must call ``verify`` even once this subpackage is imported, when Python

@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .consumers.codes import CONSUMER_ROWS
+from .consumers.codes import FAMILY as _CONSUMER_FAMILY
+from .consumers.codes import FAMILY_BLURB as _CONSUMER_BLURB
+
 Severity = Literal["error", "warning", "info"]
 SEVERITIES: tuple[Severity, ...] = ("error", "warning", "info")
 
@@ -22,6 +26,7 @@ FAMILIES: dict[str, str] = {
     "health": "What the tensor values say: NaN/Inf, untrained or exploding factors (LRG4xx).",
     "metadata": "The header metadata: schema, declared facts against the weights, hashes, size (LRG5xx).",
 }
+FAMILIES[_CONSUMER_FAMILY] = _CONSUMER_BLURB  # LRG6xx: what each loader does with the file
 _FAMILY_OF_HUNDRED = dict(enumerate(FAMILIES))
 
 
@@ -169,7 +174,7 @@ _TABLE: tuple[tuple[str, str, Severity, str, str], ...] = (
      "The lorareg record's network rank or alpha differs from what the weights hold."),
 )
 
-CODES: dict[str, CodeInfo] = {row[0]: CodeInfo(*row) for row in _TABLE}
+CODES: dict[str, CodeInfo] = {row[0]: CodeInfo(*row) for row in _TABLE + CONSUMER_ROWS}
 BY_NAME: dict[str, CodeInfo] = {info.name: info for info in CODES.values()}
 
 

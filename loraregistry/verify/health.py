@@ -1,14 +1,22 @@
 """The tensor scan: what the values say, streamed through one numpy memory map of the file.
 
-Each tensor is read once, in chunks of at most ``CHUNK_ELEMENTS`` converted to float32 (float64 for F64),
-counting NaN/Inf and non-zeros and summing squares in float64. LoRA factors also accumulate their small
-Gram matrices (``up^T up`` and ``down down^T``, r x r), from which the Frobenius norm of the module's
-effective delta follows without ever building the out x in matrix:
+Pass one reads each tensor once, on its raw bits, at integer speed (numpy's float16 -> float32 cast runs at
+~0.4 GB/s, a mask + max over uint16 at >10 GB/s): for IEEE floats the exponent field says NaN/Inf, and with
+the sign bit cleared the integer order of the bits is the order of |x|, so one ``max`` gives both "all zero"
+and the largest finite magnitude. Other dtypes (F8, integers) are converted to float32 as before.
+
+Module deltas then get a free upper bound on their RMS entry from those maxima (each delta entry is a sum of
+``r`` products of factor entries, so for LoRA ``RMS(s * up @ down) <= |s| * r * max|up| * max|down|``). Only
+where the bound reaches ``EXTREME_DELTA_RMS`` is the exact norm computed (lazily, on first access of
+``ModuleStats.delta_norm``), from the factors' small Gram matrices (``up^T up`` and ``down down^T``, r x r)
+without ever building the out x in matrix:
 
     ||s * up @ down||_F^2 = s^2 * sum((up^T up) * (down down^T))          (both Grams are symmetric)
 
 LoCon's Tucker core, LoHa (via the face-splitting identity (A1 B1) * (A2 B2) = (A1 . A2)(B1 . B2)) and
-LoKr (||kron(w1, w2)|| = ||w1|| ||w2||) reuse the same Grams. Tucker LoHa/LoKr halves get no norm.
+LoKr (||kron(w1, w2)|| = ||w1|| ||w2||) reuse the same Grams. Tucker LoHa/LoKr halves get no norm. The exact
+pass converts float16 through integer shifts (exact, ~3x numpy's cast) and sums in the same float32 blocks as
+ever, so every value and finding is what a full float pass gives.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property, partial
 from pathlib import Path
 
 from ..adapter import ModuleInfo
@@ -32,9 +41,19 @@ CHUNK_ELEMENTS = 1 << 22  # 4 Mi values per step: 16 MB of float32, whatever the
 EXTREME_DELTA_RMS = 1.0
 # Grams are side x side float64: ranks stay far below this; a larger "rank" is a malformed file, scanned without one.
 MAX_GRAM_SIDE = 2048
+# A bound this far below the threshold cannot be crossed by the exact value's float rounding.
+_BOUND_MARGIN = 1.0 - 1e-6
 
 _ROWS_GRAM = frozenset({"up", "lokr_w1_a", "lokr_w2_a"})  # factor [n, r]: accumulate F^T F over row chunks
 _COLS_GRAM = frozenset({"down", "lokr_w1_b", "lokr_w2_b"})  # factor [r, n]: accumulate F F^T over column chunks
+
+# IEEE layouts read on their bits: (unsigned view, magnitude mask = all but the sign, +Inf = exponent all ones).
+_BITS = {"F16": ("<u2", 0x7FFF, 0x7C00), "BF16": ("<u2", 0x7FFF, 0x7F80),
+         "F32": ("<u4", 0x7FFF_FFFF, 0x7F80_0000), "F64": ("<u8", 0x7FFF_FFFF_FFFF_FFFF, 0x7FF0_0000_0000_0000)}
+
+
+def _never() -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -43,22 +62,46 @@ class TensorStats:
     numel: int
     nan: int
     inf: int
-    all_zero: bool
-    sumsq: float  # sum of squares of the finite values (float64 accumulation of float32 blocks)
+    all_zero: bool  # no finite non-zero value
+    max_abs: float = 0.0  # the largest finite |value|
+    _sumsq: Callable[[], float] = field(default=lambda: 0.0, repr=False, compare=False)
 
     @property
     def finite(self) -> bool:
         return self.nan == 0 and self.inf == 0
 
+    @cached_property
+    def sumsq(self) -> float:
+        """Sum of squares of the finite values (float64 accumulation of float32 blocks), computed on first use."""
+        return self._sumsq()
+
 
 @dataclass(frozen=True)
 class ModuleStats:
-    """``delta_norm``: ||scale * delta||_F, None where not computed (Tucker halves, non-finite factors)."""
+    """``delta_norm``: ||scale * delta||_F, None where not computed (Tucker halves, non-finite factors); exact,
+    computed on first access. ``rms_bound``: a free upper bound of ``delta_rms`` from the factors' maxima."""
 
     module: ModuleKey
     zero_delta: bool
-    delta_norm: float | None = None
-    delta_rms: float | None = None
+    rms_bound: float | None = None
+    size: int = 0  # entries of the delta
+    _norm: Callable[[], float | None] = field(default=_never, repr=False, compare=False)
+
+    @cached_property
+    def delta_norm(self) -> float | None:
+        return self._norm()
+
+    @property
+    def delta_rms(self) -> float | None:
+        norm = self.delta_norm
+        return norm / math.sqrt(self.size) if norm is not None and self.size else None
+
+    def exceeds(self, threshold: float) -> bool:
+        """delta_rms >= threshold (inf counts, NaN does not); the exact norm only where the bound cannot decide."""
+        if self.rms_bound is not None and self.rms_bound < threshold * _BOUND_MARGIN:
+            return False
+        rms = self.delta_rms
+        return rms is not None and rms >= threshold
 
 
 @dataclass
@@ -70,32 +113,34 @@ class HealthScan:
 
 def scan(path: str | Path, header: SafetensorsHeader, modules: dict[ModuleKey, ModuleInfo],
          deltas: dict[ModuleKey, tuple[int, ...] | None], *, alpha_fallback: float | None = None) -> HealthScan:
-    """Scan every tensor of the file, then derive each module's delta norm from its factors' statistics."""
+    """Scan every tensor of the file, then bound each module's delta RMS from its factors' statistics."""
     import numpy as np
 
     roles = {key: role for info in modules.values() for role, key in info.keys.items()}
     result = HealthScan()
-    grams: dict[str, object] = {}
-    data = (np.memmap(path, dtype=np.uint8, mode="r", offset=header.data_offset, shape=(header.data_size,))
-            if header.data_size else None)
+    # A plain ndarray view of the map: slicing an np.memmap subclass costs more than scanning a small tensor.
+    data = (np.memmap(path, dtype=np.uint8, mode="r", offset=header.data_offset,
+                      shape=(header.data_size,)).view(np.ndarray) if header.data_size else None)
+    floats = _FloatPasses()
     for info in header.tensors.values():
         array = _array(data, info, result)
         if array is None:
             continue
-        stats, gram = _scan_tensor(info, array, _gram_mode(roles.get(info.name)))
+        stats = _scan_tensor(info, array, partial(floats.sumsq, info.name))
+        floats.register(info, array, _gram_mode(roles.get(info.name)), stats.finite)
         result.tensors[info.name] = stats
-        if gram is not None:
-            grams[info.name] = gram
     arrays = lambda info: _array(data, info, result)  # noqa: E731 - small factors read whole (LoHa, mids)
     for key, module in modules.items():
         stats = [result.tensors.get(k) for r, k in module.keys.items() if r not in NOT_FACTORS]
         zero = any(s is not None and s.all_zero for s in stats)
-        norm = None
-        if not zero and all(s is not None and s.finite for s in stats) and deltas.get(key):
-            norm = _delta_norm(module, result.tensors, grams, arrays, alpha_fallback)
         size = math.prod(deltas.get(key) or (0,))
-        rms = norm / math.sqrt(size) if norm is not None and size else None
-        result.modules[key] = ModuleStats(key, zero, norm, rms)
+        if not zero and all(s is not None and s.finite for s in stats) and deltas.get(key):
+            scale = abs(_scale(module, alpha_fallback))
+            bound = _entry_bound(module, result.tensors)
+            norm = (lambda m=module, s=scale: _delta_norm(m, s, result.tensors, floats, arrays))
+            result.modules[key] = ModuleStats(key, zero, scale * bound if bound is not None else None, size, norm)
+        else:
+            result.modules[key] = ModuleStats(key, zero, None, size)
     return result
 
 
@@ -116,6 +161,86 @@ def _gram_mode(role: str | None) -> str | None:
     return "rows" if role in _ROWS_GRAM else "cols" if role in _COLS_GRAM else None
 
 
+# --- pass one: counts and maxima ---------------------------------------------------------------------
+
+
+def _scan_tensor(info: TensorInfo, array, sumsq: Callable[[], float]) -> TensorStats:
+    import numpy as np
+
+    numeric = array.dtype.kind in "fiub" or info.dtype == "BF16" or info.dtype.startswith("F8")
+    if not numeric or array.size == 0:  # complex: zeros only; empty: nothing to count
+        return TensorStats(info.name, info.numel, 0, 0, array.size > 0 and not np.any(array), 0.0, sumsq)
+    if info.dtype in _BITS:
+        return TensorStats(info.name, info.numel, *_scan_bits(array, *_BITS[info.dtype]), sumsq)
+    return TensorStats(info.name, info.numel, *_scan_values(array), sumsq)
+
+
+def _scan_bits(array, uint: str, mask: int, inf_bits: int) -> tuple[int, int, bool, float]:
+    """NaN (magnitude bits above +Inf's), Inf (equal) and the largest finite magnitude, on the raw bits."""
+    import numpy as np
+
+    flat = array.reshape(-1).view(uint)
+    step = CHUNK_ELEMENTS
+    buffer = np.empty(min(flat.size, step), dtype=uint)
+    nan = inf = top = 0
+    for start in range(0, flat.size, step):
+        block = flat[start : start + step]
+        magnitudes = np.bitwise_and(block, mask, out=buffer[: block.size])
+        peak = int(magnitudes.max())
+        if peak >= inf_bits:  # rare: count the non-finite values and take the finite maximum
+            nan += int(np.count_nonzero(magnitudes > inf_bits))
+            inf += int(np.count_nonzero(magnitudes == inf_bits))
+            finite = magnitudes[magnitudes < inf_bits]
+            peak = int(finite.max()) if finite.size else 0
+        top = max(top, peak)
+    max_abs = float(np.array([top], dtype=uint).view(array.dtype)[0])
+    return nan, inf, top == 0, max_abs
+
+
+def _scan_values(array) -> tuple[int, int, bool, float]:
+    """Dtypes without an IEEE bit layout numpy can mask (F8, integers, bool): through float32 blocks."""
+    import numpy as np
+
+    nan = inf = 0
+    top = 0.0
+    flat = array.reshape(-1)
+    for start in range(0, flat.size, CHUNK_ELEMENTS):
+        chunk = np.asarray(flat[start : start + CHUNK_ELEMENTS], dtype=np.float32)
+        finite = np.isfinite(chunk)
+        nans = int(np.isnan(chunk).sum())
+        nan += nans
+        inf += int(chunk.size - finite.sum()) - nans
+        values = np.abs(chunk[finite])
+        if values.size:
+            top = max(top, float(values.max()))
+    return nan, inf, top == 0.0, top
+
+
+# --- the exact pass: float32 blocks, sums of squares and Grams, on demand -----------------------------
+
+
+class _FloatPasses:
+    """One float pass per tensor, run on first need and cached: (sum of squares, Gram or None)."""
+
+    def __init__(self) -> None:
+        self._sources: dict[str, tuple] = {}
+        self._done: dict[str, tuple[float, object]] = {}
+
+    def register(self, info: TensorInfo, array, gram_mode: str | None, finite: bool) -> None:
+        self._sources[info.name] = (info, array, gram_mode, finite)
+
+    def _get(self, key: str) -> tuple[float, object]:
+        if key not in self._done:
+            self._done[key] = _float_pass(*self._sources[key])
+        return self._done[key]
+
+    def sumsq(self, key: str) -> float:
+        return self._get(key)[0]
+
+    def gram(self, key: str):
+        return self._get(key)[1] if key in self._sources else None
+
+
 def _blocks(array, gram_mode: str | None):
     """(blocks, gram side): row blocks of [n, r] factors, column blocks of [r, n] ones (contiguous runs, so
     the float32 copy is cheap), flat slices of everything else; gram side None when no Gram is wanted."""
@@ -132,34 +257,60 @@ def _blocks(array, gram_mode: str | None):
     return (flat[i : i + CHUNK_ELEMENTS] for i in range(0, flat.size, CHUNK_ELEMENTS)), None
 
 
-def _scan_tensor(info: TensorInfo, array, gram_mode: str | None):
+def _float32(block, dtype: str):
+    """``block`` as float32, exactly. F16 and BF16 through integer shifts (numpy's casts are slow); only for
+    finite values: the F16 path maps the Inf/NaN exponent to a finite number."""
     import numpy as np
 
-    work = np.float64 if info.dtype == "F64" else np.float32
+    if dtype == "BF16":  # the top half of a float32
+        wide = block.view(np.uint16).astype(np.uint32)
+        wide <<= 16
+        return wide.view(np.float32)
+    if dtype == "F16":  # move sign and exponent+mantissa into place, then rebias the exponent by 2^(127-15)
+        wide = block.view(np.uint16).astype(np.uint32)
+        sign = wide & 0x8000
+        wide ^= sign
+        wide <<= 13
+        sign <<= 16
+        wide |= sign
+        out = wide.view(np.float32)
+        out *= np.float32(2.0**112)  # exact for normal and subnormal halves alike
+        return out
+    return np.asarray(block, dtype=np.float32)
+
+
+def _float_pass(info: TensorInfo, array, gram_mode: str | None, finite: bool) -> tuple[float, object]:
+    import numpy as np
+
+    with np.errstate(all="ignore"):  # overflowing squares are expected in broken files; they are counted, not warned
+        return _float_pass_blocks(info, array, gram_mode, finite)
+
+
+def _float_pass_blocks(info: TensorInfo, array, gram_mode: str | None, finite: bool) -> tuple[float, object]:
+    import numpy as np
+
     numeric = array.dtype.kind in "fiub" or info.dtype == "BF16" or info.dtype.startswith("F8")
-    if not numeric or array.size == 0:  # complex: zeros only; empty: nothing to count
-        return TensorStats(info.name, info.numel, 0, 0, array.size > 0 and not np.any(array), 0.0), None
+    if not numeric or array.size == 0:
+        return 0.0, None
+    work = np.float64 if info.dtype == "F64" else np.float32
     blocks, side = _blocks(array, gram_mode)
     gram = np.zeros((side, side), dtype=np.float64) if side is not None else None
-    nan = inf = 0
     sumsq = 0.0
-    any_nonzero = False
     for block in blocks:
-        chunk = np.asarray(block, dtype=work)
+        chunk = _float32(block, info.dtype) if finite and work is np.float32 else np.asarray(block, dtype=work)
         flat = chunk.reshape(-1)
         squares = float(np.dot(flat, flat))  # NaN/Inf propagate, so a finite sum proves the block clean
         if not math.isfinite(squares):
-            finite = np.isfinite(chunk)
-            nan += int(np.isnan(chunk).sum())
-            inf += int(chunk.size - finite.sum()) - int(np.isnan(chunk).sum())
-            chunk = np.where(finite, chunk, 0)
+            chunk = np.where(np.isfinite(chunk), chunk, 0)
             flat = chunk.reshape(-1)
             squares = float(np.dot(flat.astype(np.float64), flat))  # an overflowing square: count it in float64
         sumsq += squares
-        any_nonzero = any_nonzero or squares > 0 or bool(np.any(flat))  # np.any only for an all-zero-looking block
         if gram is not None:
             gram += chunk.T @ chunk if gram_mode == "rows" else chunk @ chunk.T
-    return TensorStats(info.name, info.numel, nan, inf, not any_nonzero, sumsq), gram
+    return sumsq, gram
+
+
+# --- module deltas: the bound, and the exact norm ------------------------------------------------------
 
 
 def _scale(module: ModuleInfo, alpha_fallback: float | None) -> float:
@@ -169,15 +320,57 @@ def _scale(module: ModuleInfo, alpha_fallback: float | None) -> float:
     return alpha / module.rank
 
 
-def _delta_norm(module: ModuleInfo, stats: dict[str, TensorStats], grams: dict[str, object],
-                arrays: Callable, alpha_fallback: float | None) -> float | None:
+def _entry_bound(module: ModuleInfo, stats: dict[str, TensorStats]) -> float | None:
+    """An upper bound of every |entry| of the unscaled delta (hence of its RMS), from the factors' max |x|:
+    an entry of A @ B is a sum of inner-size products, each at most max|A| * max|B|."""
+    t = module.tensors
+
+    def peak(role: str) -> float:
+        return stats[module.keys[role]].max_abs
+
+    def inner(role: str, axis: int) -> int:
+        return t[role].shape[axis]
+
+    roles = set(module.keys)
+    if module.algo == "lora":
+        if "mid" in roles:  # up [out, r1, 1, 1] . mid [r1, r2, kh, kw] . down [r2, in, 1, 1]
+            return inner("up", 1) * inner("down", 0) * peak("up") * peak("mid") * peak("down")
+        return inner("down", 0) * peak("up") * peak("down")
+    if module.algo == "loha" and "hada_t1" not in roles:
+        return (inner("hada_w1_a", 1) * peak("hada_w1_a") * peak("hada_w1_b")
+                * inner("hada_w2_a", 1) * peak("hada_w2_a") * peak("hada_w2_b"))
+    if module.algo == "lokr":
+        halves = []
+        for n in ("1", "2"):
+            if f"lokr_w{n}" in roles:
+                halves.append(peak(f"lokr_w{n}"))
+            elif f"lokr_t{n}" in roles:
+                return None
+            else:
+                halves.append(inner(f"lokr_w{n}_a", 1) * peak(f"lokr_w{n}_a") * peak(f"lokr_w{n}_b"))
+        return halves[0] * halves[1]
+    if module.algo == "full" and "diff" in roles:
+        return peak("diff")
+    return None
+
+
+def _delta_norm(module: ModuleInfo, scale: float, stats: dict[str, TensorStats], floats: _FloatPasses,
+                arrays: Callable) -> float | None:
     """||scale * delta||_F from the factors' Grams and sums of squares; None where no cheap formula applies."""
+    import numpy as np
+
+    with np.errstate(all="ignore"):  # an overflow gives inf, which the extreme-norm check reports
+        return _delta_norm_of(module, scale, stats, floats, arrays)
+
+
+def _delta_norm_of(module: ModuleInfo, scale: float, stats: dict[str, TensorStats], floats: _FloatPasses,
+                   arrays: Callable) -> float | None:
     import numpy as np
 
     keys, roles = module.keys, set(module.keys)
     squared: float | None = None
     if module.algo == "lora":
-        gu, gd = grams.get(keys.get("up", "")), grams.get(keys.get("down", ""))
+        gu, gd = floats.gram(keys.get("up", "")), floats.gram(keys.get("down", ""))
         if gu is None or gd is None:
             return None
         if "mid" in roles:  # W_k = U M_k D: ||W||^2 = sum_k tr(M_k^T Gu M_k Gd)
@@ -190,7 +383,7 @@ def _delta_norm(module: ModuleInfo, stats: dict[str, TensorStats], grams: dict[s
         squared = _loha_squared(*(np.asarray(arrays(module.tensors[r]), dtype=np.float32)
                                   for r in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")))
     elif module.algo == "lokr":
-        halves = [_lokr_half_squared(n, keys, stats, grams) for n in ("1", "2")]
+        halves = [_lokr_half_squared(n, keys, stats, floats) for n in ("1", "2")]
         if None in halves:
             return None
         squared = halves[0] * halves[1]  # type: ignore[operator]
@@ -198,17 +391,18 @@ def _delta_norm(module: ModuleInfo, stats: dict[str, TensorStats], grams: dict[s
         squared = stats[keys["diff"]].sumsq
     if squared is None:
         return None
-    return abs(_scale(module, alpha_fallback)) * math.sqrt(max(squared, 0.0))
+    return scale * math.sqrt(max(squared, 0.0))
 
 
-def _lokr_half_squared(n: str, keys: dict[str, str], stats: dict[str, TensorStats], grams) -> float | None:
+def _lokr_half_squared(n: str, keys: dict[str, str], stats: dict[str, TensorStats],
+                       floats: _FloatPasses) -> float | None:
     import numpy as np
 
     if f"lokr_w{n}" in keys:
         return stats[keys[f"lokr_w{n}"]].sumsq
     if f"lokr_t{n}" in keys:
         return None
-    ga, gb = grams.get(keys.get(f"lokr_w{n}_a", "")), grams.get(keys.get(f"lokr_w{n}_b", ""))
+    ga, gb = floats.gram(keys.get(f"lokr_w{n}_a", "")), floats.gram(keys.get(f"lokr_w{n}_b", ""))
     return None if ga is None or gb is None else float(np.sum(ga * gb))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from ..errors import HeaderTooLarge, InvalidSafetensorsError, PickleCheckpointError, TruncatedFileError
+from ..safetensors_io import SafetensorsHeader
 from .findings import Finding, finding
 
 # (code name, error class, phrase of its message), first match wins; phrases are the reader's own wording.
@@ -42,3 +43,16 @@ def container_finding(error: InvalidSafetensorsError) -> Finding:
     match = _TENSOR_NAME.search(error.message)
     return finding(classify(error), error.message, key=match[1] if match else None,
                    hint=error.hint or "the file is corrupt or not safetensors; fetch or export it again")
+
+
+def size_finding(header: SafetensorsHeader, file_size: int, source: str) -> Finding:
+    """A known file size that differs from what a header (read alone) describes, in the reader's words."""
+    total = header.total_size
+    if file_size < total:
+        error: InvalidSafetensorsError = TruncatedFileError(
+            f"file is {file_size} bytes but its header describes {total} (missing {total - file_size} bytes of "
+            "tensor data)", path=source)
+    else:
+        error = InvalidSafetensorsError(f"file is {file_size} bytes but its header describes {total} "
+                                        f"({file_size - total} trailing bytes no tensor accounts for)", path=source)
+    return container_finding(error)

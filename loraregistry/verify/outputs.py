@@ -25,7 +25,7 @@ class FindingModel(BaseModel):
     code: str = Field(pattern=r"^LRG\d{3}$", description="Stable code; see docs/verify-codes.md.")
     name: str = Field(description="Short name of the code, e.g. module-not-in-base.")
     severity: Literal["error", "warning", "info"]
-    family: Literal["integrity", "format", "architecture", "compatibility", "health", "metadata"]
+    family: Literal["integrity", "format", "architecture", "compatibility", "health", "metadata", "consumer"]
     message: str = Field(description="What is wrong, with the numbers: got ..., expected ....")
     key: str | None = Field(description="The tensor key or module the finding is about, when there is one.")
     hint: str | None = Field(description="What to do about it.")

@@ -17,9 +17,15 @@ _NETWORK_FIELDS = ("network.rank:", "network.alpha:", "network.conv_rank:", "net
 _JUDGED_ELSEWHERE = ("base.architecture:", "network.target_modules:", "network.components:")
 
 
-def _import_warning_code(warning: str) -> str | None:
+# A header-only adapter (remote file) has unread alpha values: the weights say nothing about alpha then.
+_ALPHA_FIELDS = ("network.alpha:", "network.conv_alpha:", "network.alpha_pattern:")
+
+
+def _import_warning_code(warning: str, alphas_unknown: bool = False) -> str | None:
     """The code an importer warning becomes, or None when another check already reports its cause."""
     if warning.startswith(_JUDGED_ELSEWHERE):
+        return None
+    if alphas_unknown and warning.startswith(_ALPHA_FIELDS) and " weights = " in warning:
         return None
     if warning.startswith("network.") and ": weights = " in warning:
         return None  # a value of the weights the schema refuses (alpha 0, NaN): the compatibility checks report it
@@ -70,7 +76,7 @@ def check_imported(ctx: Context) -> list[Finding]:
     hints = {"declared-network-mismatch": "the weights are right; rewrite the metadata with `lorareg fix`",
              "metadata-import-warning": "fix or remove the metadata key"}
     for warning in imported.warnings:
-        name = _import_warning_code(warning)
+        name = _import_warning_code(warning, ctx.adapter.alphas_unknown)
         if name is not None:
             findings.append(finding(name, warning, hint=hints[name]))
     meta = imported.metadata
@@ -83,15 +89,20 @@ def check_imported(ctx: Context) -> list[Finding]:
     return findings
 
 
+def _size(text: str) -> int:
+    """UTF-8 bytes; a JSON '\\ud800' escape decodes to a lone surrogate, which strict UTF-8 cannot encode."""
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
 def check_size(ctx: Context) -> list[Finding]:
     metadata = ctx.adapter.header.metadata
     findings: list[Finding] = []
     tags = metadata.get(TAG_FREQUENCY_KEY)
-    if tags is not None and len(tags.encode("utf-8")) > TAG_FREQUENCY_LIMIT:
-        findings.append(finding("tag-frequency-bloat", f"got {TAG_FREQUENCY_KEY} of {len(tags.encode('utf-8')):,} "
+    if tags is not None and _size(tags) > TAG_FREQUENCY_LIMIT:
+        findings.append(finding("tag-frequency-bloat", f"got {TAG_FREQUENCY_KEY} of {_size(tags):,} "
                                 f"bytes, expected at most {TAG_FREQUENCY_LIMIT:,}", key=TAG_FREQUENCY_KEY,
                                 hint="drop it with `lorareg meta unset ss_tag_frequency`"))
-    total = sum(len(k.encode("utf-8")) + len(v.encode("utf-8")) for k, v in metadata.items())
+    total = sum(_size(k) + _size(v) for k, v in metadata.items())
     if total > METADATA_LIMIT:
         largest = max(metadata, key=lambda k: len(metadata[k]))
         findings.append(finding("header-bloat", f"got {total:,} bytes of metadata, expected at most "

@@ -13,7 +13,7 @@ from ..shapes import NOT_FACTORS
 
 def _alpha_fallback(ctx: Context) -> float | None:
     """peft/diffusers files keep alpha in metadata, not tensors: the declared alpha scales their deltas."""
-    if any(m.alpha is not None for m in ctx.adapter.modules.values()):
+    if any(m.alpha is not None or m.alpha_unknown for m in ctx.adapter.modules.values()):
         return None
     try:
         return ctx.adapter.metadata.network.alpha
@@ -44,7 +44,7 @@ def check_health(ctx: Context) -> list[Finding]:
     for module_key in zero:
         findings += _zero_findings(ctx, module_key, result)
     for module_key, s in modules.items():
-        if s.delta_rms is not None and s.delta_rms >= EXTREME_DELTA_RMS:  # inf counts; NaN is reported as such
+        if s.exceeds(EXTREME_DELTA_RMS):  # a free bound first; the exact norm only where it cannot decide
             findings.append(finding("extreme-norm", f"got a delta RMS of {s.delta_rms:.3g} (Frobenius norm "
                                     f"{s.delta_norm:.3g}), expected below {EXTREME_DELTA_RMS:g}", key=str(module_key),
                                     hint="check alpha and the training learning rate; apply at a low weight"))

@@ -32,7 +32,8 @@ _SHOWN = 3
 _NOT_CONSUMERS = frozenset({"codes", "facts", "cases", "table", "names"})
 
 __all__ = ["CONSUMERS", "OUTCOMES", "Assessment", "Consumer", "Verdict", "consumer_verdicts", "known_targets",
-           "loaders_table_markdown", "parse_targets", "target_option", "verdict_exit_code", "verdict_findings"]
+           "loaders_table_markdown", "parse_targets", "target_option", "target_verdicts", "verdict_exit_code",
+           "verdict_findings"]
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,19 @@ def consumer_verdicts(adapter_or_context, targets: Iterable[str] | str | None = 
     names = known_targets() if targets is None else parse_targets(targets)
     facts = adapter_facts(_context(adapter_or_context, base))
     return [CONSUMERS[name].verdict(facts) for name in names]
+
+
+def target_verdicts(path, targets: Iterable[str], *, base: str | None = None) -> list[Verdict]:
+    """``consumer_verdicts`` for ``lorareg verify --target``: a file that is no readable adapter (verify already
+    reports why) gets a ``fails`` verdict from every target instead of an exception."""
+    from ...errors import InvalidSafetensorsError, UnknownAdapterFormat
+
+    try:
+        return consumer_verdicts(path, targets, base=base)
+    except (InvalidSafetensorsError, UnknownAdapterFormat) as exc:
+        return [Verdict(CONSUMERS[name].name, CONSUMERS[name].version_range, "fails", (consumer_finding(
+            "consumer-refuses-file", f"{name}: not a loadable adapter ({exc.one_line()})"),))
+            for name in parse_targets(targets)]
 
 
 def _context(thing, base: str | None):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from . import Assessment, Consumer
 from .facts import ABSENT, MISMATCH, AdapterFacts, ModuleFacts
-from .names import clip_layer, flat, kohya_te_prefixes, module_of_keys, sgm_path, stem
+from .names import clip_layer, flat, module_of_keys, sgm_path, stem
 
 VERSION_RANGE = "2024-09 (v0.2) - 2025"
 PARTS = (".alpha", ".dora_scale", ".reshape_weight", ".lora_up.weight", ".lora_down.weight", ".lora_mid.weight",

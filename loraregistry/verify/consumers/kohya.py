@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 
 from . import Assessment, Consumer
-from .facts import ABSENT, CONV_SHAPED_LINEAR, FITS, LINEAR_SHAPED_CONV, MISMATCH, AdapterFacts, ModuleFacts
+from .facts import ABSENT, CONV_SHAPED_LINEAR, FITS, LINEAR_SHAPED_CONV, AdapterFacts, ModuleFacts
 from .names import clip_layer, flat, kohya_te_prefixes, sgm_path
 
 VERSION_RANGE = "v0.6 (2023) - main (2026-02)"

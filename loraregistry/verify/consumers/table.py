@@ -19,7 +19,8 @@ SDXL_ATTN = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
 LORA = ("down", "up", "alpha")
 LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha")
 LOKR = ("lokr_w1", "lokr_w2", "alpha")
-META = {"sd1": {"ss_base_model_version": "sd_v1", "ss_v2": "False", "modelspec.architecture": "stable-diffusion-v1/lora"},
+META = {"sd1": {"ss_base_model_version": "sd_v1", "ss_v2": "False",
+                "modelspec.architecture": "stable-diffusion-v1/lora"},
         "sd2": {"ss_base_model_version": "sd_v2", "ss_v2": "True"},
         "sdxl": {"ss_base_model_version": "sdxl_base_v1-0", "ss_v2": "False",
                  "modelspec.architecture": "stable-diffusion-xl-v1-base/lora"}}

@@ -1,0 +1,203 @@
+"""verify speed, measured in one run: against a diffusers load check, over many files, and the tensor scan.
+
+    .venv/bin/python benchmarks/verify.py [--rank 16] [--files 100] [--repeat 5] [--scan-rank 64]
+
+Writes an SD1 kohya LoRA (every default target: 192 UNet + 72 text-encoder modules, fp16, rank ``--rank``) and
+times, as whole processes (Python start-up and imports included):
+
+* ``lorareg verify --no-tensors FILE`` (header + fingerprint) and ``lorareg verify FILE`` (+ tensor scan), best of
+  ``--repeat``;
+* the reference, once: a process that builds the SD1 UNet and CLIP text encoder from
+  ``loraregistry/architectures/configs/sd1.json`` with random weights on the CPU, puts them in a
+  ``StableDiffusionPipeline`` and calls ``load_lora_weights`` on the same file (the cheapest way to learn from
+  diffusers whether an adapter loads), checking that all 264 modules were patched;
+* ``lorareg verify`` over ``--files`` such files in one call (files/s, with and without the scan);
+* the tensor scan in-process on a warm SDXL file (every default target, rank ``--scan-rank``), in GB/s, next
+  to the exact float pass (float32 blocks, sums of squares, Grams) the scan now runs only where its bound asks.
+
+Prints the ratios (targets: >= 50x faster than the reference, >= 100 files/s, >= 1 GB/s). Nothing asserts a time;
+the machine may be shared: run it a few times and compare the spread.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# benchmarks/inspect.py shadows the stdlib module `inspect`: keep this folder off the import path.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from loraregistry.architectures import fingerprint, kohya_default_targets  # noqa: E402
+from loraregistry.safetensors_io import write_safetensors  # noqa: E402
+
+KOHYA_PREFIX = {"unet": "lora_unet", "text_encoder": "lora_te", "text_encoder_2": "lora_te2"}
+CLEAN_METADATA = {"modelspec.trigger_phrase": "sks", "modelspec.license": "openrail++"}
+
+# The reference process: build the base from configs, load the LoRA with diffusers, count the patched modules.
+REFERENCE = r"""
+import json, sys, time
+start = time.perf_counter()
+import diffusers
+from loraregistry.architectures.build import build_architecture
+imported = time.perf_counter()
+parts = build_architecture("sd1", device="cpu")
+built = time.perf_counter()
+pipe = diffusers.StableDiffusionPipeline(vae=None, text_encoder=parts["text_encoder"], tokenizer=None,
+                                         unet=parts["unet"], scheduler=diffusers.DDPMScheduler(), safety_checker=None,
+                                         feature_extractor=None, requires_safety_checker=False)
+pipe.load_lora_weights(sys.argv[1], adapter_name="bench")
+loaded = time.perf_counter()
+patched = sum(1 for c in ("unet", "text_encoder") for _, m in getattr(pipe, c).named_modules()
+              if hasattr(m, "lora_A") and "bench" in m.lora_A)
+print(json.dumps({"patched": patched, "import_s": imported - start, "build_s": built - imported,
+                  "load_s": loaded - built}))
+"""
+
+
+def write_kohya(path: Path, arch: str, rank: int, seed: int) -> Path:
+    """A kohya LoRA over every default target of ``arch``, small random fp16 factors, alpha = rank / 2."""
+    rng = np.random.default_rng(seed)
+    fp = fingerprint(arch)
+    tensors: dict[str, np.ndarray] = {}
+    for component in fp.components:
+        if component not in KOHYA_PREFIX:
+            continue
+        for module_path in kohya_default_targets(arch, component):
+            spec = fp.lookup(component, module_path)
+            name = f"{KOHYA_PREFIX[component]}_{module_path.replace('.', '_')}"
+            kernel = tuple(spec.kernel or ())
+            tensors[f"{name}.lora_down.weight"] = (rng.standard_normal((rank, spec.in_features, *kernel)) * 0.05
+                                                   ).astype(np.float16)
+            tensors[f"{name}.lora_up.weight"] = (rng.standard_normal((spec.out_features, rank, *((1, 1) if kernel
+                                                 else ()))) * 0.01).astype(np.float16)
+            tensors[f"{name}.alpha"] = np.array(rank / 2, np.float16)
+    write_safetensors(path, tensors, {**CLEAN_METADATA, "ss_network_dim": str(rank), "ss_network_alpha": str(rank / 2)})
+    return path
+
+
+def _lorareg() -> list[str]:
+    script = Path(sys.executable).with_name("lorareg")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "loraregistry"]
+
+
+ENV = {**os.environ, "NO_COLOR": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+
+
+def run(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} exited {done.returncode}: {done.stderr[-2000:]}")
+    return elapsed
+
+
+def best(cmd: list[str], repeat: int) -> tuple[float, float]:
+    times = [run(cmd) for _ in range(repeat)]
+    return min(times), max(times)
+
+
+def reference(path: Path) -> tuple[float, dict]:
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", REFERENCE, str(path)], env=ENV, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"the diffusers reference failed: {done.stderr[-3000:]}")
+    phases = json.loads(done.stdout.strip().splitlines()[-1])
+    return elapsed, phases
+
+
+def scan_speed(path: Path, repeat: int) -> tuple[float, float, int]:
+    """(scan GB/s, exact float pass GB/s, bytes), best of ``repeat`` after a warm-up read."""
+    from loraregistry.adapter import AdapterFile
+    from loraregistry.verify import health
+    from loraregistry.verify.shapes import factor_problems
+
+    adapter = AdapterFile.open(path)
+    deltas = {k: factor_problems(m)[0] for k, m in adapter.modules.items()}
+    size = adapter.header.data_size
+
+    def scan() -> None:
+        result = health.scan(adapter.path, adapter.header, adapter.modules, deltas)
+        [m.exceeds(health.EXTREME_DELTA_RMS) for m in result.modules.values()]
+
+    def exact() -> None:
+        result = health.scan(adapter.path, adapter.header, adapter.modules, deltas)
+        [s.sumsq for s in result.tensors.values()]  # one float pass per tensor, Grams included
+        [m.delta_norm for m in result.modules.values()]
+
+    scan()  # warm: page cache and imports
+    timings = {}
+    for name, fn in (("scan", scan), ("exact", exact)):
+        runs = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            fn()
+            runs.append(time.perf_counter() - start)
+        timings[name] = min(runs)
+    return size / timings["scan"] / 1e9, size / timings["exact"] / 1e9, size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--files", type=int, default=100)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--scan-rank", type=int, default=64)
+    args = parser.parse_args()
+    lorareg = _lorareg()
+    with tempfile.TemporaryDirectory(prefix="lorareg-bench-") as tmp:
+        folder = Path(tmp)
+        one = write_kohya(folder / "sd1.safetensors", "sd1", args.rank, seed=0)
+        size_mb = one.stat().st_size / 1e6
+        run([*lorareg, "verify", str(one)])  # warm the page cache and .pyc files
+        header_s, header_max = best([*lorareg, "verify", "--no-tensors", str(one)], args.repeat)
+        full_s, full_max = best([*lorareg, "verify", str(one)], args.repeat)
+        ref_s, phases = reference(one)
+        if phases["patched"] != 264:
+            raise SystemExit(f"the reference patched {phases['patched']} of 264 modules")
+
+        many = folder / "many"
+        many.mkdir()
+        blob = one.read_bytes()
+        for i in range(args.files):  # same tensors; distinct files on disk
+            (many / f"a{i:03d}.safetensors").write_bytes(blob)
+        run([*lorareg, "verify", "-q", str(many)])
+        many_header, _ = best([*lorareg, "verify", "-q", "--no-tensors", str(many)], max(2, args.repeat // 2))
+        many_full, _ = best([*lorareg, "verify", "-q", str(many)], max(2, args.repeat // 2))
+        shutil.rmtree(many)
+
+        big = write_kohya(folder / "sdxl.safetensors", "sdxl-base", args.scan_rank, seed=1)
+        scan_gbs, exact_gbs, scan_bytes = scan_speed(big, args.repeat)
+
+    print(f"adapter: SD1 kohya, 264 modules, rank {args.rank}, {size_mb:.1f} MB; {os.cpu_count()} CPUs")
+    print(f"lorareg verify --no-tensors (whole process) : {header_s:7.3f} s  (max {header_max:.3f})")
+    print(f"lorareg verify, tensor scan (whole process) : {full_s:7.3f} s  (max {full_max:.3f})")
+    print(f"diffusers load check (whole process)        : {ref_s:7.3f} s  (import {phases['import_s']:.1f} s, "
+          f"build from config {phases['build_s']:.1f} s, load_lora_weights {phases['load_s']:.1f} s; "
+          f"{phases['patched']} modules patched)")
+    print(f"  ratio, header + fingerprint               : {ref_s / header_s:7.0f}x faster  (target >= 50x)")
+    print(f"  ratio, with the tensor scan               : {ref_s / full_s:7.0f}x faster  (target >= 50x)")
+    print(f"{args.files} files in one call, --no-tensors       : {args.files / many_header:7.0f} files/s "
+          f"({many_header:.2f} s; target >= 100/s)")
+    print(f"{args.files} files in one call, tensor scan        : {args.files / many_full:7.0f} files/s "
+          f"({many_full:.2f} s, {args.files * len(blob) / many_full / 1e9:.2f} GB/s)")
+    print(f"tensor scan, warm (SDXL rank {args.scan_rank}, {scan_bytes / 1e6:.0f} MB): {scan_gbs:7.2f} GB/s "
+          f"(target >= 1); exact float pass {exact_gbs:.2f} GB/s ({scan_gbs / exact_gbs:.1f}x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""``lorareg convert`` / ``merge`` / ``resize``: thin commands over ``loraregistry.ops``.
+
+Each parses its options, calls one library function and renders the result (text, or ``--json``).
+Every output is verified before it is put in place; ``--force`` keeps an output verify fails.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import UsageError
+from .output import emit_json, status
+
+_common = [
+    click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+                 help="Where to write the result."),
+    click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), help="Storage dtype (default: the input's)."),
+    click.option("--base", help="Verify the output against this base: architecture id, diffusers folder or checkpoint."),
+    click.option("--force", is_flag=True, help="Write the output even when verify finds errors in it."),
+    click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout."),
+]
+
+
+def _with_common(func):
+    for option in reversed(_common):
+        func = option(func)
+    return func
+
+
+def _parse_dialect(pairs: tuple[str, ...]) -> dict[str, str]:
+    dialect = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--dialect takes KEY=VALUE, got {pair!r}", hint="e.g. --dialect unet_names=sgm")
+        dialect[key.strip()] = value.strip()
+    return dialect
+
+
+def _render(summary: dict[str, Any], lines: list[str], as_json: bool) -> int:
+    if as_json:
+        emit_json(summary)
+    else:
+        for line in lines:
+            click.echo(line)
+    if summary.get("verify_ok") is False:
+        status("lorareg: warning: the output has verify errors and was kept because of --force")
+    return 0
+
+
+@click.command()
+@click.argument("input", type=click.Path(path_type=Path))
+@click.option("--to", "to", required=True, type=click.Choice(["kohya", "peft", "diffusers"]), help="Target format.")
+@click.option("--rank", type=click.IntRange(min=1), help="Rank for LyCORIS/LoCon modules that must become plain LoRA "
+              "(SVD where the exact rank is higher; the error is reported per module).")
+@click.option("--dialect", multiple=True, metavar="KEY=VALUE", help="Key spelling of the target, e.g. unet_names=sgm.")
+@_with_common
+def convert(input: Path, to: str, rank: int | None, dialect: tuple[str, ...], output: Path, dtype: str | None,
+            base: str | None, force: bool, as_json: bool) -> int:
+    """Convert an adapter to kohya, peft or diffusers keys (tensors kept bit for bit where possible)."""
+    from ..ops.convert import convert as run
+
+    result = run(input, output, to=to, dtype=dtype, rank=rank, dialect=_parse_dialect(dialect), force=force,
+                 base=base)
+    summary = result.summary()
+    lines = [f"{input} ({result.format_from}) -> {output} ({to}): {result.modules} modules"]
+    if summary["lowered"]:
+        lines.append(f"  {summary['lowered']} modules lowered to plain LoRA, {summary['approximate']} approximate "
+                     f"(max relative error {summary['max_rel_error']:.2e})")
+        lines += [f"  {c['module']}: {c['algorithm']} -> rank {c['rank']}"
+                  + ("" if c["exact"] else f", relative error {c['rel_error']:.2e}")
+                  for c in summary["changed"] if c["change"] == "lowered"]
+    return _render(summary, lines, as_json)
+
+
+@click.command()
+@click.argument("adapters", nargs=-1, required=True, metavar="ADAPTER[:WEIGHT]...")
+@click.option("--rank", type=click.IntRange(min=1), help="Reduce every merged module to at most this rank (SVD in "
+              "factor space); default: exact merge, ranks add up.")
+@click.option("--to", "to", type=click.Choice(["kohya", "peft", "diffusers"]), help="Output format (default: the "
+              "first adapter's).")
+@_with_common
+def merge(adapters: tuple[str, ...], rank: int | None, to: str | None, output: Path, dtype: str | None,
+          base: str | None, force: bool, as_json: bool) -> int:
+    """Merge adapters with weights (A.safetensors:0.8 B.safetensors:0.5) into one, exactly."""
+    from ..ops.merge import MergeInput
+    from ..ops.merge import merge as run
+
+    inputs = [MergeInput.parse(text) for text in adapters]
+    result = run(inputs, output, rank=rank, to=to, dtype=dtype, force=force, base=base)
+    summary = result.summary()
+    ranks = sorted({m.rank for m in result.modules})
+    lines = [f"merged {len(inputs)} adapters -> {output}: {len(result.modules)} modules, rank "
+             f"{ranks[0]}..{ranks[-1]}" if ranks else f"merged {len(inputs)} adapters -> {output}: no modules"]
+    if rank is not None:
+        lines.append(f"  reduced to rank <= {rank}: max relative error {summary['max_rel_error']:.2e}")
+    return _render(summary, lines, as_json)
+
+
+@click.command()
+@click.argument("input", type=click.Path(path_type=Path))
+@click.option("--rank", type=click.IntRange(min=1), help="New rank (with --dynamic: the largest rank allowed).")
+@click.option("--dynamic", metavar="METHOD=VALUE",
+              help="kohya's dynamic rank: sv_ratio=X, sv_fro=X or sv_cumulative=X.")
+@click.option("--verbose", "-v", is_flag=True, help="One line per module (kept rank, retained Frobenius norm).")
+@_with_common
+def resize(input: Path, rank: int | None, dynamic: str | None, verbose: bool, output: Path, dtype: str | None,
+           base: str | None, force: bool, as_json: bool) -> int:
+    """Change an adapter's rank (SVD in factor space; fixed or kohya's dynamic rules)."""
+    from ..ops.resize import ResizeSettings
+    from ..ops.resize import resize as run
+
+    settings = ResizeSettings.parse_dynamic(dynamic, rank) if dynamic else ResizeSettings(rank=rank)
+    result = run(input, output, settings, dtype=dtype, force=force, base=base)
+    summary = result.summary()
+    lines = [f"{input} -> {output}: {summary['modules']} modules, rank {summary['rank_before']} -> "
+             f"{summary['rank_after']}; Frobenius norm retained: mean {summary['retained_fro_mean']:.2%}, "
+             f"min {summary['retained_fro_min']:.2%}"]
+    if summary["capped"]:
+        lines.append(f"  {summary['capped']} modules already at or below rank {rank}: kept as they are")
+    if verbose:
+        lines += [f"  {m.module}: {m.rank_before} -> {m.rank_after}, {m.retained_fro:.2%}" for m in result.modules]
+    return _render(summary, lines, as_json)

@@ -1,0 +1,275 @@
+"""``fix``: rewrite an adapter so that a chosen loader (diffusers, ComfyUI, A1111, Forge) loads all of it.
+
+What it changes, only where the target's rules (``verify.consumers``) say it must:
+
+* keys: written in a format every target reads: kohya for the web UIs (and for diffusers when the input is
+  kohya), peft with ``unet.``/``text_encoder.`` prefixes for diffusers otherwise (adds the prefixes bare peft
+  and attention-processor files lack); keys that fit no module are dropped;
+* shapes: 1x1-conv factors on Linear modules (kohya SD2 projections) and 2-D factors on 1x1 convs are
+  reshaped to the base layout (exact);
+* algorithms diffusers cannot load: LoHa, LoKr, full and LoCon Tucker modules become plain LoRA, exactly
+  where the rank allows (LoHa r1*r2, LoKr rank(W1)*rank(W2)), else by SVD at ``rank`` with the relative
+  error per module; DoRA needs the exact base weights (``base`` = model folder or checkpoint) and an SVD;
+  an error over ``max_error`` refuses the fix and names the modules;
+* metadata: the base architecture goes into the lorareg record, projected onto ``modelspec.architecture``,
+  ``ss_base_model_version`` and ``ss_v2`` (what A1111/Forge file the adapter by);
+* ``strip_bloat``: drops ``ss_tag_frequency``, ``ssmd_cover_images`` and a huge ``ss_dataset_dirs``.
+
+The output is written under a temporary name, verified, checked with the target consumers, and only then
+renamed into place. A file that needs nothing is left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import LoraregError, UsageError
+
+FIX_TARGETS = ("diffusers", "comfyui", "a1111", "forge")
+ALL = FIX_TARGETS  # one kohya-keyed LoRA serves every one of them
+BLOAT_KEYS = ("ss_tag_frequency", "ssmd_cover_images")
+HUGE_VALUE = 64 * 1024  # bytes; ss_dataset_dirs over this is bloat
+DEFAULT_MAX_ERROR = 0.01
+_FAMILY_IDS = {"sd1": "sd1", "sdxl": "sdxl-base"}  # sd2 is left to the declaration (512 vs 768-v)
+
+
+class FixLosesInformation(UsageError):
+    """The fix would approximate modules beyond ``--max-error``; nothing was written."""
+
+
+class FixDoesNotLoad(LoraregError):
+    """The fixed file still does not load in the target; nothing was written."""
+
+    exit_code = 1
+
+
+@dataclass
+class FixResult:
+    targets: tuple[str, ...]
+    changes: list[str] = field(default_factory=list)
+    modules: list[Any] = field(default_factory=list)  # ops.convert.ModuleConversion rows
+    before: list[Any] = field(default_factory=list)  # Verdicts of the input
+    after: list[Any] = field(default_factory=list)  # Verdicts of the output
+    output: Any = None  # ops.io.WrittenOutput; None when nothing needed fixing
+
+    @property
+    def needed(self) -> bool:
+        return bool(self.changes)
+
+    def summary(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "targets": list(self.targets), "needed": self.needed, "changes": self.changes,
+            "modules": [vars(m) for m in self.modules],
+            "before": {v.consumer: v.outcome for v in self.before},
+            "after": {v.consumer: v.outcome for v in self.after},
+        }
+        if self.output is not None:
+            data.update(output=str(self.output.path), sha256=self.output.sha256)
+        return data
+
+
+def parse_fix_targets(text: str) -> tuple[str, ...]:
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    if "all" in names:
+        return ALL
+    unknown = [n for n in names if n not in FIX_TARGETS]
+    if unknown or not names:
+        raise UsageError(f"unknown --for target {', '.join(map(repr, unknown)) or repr(text)}",
+                         hint=f"known: {', '.join(FIX_TARGETS)}, all (kohya/peft: use `lorareg convert`)")
+    return tuple(dict.fromkeys(names))
+
+
+def fix(input: str | os.PathLike[str], output: str | os.PathLike[str], *, targets: str = "all",
+        rank: int | None = None, max_error: float | None = None, strip_bloat: bool = False,
+        base: str | None = None) -> FixResult:
+    """Fix ``input`` for ``targets`` (comma list or ``all``) and write ``output`` (see module docstring)."""
+    from .adapter import AdapterFile
+    from .ops.io import check_output_path
+    from .verify.base import load_base
+    from .verify.consumers import consumer_verdicts
+    from .verify.context import Context
+
+    chosen = parse_fix_targets(targets)
+    if rank is not None and rank < 1:
+        raise UsageError(f"--rank must be at least 1, got {rank}")
+    check_output_path(output, [input])
+    adapter = AdapterFile.open(input)
+    ctx = Context.build(adapter, load_base(base) if base is not None else None)
+    result = FixResult(targets=chosen, before=consumer_verdicts(ctx, chosen))
+    plan = _plan(ctx, chosen, result, strip_bloat)
+    if not result.needed:
+        return result
+    tensors = _fixed_tensors(ctx, plan, rank, base, result)
+    limit = DEFAULT_MAX_ERROR if max_error is None else max_error
+    over = [m for m in result.modules if m.rel_error > limit]
+    if over:
+        listed = ", ".join(f"{m.module} ({m.rel_error:.3g})" for m in over[:5])
+        raise FixLosesInformation(f"{len(over)} modules would change by more than --max-error {limit}: {listed}",
+                                  hint="raise --rank, or allow a larger --max-error")
+    result.output, result.after = _write_checked(input, output, tensors, plan, ctx, chosen, base)
+    return result
+
+
+@dataclass
+class _Plan:
+    format: str
+    dialect: dict[str, str]
+    lower: bool  # turn every non-plain module into plain LoRA
+    header: dict[str, str]
+    architecture: str | None
+
+
+def _plan(ctx, targets: tuple[str, ...], result: FixResult, strip_bloat: bool) -> _Plan:
+    from .ops.io import carried_header
+    from .verify.consumers.facts import adapter_facts
+
+    facts = adapter_facts(ctx)
+    adapter = ctx.adapter
+    for verdict in result.before:
+        if not verdict.ok:
+            result.changes.append(f"{verdict.consumer}: {verdict.outcome} -> fix keys/shapes/algorithms")
+    misfiled = [f for v in result.before for f in v.findings if f.name == "consumer-misfiles-adapter"]
+    if misfiled:
+        result.changes.append("write the SD version keys A1111/Forge file the adapter by")
+    header = carried_header(adapter)
+    bloat = [k for k in header if k in BLOAT_KEYS or (k == "ss_dataset_dirs" and len(header[k]) > HUGE_VALUE)]
+    if strip_bloat and bloat:
+        result.changes.append(f"strip header bloat: {', '.join(bloat)}")
+        header = {k: v for k, v in header.items() if k not in bloat}
+    wants_kohya = any(t != "diffusers" for t in targets) or adapter.format in ("kohya", "mixed")
+    fmt = "kohya" if wants_kohya else "peft"
+    dialect = _dialect(fmt, facts.family, adapter)
+    if facts.unknown_keys and result.needed:
+        result.changes.append(f"drop {len(facts.unknown_keys)} keys that fit no module")
+    return _Plan(format=fmt, dialect=dialect, lower="diffusers" in targets, header=header,
+                 architecture=_architecture(ctx, facts.family, header))
+
+
+def _dialect(fmt: str, family: str | None, adapter) -> dict[str, str]:
+    """Spellings every target matches: CLIP paths with ``text_model``; kohya ``lora_te`` for SD1/SD2."""
+    dialect = {"text_encoder.text_model": "yes", "text_encoder_2.text_model": "yes"}
+    if fmt == "peft":
+        return {**dialect, "component_prefix": "yes"}
+    kept = {k: v for k, v in adapter.mapping.dialect.items() if adapter.format == "kohya" and k == "unet_names"}
+    if family in ("sd1", "sd2"):
+        kept["te_prefix"] = "lora_te"
+    return {**kept, **dialect}
+
+
+def _architecture(ctx, family: str | None, header: dict[str, str]) -> str | None:
+    """The architecture id to declare; for SD2 without one, the kohya keys alone (variant unknown)."""
+    arch = getattr(ctx.base, "architecture", None) or ctx.detection.architecture
+    declared = ctx.declaration.architecture
+    if arch is None and declared is not None and (family is None or declared.startswith(family)):
+        arch = declared
+    if arch is None and family == "sd2":
+        header.update(ss_v2="True", ss_base_model_version="sd_v2")
+    return arch or _FAMILY_IDS.get(family or "")
+
+
+def _fixed_tensors(ctx, plan: _Plan, rank: int | None, base: str | None, result: FixResult):
+    from .ops.convert import convert_tensors
+    from .ops.io import load_canonical
+
+    tensors = load_canonical(ctx.adapter)
+    shapes = {m: spec.weight_shape for m in ctx.adapter.modules
+              if ctx.target is not None and (spec := ctx.target.lookup(m.component, m.path)) is not None}
+    if not plan.lower:
+        return tensors
+    tensors = _undora(tensors, shapes, rank, base, result)
+    converted, rows = convert_tensors(tensors, to="peft", rank=rank, shapes=shapes)
+    result.modules += rows
+    reshaped = sum(1 for m, s in shapes.items() if _stored_shape(tensors, m) not in (None, s)
+                   and m.path.endswith((".proj_in", ".proj_out")))
+    if reshaped:
+        result.changes.append(f"reshape {reshaped} projection modules to the base layout")
+    if rows:
+        result.changes.append(f"lower {sum(r.change == 'lowered' for r in rows)} LyCORIS modules to plain LoRA")
+    return converted
+
+
+def _stored_shape(tensors, module) -> tuple[int, ...] | None:
+    from .canonical import CanonicalKey
+
+    up = tensors.get(CanonicalKey(module.component, module.path, "up"))
+    down = tensors.get(CanonicalKey(module.component, module.path, "down"))
+    return (up.shape[0], *down.shape[1:]) if up is not None and down is not None else None
+
+
+def _undora(tensors, shapes, rank: int | None, base: str | None, result: FixResult):
+    """kohya DoRA modules -> plain LoRA from their exact delta (needs the base weights), by SVD."""
+    from .ops.common import by_module, flatten_modules
+    from .ops.convert import ModuleConversion
+    from .ops.delta import module_delta
+
+    modules = by_module(tensors)
+    dora = [m for m, roles in modules.items() if "dora_scale" in roles]
+    if not dora:
+        return tensors
+    if base is None or not Path(base).exists():
+        raise UsageError(f"{len(dora)} DoRA modules need the exact base weights to become plain LoRA",
+                         hint="pass --base with the model folder or checkpoint the adapter was trained on")
+    from .ops.checkpoint import open_checkpoint
+
+    checkpoint = open_checkpoint(base)
+    for module in dora:
+        roles = modules[module]
+        weight = checkpoint.read(module, dtype=np.float64)
+        delta = module_delta(roles, out_shape=weight.shape, base_weight=weight)
+        r = rank or int(roles["down"].shape[0])
+        up, down, err = _svd(delta.reshape(delta.shape[0], -1), r)
+        shape = shapes.get(module, weight.shape)
+        dtype = roles["down"].dtype
+        modules[module] = {"down": down.reshape(up.shape[1], *shape[1:]).astype(dtype),
+                           "up": up.reshape(shape[0], up.shape[1], *([1] * (len(shape) - 2))).astype(dtype),
+                           "alpha": np.array(up.shape[1], dtype=np.float32)}
+        result.modules.append(ModuleConversion(str(module), "lowered", "dora", up.shape[1], exact=err == 0.0,
+                                               rel_error=err))
+    result.changes.append(f"turn {len(dora)} DoRA modules into plain LoRA (SVD of the exact delta)")
+    return flatten_modules(modules)
+
+
+def _svd(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, float]:
+    u, s, vt = np.linalg.svd(matrix, full_matrices=False)
+    rank = min(rank, s.size)
+    total = float(np.linalg.norm(s))
+    err = float(np.linalg.norm(s[rank:]) / total) if total else 0.0
+    return u[:, :rank] * s[:rank], vt[:rank], err
+
+
+def _write_checked(input, output, tensors, plan: _Plan, ctx, targets, base):
+    """temp file (verified by write_op_output) -> consumer verdicts -> atomic rename."""
+    from .ops.io import op_metadata, parent_record, write_op_output
+    from .verify.consumers import consumer_verdicts
+
+    out = Path(output)
+    record = ctx.adapter.metadata
+    if plan.architecture is not None:
+        record = record.model_copy(update={"base": record.base.model_copy(update={"architecture": plan.architecture})})
+    params = {"for": ",".join(targets), "format": plan.format}
+    record = op_metadata(record, operation="fix", params=params, parents=[parent_record(ctx.adapter)])
+    temp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.lorareg-fix.safetensors")
+    try:
+        written = write_op_output(temp, tensors, format=plan.format, dialect=plan.dialect, metadata=record,
+                                  header=plan.header, inputs=[input], base=base)
+        after = consumer_verdicts(temp, targets, base=base)
+        failing = [v for v in after if not v.ok]
+        if failing:
+            reasons = "; ".join(f"{v.consumer}: {v.findings[0].message}" if v.findings else v.consumer
+                                for v in failing)
+            raise FixDoesNotLoad(f"the fixed file still does not fully load, not written: {reasons}", path=out,
+                                 hint="this needs a change fix does not make; see `lorareg verify --target`")
+        os.replace(temp, out)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+    written.report.path = str(out)
+    return type(written)(path=out, sha256=written.sha256, tensor_sha256=written.tensor_sha256,
+                         report=written.report, forced=written.forced), after

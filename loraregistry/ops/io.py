@@ -1,0 +1,263 @@
+"""Reading adapters into canonical tensors, and writing op outputs safely.
+
+``load_canonical(adapter)`` gives every tensor under its ``CanonicalKey`` and a uniform per-module
+``alpha``: the stored kohya alpha tensor where there is one (bytes untouched), the peft ``lora_alpha`` /
+``alpha_pattern`` of ``lora_adapter_metadata`` for peft/diffusers files, else alpha = rank (what every
+loader assumes). Downstream maths then only ever computes ``scale = alpha / rank`` (``delta.module_scale``).
+
+``write_op_output(path, tensors, ...)`` writes next to ``path`` under a temporary name, fills the
+record's network facts and tensor hash from what was written, runs ``verify`` on it, and renames it into
+place only when verify finds no error (or ``force``). An output path that names an input is refused
+before anything is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..adapter import AdapterFile
+from ..canonical import CanonicalKey, ModuleKey
+from ..errors import FileAccessError
+from .errors import OutputFailsVerify, OutputIsInput
+
+PEFT_CONFIG_KEY = "lora_adapter_metadata"
+# Header keys that describe the old tensors or the old format: never carried into an op's output.
+STALE_HEADER_KEYS = frozenset({PEFT_CONFIG_KEY, "lorareg", "sshs_model_hash", "sshs_legacy_hash",
+                               "modelspec.hash_sha256"})
+
+
+# --- reading ------------------------------------------------------------------------------------------
+
+
+def load_canonical(adapter: AdapterFile, *, with_alpha: bool = True) -> dict[CanonicalKey, np.ndarray]:
+    """Every mapped tensor of ``adapter`` as an in-memory numpy array (stored dtype, stored bytes),
+    keyed by canonical key; with ``with_alpha`` every module that has a rank also gets an ``alpha``
+    (a 0-d float32 array when synthesized; see module docstring). Unknown keys are left out.
+
+    Which alphas were synthesized: those whose key is not in ``adapter.mapping.mapped.values()``.
+    """
+    from ..safetensors_io import memmap_tensors
+
+    by_name = adapter.mapping.mapped
+    tensors = {by_name[info.name]: np.array(arr) for info, arr in memmap_tensors(adapter.path, adapter.header)
+               if info.name in by_name}
+    if with_alpha:
+        for module, alpha in module_alphas(adapter).items():
+            key = CanonicalKey(module.component, module.path, "alpha")
+            if key not in tensors:
+                tensors[key] = np.array(alpha, dtype=np.float32)
+    return tensors
+
+
+def module_alphas(adapter: AdapterFile) -> dict[ModuleKey, float]:
+    """The effective alpha of every module with a rank, from the header alone (see module docstring).
+
+    A stored alpha of 0 reads as "alpha = rank", as kohya and LyCORIS read it.
+    """
+    from .delta import scale_rank
+
+    configs = peft_configs(adapter.header.metadata)
+    out: dict[ModuleKey, float] = {}
+    for module, info in adapter.modules.items():
+        rank = scale_rank({role: t.shape for role, t in info.tensors.items()})
+        if rank is None:
+            continue
+        if info.alpha:
+            out[module] = float(info.alpha)
+        elif module.component in configs or None in configs:
+            out[module] = _config_alpha(configs.get(module.component) or configs[None], module, rank)
+        else:
+            out[module] = float(rank)
+    return out
+
+
+def peft_configs(header: Mapping[str, str]) -> dict[str | None, dict[str, Any]]:
+    """``lora_adapter_metadata`` split per component ({None: config} for a flat one); {} when absent or
+    unreadable (loaders then use alpha = rank too)."""
+    from ..schema.diffusers_meta import _split_components
+
+    raw = header.get(PEFT_CONFIG_KEY)
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return {}
+    return _split_components(data) if isinstance(data, dict) else {}
+
+
+def _config_alpha(config: Mapping[str, Any], module: ModuleKey, rank: int) -> float:
+    """peft's alpha for one module: alpha_pattern (exact name, then peft's ``(.*\\.)?key$`` match) over
+    lora_alpha; with use_rslora the scale is alpha / sqrt(r), returned as the equivalent alpha / r."""
+    names = [module.path, module.path.removeprefix("text_model."), f"{module.component}.{module.path}"]
+    patterns = config.get("alpha_pattern") or {}
+    alpha = next((patterns[n] for n in names if n in patterns), None)
+    if alpha is None:
+        alpha = next((value for key, value in patterns.items() if any(_peft_match(key, n) for n in names)), None)
+    if alpha is None:
+        alpha = config.get("lora_alpha") or config.get("alpha")
+    alpha = float(alpha) if isinstance(alpha, (int, float)) and alpha > 0 else float(rank)
+    return alpha * rank ** 0.5 if config.get("use_rslora") is True else alpha
+
+
+def _peft_match(key: str, name: str) -> bool:
+    try:
+        return re.match(rf"(.*\.)?({key})$", name) is not None
+    except re.error:
+        return name == key or name.endswith("." + key)
+
+
+# --- metadata helpers -----------------------------------------------------------------------------------
+
+
+def parent_record(adapter: AdapterFile, *, weight: float | None = None):
+    """A provenance ``Parent`` for an input file: its hashes, file name and (merge) weight."""
+    from ..schema import Parent
+
+    hashes = adapter.hashes
+    return Parent(sha256=hashes.sha256, tensor_sha256=hashes.autov3, name=adapter.path.name[:500], weight=weight)
+
+
+def op_metadata(record, *, operation: str, params: Mapping[str, Any], parents: Sequence[Any]):
+    """``record`` (an AdapterMetadata, or None for a fresh one) with the provenance of this operation.
+
+    Network facts and tensor_sha256 are filled by ``write_op_output`` from what it writes.
+    """
+    from .. import __version__
+    from ..schema import AdapterMetadata, Provenance
+
+    record = record if record is not None else AdapterMetadata()
+    provenance = Provenance(created_at=datetime.now(timezone.utc).replace(microsecond=0), tool="lorareg",
+                            tool_version=__version__, operation=operation, params=dict(params),
+                            parents=list(parents))
+    return record.model_copy(update={"provenance": provenance, "tensor_sha256": None})
+
+
+def carried_header(adapter: AdapterFile) -> dict[str, str]:
+    """The input's header keys an output keeps (tag frequencies, training keys, a tool's own keys), without
+    those that describe the old tensors or format (``STALE_HEADER_KEYS``)."""
+    return {k: v for k, v in adapter.header.metadata.items() if k not in STALE_HEADER_KEYS}
+
+
+def _network_info(adapter: AdapterFile):
+    """The record's ``network`` for a written file: what metadata import infers from its weights (so the
+    record and the weights never disagree), plus the alpha of files that keep it in the peft config."""
+    from ..schema import NetworkInfo
+
+    facts = adapter.facts
+    alphas = module_alphas(adapter)
+
+    def common(kind: str) -> float | None:
+        values = [alphas[m] for m, info in adapter.modules.items() if info.kind == kind and m in alphas]
+        return Counter(values).most_common(1)[0][0] if values else None
+
+    alpha = facts.alpha if facts.alpha is not None else common("linear")
+    conv_alpha = facts.conv_alpha if facts.conv_alpha is not None else common("conv")
+    known_type = facts.network_type in ("lora", "locon", "loha", "lokr", "dora", "full")
+    return NetworkInfo(
+        type=facts.network_type if known_type else None,
+        rank=facts.rank, alpha=alpha if facts.rank is not None else None,
+        conv_rank=facts.conv_rank, conv_alpha=conv_alpha if facts.conv_rank is not None else None,
+        rank_pattern=dict(facts.rank_pattern) if facts.rank is not None else {},
+        alpha_pattern=dict(facts.alpha_pattern) if facts.rank is not None else {},
+        components=list(facts.components), target_modules=list(facts.target_modules),
+    )
+
+
+# --- writing ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WrittenOutput:
+    """What ``write_op_output`` put in place: the path, its sha256 and AutoV3, and verify's report."""
+
+    path: Path
+    sha256: str
+    tensor_sha256: str
+    report: Any  # loraregistry.verify.Report
+    forced: bool = False  # True when verify found errors and ``force`` kept the file anyway
+
+
+def check_output_path(output: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]]) -> Path:
+    """Refuse an output path that is one of the inputs (same file, however it is spelled)."""
+    out = Path(output)
+    for item in inputs:
+        src = Path(item)
+        same = out.resolve() == src.resolve()
+        if not same and out.exists() and src.exists():
+            with contextlib.suppress(OSError):
+                same = os.path.samefile(out, src)
+        if same:
+            raise OutputIsInput("the output path is one of the inputs; refusing to overwrite an input", path=out,
+                                hint="choose another -o path")
+    if not out.parent.is_dir() and str(out.parent):
+        raise FileAccessError("output folder does not exist", path=out.parent, hint="create it first")
+    return out
+
+
+def write_op_output(path: str | os.PathLike[str], tensors: Mapping[CanonicalKey, np.ndarray], *, format: str,
+                    dialect: Mapping[str, str] | None = None, metadata=None,
+                    header: Mapping[str, str] | None = None, inputs: Iterable[str | os.PathLike[str]] = (),
+                    force: bool = False, base: str | None = None) -> WrittenOutput:
+    """Write canonical ``tensors`` as ``format`` to ``path`` via a verified temporary file.
+
+    ``metadata``: the record to store (``op_metadata``); its ``network`` and ``tensor_sha256`` are
+    replaced by what was written. ``header``: other str->str keys to keep. ``inputs``: paths the output
+    must not overwrite (OutputIsInput, exit 2, nothing written). ``base``: passed to ``verify`` (an
+    architecture id or a model folder/checkpoint). Verify errors -> OutputFailsVerify (exit 1) listing
+    them, and no file, unless ``force``. Alpha is stored the way ``format`` stores it (``writer``).
+    """
+    from ..hashes import hash_file, tensor_sha256
+    from ..safetensors_io import rewrite_metadata
+    from ..schema import merge_projection
+    from ..verify import verify
+    from ..writer import write_adapter
+
+    out = check_output_path(path, inputs)
+    temp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.lorareg-tmp.safetensors")
+    try:
+        write_adapter(temp, tensors, format=format, dialect=dialect, header=header)
+        if metadata is not None:
+            written = AdapterFile.open(temp)
+            record = metadata.model_copy(update={
+                "network": _network_info(written),
+                "tensor_sha256": tensor_sha256(temp, written.header.data_offset),
+            })
+            rewrite_metadata(temp, merge_projection(written.header.metadata, record))
+        report = verify(temp, base=base)
+        errors = [f for f in report.findings if f.severity == "error"]
+        if errors and not force:
+            listed = "; ".join(f"{f.code} {f.message}" for f in errors[:5])
+            more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+            raise OutputFailsVerify(f"the output fails verify, not written: {listed}{more}", path=out,
+                                    hint="fix the inputs, pass a real base to check against, or --force")
+        report.path = str(out)
+        os.replace(temp, out)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+    _fsync_folder(out.parent)
+    hashes = hash_file(out)
+    return WrittenOutput(path=out, sha256=hashes.sha256, tensor_sha256=hashes.autov3 or "", report=report,
+                         forced=bool(errors))
+
+
+def _fsync_folder(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # make the rename durable where the platform allows
+        fd = os.open(folder if str(folder) else ".", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

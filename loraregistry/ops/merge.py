@@ -1,0 +1,204 @@
+"""Merge adapters exactly by concatenating factors: ``sum_i w_i s_i B_i A_i = [w_1 s_1 B_1 | ...] @ [A_1; ...]``.
+
+Each parent's module is first written as plain LoRA factors (``delta.lowrank_factors``: LoRA as is,
+LoCon/LoHa/LoKr exactly), its scale ``alpha / rank`` and merge weight folded into ``up`` (a negative
+weight flips the sign of ``up`` only), and the factors are stacked: the rank adds up, the delta is the
+weighted sum of the parents' deltas, and the output stores alpha = rank (scale 1). Modules one parent
+lacks simply have fewer blocks; a weight of 0 leaves a parent out of the tensors (it stays in provenance).
+
+``rank`` reduces every module to at most ``rank`` in factor space (``lowrank.factor_svd``); a rank above
+every merged module's rank is an error (RankTooHigh). Adapters for different base architectures are
+refused (MixedArchitectures), as are DoRA modules (their delta needs the base weight).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..adapter import AdapterFile
+from ..canonical import CanonicalKey, ModuleKey
+from .common import alpha_array, by_module, flatten_modules, numpy_dtype, storage_dtype
+from .delta import lowrank_factors
+from .errors import BadMergeWeight, MixedArchitectures, RankTooHigh, UnsupportedModule
+from .lowrank import factor_svd
+from .progress import progress
+from .targets import base_shapes, layout, peft_text_model_defaults
+
+_RATINGS = ("general", "mature", "adult")
+
+
+@dataclass(frozen=True)
+class MergeInput:
+    path: Path
+    weight: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> MergeInput:
+        """``A.safetensors:0.8`` -> (A.safetensors, 0.8); no ``:WEIGHT`` -> weight 1. A path that exists as
+        given (even with a colon in it) is taken whole."""
+        if Path(text).exists() or ":" not in text:
+            return cls(Path(text), 1.0)
+        path, _, raw = text.rpartition(":")
+        try:
+            weight = float(raw)
+        except ValueError:
+            weight = math.nan
+        if not math.isfinite(weight):
+            raise BadMergeWeight(f"merge weight {raw!r} in {text!r} is not a finite number",
+                                 hint="write ADAPTER:WEIGHT, e.g. style.safetensors:0.8")
+        return cls(Path(path), weight)
+
+
+@dataclass(frozen=True)
+class ModuleMerge:
+    module: str
+    parents: int  # how many parents patch this module (weight != 0)
+    rank: int  # output rank
+    merged_rank: int  # rank of the exact concatenation
+    rel_error: float = 0.0  # of the optional rank reduction
+
+
+@dataclass
+class MergeResult:
+    modules: list[ModuleMerge] = field(default_factory=list)
+    output: Any = None
+
+    def summary(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "modules": len(self.modules),
+            "max_rel_error": max((m.rel_error for m in self.modules), default=0.0),
+            "per_module": [asdict(m) for m in self.modules],
+        }
+        if self.output is not None:
+            data.update(output=str(self.output.path), sha256=self.output.sha256, verify_ok=self.output.report.ok)
+        return data
+
+
+def merge_modules(parents: Sequence[tuple[dict[CanonicalKey, np.ndarray], float]], *, rank: int | None = None,
+                  dtype=None, shapes: Mapping[ModuleKey, tuple[int, ...]] | None = None,
+                  show_progress: bool | None = None) -> tuple[dict[CanonicalKey, np.ndarray], list[ModuleMerge]]:
+    """Merge canonical tensor sets (each with its weight) into plain-LoRA canonical tensors (alpha = rank).
+
+    fp64 throughout; ``dtype`` is the storage dtype (default: the first parent's). ``shapes``: base weight
+    shapes, used where factors lost a conv kernel (``targets.layout``).
+    """
+    dtype = np.dtype(dtype) if dtype is not None else storage_dtype(parents[0][0]) if parents else np.float32
+    grouped = [(by_module(tensors), weight) for tensors, weight in parents if weight != 0]
+    modules = sorted({m for g, _ in grouped for m in g})
+    merged: dict[ModuleKey, dict[str, np.ndarray]] = {}
+    rows: list[ModuleMerge] = []
+    pieces: dict[ModuleKey, tuple[np.ndarray, np.ndarray, tuple[int, ...], int]] = {}
+    for module in progress(modules, total=len(modules), description="merge", enabled=show_progress):
+        ups, downs, shape = [], [], None
+        for group, weight in grouped:
+            if module not in group:
+                continue
+            if "up_bias" in group[module]:
+                raise UnsupportedModule(f"{module}: a LoRA bias (peft lora_B.bias) cannot be merged by factors")
+            lr = lowrank_factors(group[module])
+            if shape is None:
+                shape = layout(lr.shape, (shapes or {}).get(module), follow_base=False)
+            if shape is not None and (lr.shape[0], math.prod(lr.shape[1:])) != (shape[0], math.prod(shape[1:])):
+                raise UnsupportedModule(f"{module}: parents disagree on its shape ({shape} vs {lr.shape})",
+                                        hint="merge adapters made for the same base")
+            ups.append(lr.up * weight)
+            downs.append(lr.down)
+        pieces[module] = (np.concatenate(ups, axis=1), np.concatenate(downs, axis=0), shape, len(ups))
+    if rank is not None and pieces and rank > max(p[0].shape[1] for p in pieces.values()):
+        top = max(p[0].shape[1] for p in pieces.values())
+        raise RankTooHigh(f"rank {rank} is above the merged rank (largest module: {top})",
+                          hint=f"choose --rank {top} or less, or leave it out for the exact merge")
+    for module, (up, down, shape, count) in pieces.items():
+        merged_rank, error = up.shape[1], 0.0
+        if rank is not None and merged_rank > rank:
+            svd = factor_svd(up, down)
+            up, down = svd.factors(rank)
+            error = svd.error(rank)[1]
+        r = up.shape[1]
+        merged[module] = {
+            "down": down.reshape(r, *shape[1:]).astype(dtype),
+            "up": up.reshape(shape[0], r, *([1] * (len(shape) - 2))).astype(dtype),
+            "alpha": alpha_array(r),
+        }
+        rows.append(ModuleMerge(module=str(module), parents=count, rank=r, merged_rank=merged_rank, rel_error=error))
+    return flatten_modules(merged), rows
+
+
+def architecture_of(path: Path, adapter: AdapterFile) -> str | None:
+    """The base architecture an adapter is for: verify's detection, else what its metadata declares."""
+    from ..verify import verify
+
+    report = verify(path, tensors=False)
+    return report.detected_architecture or report.declared_architecture or adapter.metadata.base.architecture
+
+
+def check_same_architecture(adapters: Sequence[tuple[Path, AdapterFile]]) -> str | None:
+    """The common architecture id (None when none is known); MixedArchitectures when two differ."""
+    known = {}
+    for path, adapter in adapters:
+        arch = architecture_of(path, adapter)
+        if arch is not None:
+            known.setdefault(arch, path)
+    if len(known) > 1:
+        listed = ", ".join(f"{p.name} is {a}" for a, p in known.items())
+        raise MixedArchitectures(f"cannot merge adapters for different bases: {listed}",
+                                 hint="merge only adapters made for one base model")
+    return next(iter(known), None)
+
+
+def merged_record(adapters: Sequence[AdapterFile], architecture: str | None):
+    """The merged canonical record: union of trigger words and tags, the strictest content rating, the base of
+    the parents; fields that do not survive a merge (training, ...) are left out."""
+    from ..schema import AdapterMetadata, BaseInfo
+
+    records = [a.metadata for a in adapters]
+    triggers = list(dict.fromkeys(w for r in records for w in r.trigger_words))
+    tags = list(dict.fromkeys(t for r in records for t in r.tags))
+    rating = max((r.content_rating for r in records), key=_RATINGS.index)
+    licenses = {r.license for r in records}
+    names = [r.name or a.path.stem for r, a in zip(records, adapters)]
+    first_base = next((r.base for r in records if r.base.architecture), records[0].base if records else BaseInfo())
+    base = BaseInfo(architecture=architecture or first_base.architecture, model_id=first_base.model_id,
+                    prediction_type=first_base.prediction_type, resolution=first_base.resolution)
+    return AdapterMetadata(
+        name=" + ".join(names)[:500], trigger_words=triggers, tags=tags, content_rating=rating,
+        license=licenses.pop() if len(licenses) == 1 else None, base=base,
+        description=f"Merge of {len(adapters)} adapters: {', '.join(names)}"[:20_000],
+    )
+
+
+def merge(inputs: Sequence[MergeInput], output: str | os.PathLike[str], *, rank: int | None = None,
+          to: str | None = None, dtype: str | None = None, force: bool = False, base: str | None = None,
+          show_progress: bool | None = None) -> MergeResult:
+    """Merge ``inputs`` (path + weight) into ``output``, in format ``to`` (default: the first input's)."""
+    from ..errors import UsageError
+    from .io import check_output_path, load_canonical, op_metadata, parent_record, write_op_output
+
+    if not inputs:
+        raise UsageError("merge needs at least one ADAPTER[:WEIGHT]")
+    if rank is not None and rank < 1:
+        raise UsageError(f"rank must be at least 1, got {rank}")
+    check_output_path(output, [i.path for i in inputs])
+    adapters = [AdapterFile.open(i.path) for i in inputs]
+    architecture = check_same_architecture([(i.path, a) for i, a in zip(inputs, adapters)])
+    tensors = [(load_canonical(a), i.weight) for i, a in zip(inputs, adapters)]
+    shapes = {m: s for a in adapters for m, s in base_shapes(a, base).items()}
+    merged, rows = merge_modules(tensors, rank=rank, dtype=numpy_dtype(dtype), shapes=shapes,
+                                 show_progress=show_progress)
+    first = adapters[0]
+    fmt = to or (first.format if first.format in ("kohya", "peft", "diffusers") else "kohya")
+    dialect = first.mapping.dialect if first.format == fmt else (
+        peft_text_model_defaults(first) if fmt in ("peft", "diffusers") else {})
+    parents = [parent_record(a, weight=i.weight) for i, a in zip(inputs, adapters)]
+    params = {"rank": rank, "to": fmt, "dtype": dtype, "weights": [i.weight for i in inputs]}
+    record = op_metadata(merged_record(adapters, architecture), operation="merge", params=params, parents=parents)
+    written = write_op_output(output, merged, format=fmt, dialect=dialect, metadata=record,
+                              inputs=[i.path for i in inputs], force=force, base=base)
+    return MergeResult(modules=rows, output=written)

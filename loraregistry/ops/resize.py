@@ -1,0 +1,184 @@
+"""Resize an adapter's rank: fixed (``rank``) or kohya's dynamic rules, in factor space.
+
+Per module the delta ``up @ down`` (LoHa/LoKr/LoCon first written as exact low-rank factors) is
+decomposed by ``lowrank.factor_svd`` (QR of the factors + SVD of the small core; the dense matrix is never
+built), the rank is chosen (``lowrank.choose_rank``) and the top singular triplets are kept, which is the
+Eckart-Young optimum. As kohya's ``resize_lora.py`` does, the output keeps each module's scale:
+``alpha_new = alpha / rank * new_rank`` with the unscaled product in the factors.
+
+Rank policy: ``rank`` above every module's rank is an error (RankTooHigh: nothing would shrink, and it is
+almost always a typo); per module the rank is capped at what the module holds, and the report says so.
+DoRA modules are refused (their delta needs the base weight).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..adapter import AdapterFile
+from ..canonical import CanonicalKey, ModuleKey
+from ..errors import UsageError
+from .common import alpha_array, by_module, flatten_modules, numpy_dtype, storage_dtype
+from .delta import DoraNeedsBase, exact_factors, module_scale
+from .errors import RankTooHigh
+from .lowrank import DYNAMIC_METHODS, choose_rank, exact_compress, factor_svd
+from .progress import progress
+from .targets import base_shapes, layout
+
+PASS_THROUGH = ("up_bias",)  # roles that are not part of the low-rank product and stay as they are
+
+
+@dataclass(frozen=True)
+class ResizeSettings:
+    """``rank``: the fixed rank, or the cap with a dynamic method. ``method``/``param``: kohya's dynamic rule
+    (``sv_ratio``, ``sv_fro``, ``sv_cumulative``) and its value."""
+
+    rank: int | None = None
+    method: str | None = None
+    param: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.rank is None and self.method is None:
+            raise UsageError("resize needs --rank R or --dynamic METHOD=VALUE")
+        if self.rank is not None and self.rank < 1:
+            raise UsageError(f"rank must be at least 1, got {self.rank}")
+        if self.method is not None:
+            if self.method not in DYNAMIC_METHODS:
+                raise UsageError(f"unknown dynamic method {self.method!r}",
+                                 hint=f"one of: {', '.join(DYNAMIC_METHODS)}")
+            if self.param is None or not np.isfinite(self.param) or self.param <= 0:
+                raise UsageError(f"{self.method} needs a positive number, got {self.param!r}")
+            if self.method != "sv_ratio" and self.param > 1:
+                raise UsageError(f"{self.method} is a fraction in (0, 1], got {self.param}")
+
+    @classmethod
+    def parse_dynamic(cls, text: str, rank: int | None = None) -> ResizeSettings:
+        """``sv_fro=0.9`` -> settings (``rank`` becomes the cap)."""
+        method, sep, value = text.partition("=")
+        try:
+            param = float(value)
+        except ValueError:
+            param = None
+        if not sep or param is None:
+            raise UsageError(f"--dynamic takes METHOD=VALUE, got {text!r}", hint="e.g. sv_fro=0.9 or sv_ratio=8")
+        return cls(rank=rank, method=method.strip(), param=param)
+
+
+@dataclass(frozen=True)
+class ModuleResize:
+    module: str
+    rank_before: int  # rank of the exact factorization (LoHa: r1*r2, capped at min(out, in))
+    rank_after: int
+    retained_fro: float  # fraction of the delta's Frobenius norm kept, 0..1
+    rel_error: float  # relative Frobenius error ||dW - dW_k|| / ||dW||
+    capped: bool = False  # the requested rank was above this module's rank
+
+
+@dataclass
+class ResizeResult:
+    modules: list[ModuleResize] = field(default_factory=list)
+    output: Any = None  # io.WrittenOutput once written
+
+    def summary(self) -> dict[str, Any]:
+        retained = [m.retained_fro for m in self.modules]
+        data: dict[str, Any] = {
+            "modules": len(self.modules),
+            "rank_before": _histogram(m.rank_before for m in self.modules),
+            "rank_after": _histogram(m.rank_after for m in self.modules),
+            "retained_fro_min": min(retained, default=1.0),
+            "retained_fro_mean": float(np.mean(retained)) if retained else 1.0,
+            "capped": sum(m.capped for m in self.modules),
+            "per_module": [asdict(m) for m in self.modules],
+        }
+        if self.output is not None:
+            data.update(output=str(self.output.path), sha256=self.output.sha256, verify_ok=self.output.report.ok)
+        return data
+
+
+def _histogram(values) -> dict[str, int]:
+    counts: dict[int, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    return {str(k): counts[k] for k in sorted(counts)}
+
+
+def resize_module(roles: Mapping[str, np.ndarray], settings: ResizeSettings, *,
+                  base_shape: tuple[int, ...] | None = None) -> tuple[dict[str, np.ndarray], ModuleResize]:
+    """One module -> (fp64 plain-LoRA roles: down, up, alpha, + pass-through roles; its report row).
+
+    ``base_shape``: the base weight's shape, used only where the factors lost the kernel (``targets.layout``).
+    """
+    if "dora_scale" in roles:
+        raise DoraNeedsBase("cannot resize a DoRA module: its delta depends on the base weight",
+                            hint="resize the plain LoRA before DoRA, or bake it into the base")
+    up, down, in_shape = exact_factors(roles)
+    up, down = exact_compress(up, down)
+    svd = factor_svd(up, down)
+    available = svd.rank
+    wanted = settings.rank
+    capped = settings.method is None and wanted is not None and wanted > available
+    rank = choose_rank(svd.s, rank=wanted, method=settings.method, param=settings.param)
+    new_up, new_down = svd.factors(rank)
+    shape = layout((up.shape[0], *in_shape), base_shape, follow_base=False)
+    kernel = len(shape) - 2
+    out = {
+        "down": new_down.reshape(rank, *shape[1:]),
+        "up": new_up.reshape(shape[0], rank, *([1] * kernel)),
+        "alpha": np.float64(module_scale(roles) * rank),
+        **{role: roles[role] for role in PASS_THROUGH if role in roles},
+    }
+    report = ModuleResize(module="", rank_before=available, rank_after=rank, retained_fro=svd.retained(rank),
+                          rel_error=svd.error(rank)[1], capped=capped)
+    return out, report
+
+
+def resize_tensors(tensors: Mapping[CanonicalKey, np.ndarray], settings: ResizeSettings, *,
+                   shapes: Mapping[ModuleKey, tuple[int, ...]] | None = None, dtype=None,
+                   show_progress: bool | None = None) -> tuple[dict[CanonicalKey, np.ndarray], list[ModuleResize]]:
+    """Resize every module of canonical ``tensors`` (alpha per module, as ``io.load_canonical`` gives).
+
+    ``dtype``: storage dtype of the factors (default: the input's). Raises RankTooHigh when a fixed rank is
+    above every module's rank.
+    """
+    modules = by_module(tensors)
+    dtype = np.dtype(dtype) if dtype is not None else storage_dtype(tensors)
+    resized: dict[ModuleKey, dict[str, np.ndarray]] = {}
+    rows: list[ModuleResize] = []
+    for module, roles in progress(modules.items(), total=len(modules), description="resize",
+                                  enabled=show_progress):
+        new, row = resize_module(roles, settings, base_shape=(shapes or {}).get(module))
+        new["down"] = new["down"].astype(dtype)
+        new["up"] = new["up"].astype(dtype)
+        new["alpha"] = alpha_array(float(new["alpha"]))
+        resized[module] = new
+        rows.append(ModuleResize(**{**asdict(row), "module": str(module)}))
+    if settings.method is None and rows and all(r.capped for r in rows):
+        top = max(r.rank_before for r in rows)
+        raise RankTooHigh(f"rank {settings.rank} is above every module's rank (largest {top}); nothing to shrink",
+                          hint=f"choose --rank below {top + 1}")
+    return flatten_modules(resized), rows
+
+
+def resize(input: str | os.PathLike[str], output: str | os.PathLike[str], settings: ResizeSettings, *,
+           dtype: str | None = None, force: bool = False, base: str | None = None,
+           show_progress: bool | None = None) -> ResizeResult:
+    """Resize the adapter at ``input`` and write it (same key format and dialect) to ``output``."""
+    from .io import carried_header, check_output_path, load_canonical, op_metadata, parent_record, write_op_output
+
+    check_output_path(output, [input])
+    adapter = AdapterFile.open(input)
+    tensors = load_canonical(adapter)
+    new, rows = resize_tensors(tensors, settings, shapes=base_shapes(adapter, base), dtype=numpy_dtype(dtype),
+                               show_progress=show_progress)
+    fmt = adapter.format if adapter.format in ("kohya", "peft", "diffusers", "attn_procs") else "kohya"
+    params = {"rank": settings.rank, "dynamic": settings.method, "dynamic_param": settings.param, "dtype": dtype}
+    record = op_metadata(adapter.metadata, operation="resize", params=params, parents=[parent_record(adapter)])
+    written = write_op_output(output, new, format=fmt, dialect=adapter.mapping.dialect, metadata=record,
+                              header=carried_header(adapter), inputs=[Path(input)], force=force, base=base)
+    return ResizeResult(modules=rows, output=written)
