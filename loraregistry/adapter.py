@@ -215,17 +215,29 @@ class AdapterFile:
         return network_type({m: set(info.tensors) for m, info in self.modules.items()})
 
     @cached_property
+    def module_alphas(self) -> dict[ModuleKey, float]:
+        """Alpha per module as the loaders use it: the stored alpha tensor; for peft/diffusers files, which
+        keep alpha in ``lora_adapter_metadata`` (per component, with alpha_pattern), that config's value.
+        Modules with neither are left out (their alpha is the rank by convention)."""
+        from .ops.io import module_alphas, peft_configs
+
+        if not peft_configs(self.header.metadata):
+            return {m: info.alpha for m, info in self.modules.items() if info.alpha is not None}
+        return module_alphas(self)
+
+    @cached_property
     def facts(self) -> WeightFacts:
+        alphas = self.module_alphas
         linear = [m for m in self.modules.values() if m.kind == "linear"]
         conv = [m for m in self.modules.values() if m.kind == "conv"]
         rank = _most_common([m.rank for m in linear])
-        alpha = _most_common([m.alpha for m in linear])
+        alpha = _most_common([alphas.get(m.module) for m in linear])
         conv_rank = _most_common([m.rank for m in conv])
-        conv_alpha = _most_common([m.alpha for m in conv])
+        conv_alpha = _most_common([alphas.get(m.module) for m in conv])
         rank_pattern = {str(m.module): m.rank for m in self.modules.values()
                         if m.rank is not None and m.rank != (rank if m.kind == "linear" else conv_rank)}
-        alpha_pattern = {str(m.module): m.alpha for m in self.modules.values()
-                         if m.alpha is not None and m.alpha != (alpha if m.kind == "linear" else conv_alpha)}
+        alpha_pattern = {str(m.module): alphas[m.module] for m in self.modules.values()
+                         if m.module in alphas and alphas[m.module] != (alpha if m.kind == "linear" else conv_alpha)}
         targets = tuple(sorted({_leaf_name(m.module.path) for m in self.modules.values()}))
         return WeightFacts(
             format=self.format, network_type=self.network_type, components=self.components,

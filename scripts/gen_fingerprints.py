@@ -19,29 +19,15 @@ import sys
 import time
 from pathlib import Path
 
-ARCH_DIR = Path(__file__).resolve().parent.parent / "loraregistry" / "architectures"
-CONFIG_DIR = ARCH_DIR / "configs"
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script from a checkout
+
+from loraregistry.architectures.build import CLIP_CLASSES, CONFIG_DIR, build_component  # noqa: E402
+
+ARCH_DIR = ROOT / "loraregistry" / "architectures"
 DATA_DIR = ARCH_DIR / "data"
 FORMAT_VERSION = 1
-CLIP_CLASSES = ("CLIPTextModel", "CLIPTextModelWithProjection")
-
-
-def build_component(spec: dict):
-    """Instantiate one component on the meta device from its recorded class and config."""
-    import torch
-
-    library, cls_name, config = spec["library"], spec["class"], spec["config"]
-    with torch.device("meta"):
-        if library == "diffusers":
-            import diffusers
-
-            return getattr(diffusers, cls_name).from_config(config)
-        if library == "transformers":
-            import transformers
-
-            config_cls = {"T5EncoderModel": "T5Config", **dict.fromkeys(CLIP_CLASSES, "CLIPTextConfig")}[cls_name]
-            return getattr(transformers, cls_name)(getattr(transformers, config_cls)(**config))
-    raise ValueError(f"unsupported component library {library!r}")
+__all__ = ["CLIP_CLASSES", "CONFIG_DIR", "build_component", "fingerprint_doc", "generate", "module_rows"]
 
 
 def module_rows(model, *, clip: bool) -> list[list]:

@@ -23,6 +23,7 @@ from tests.test_consumers_diffusers import DERIVED, GOLDEN, arch_of, derive
 from tests.tiny_models import tiny_pipeline_dir  # noqa: F401 - fixture
 
 DOC = Path(__file__).parent.parent / "docs" / "loaders.md"
+README = Path(__file__).parent.parent / "README.md"
 
 # (file, consumer) -> outcome, from reading each loader's key matching (module headers say which code).
 EXPECTED = {
@@ -136,6 +137,7 @@ def test_codes_are_a_block_of_their_own():
 
 def test_loaders_doc_is_current():
     assert loaders_table_markdown() in DOC.read_text(), "regenerate docs/loaders.md (see its header)"
+    assert loaders_table_markdown().strip() in README.read_text(), "regenerate the table in README.md"
 
 
 def test_importing_the_consumers_leaves_torch_out():

@@ -99,3 +99,29 @@ def test_file_size_that_differs_from_the_header(tmp_path, delta, code):
 def test_unreadable_keys_from_the_header(tmp_path):
     path = write_adapter(tmp_path / "e.safetensors", {"foo.bar": np.zeros(2, np.float16)})
     assert verify_header(read_header(path), source="e").codes() == ["LRG101"]
+
+
+def test_remote_header_that_is_no_container_gives_a_report(monkeypatch):
+    from loraregistry.errors import TruncatedFileError
+    from loraregistry.hub import remote
+
+    def broken(uri, **kwargs):
+        raise TruncatedFileError("header length 4096 points past the end of the file (100 bytes)", path=uri)
+
+    monkeypatch.setattr(remote, "read_remote_header", broken)
+    report = remote.verify_remote("hf://u/r/a.safetensors", base="sd1")
+    assert report.codes() == ["LRG003"] and report.path == "hf://u/r/a.safetensors"
+    assert report.requested_base == "sd1" and not report.tensors_checked
+
+
+def test_remote_verify_passes_size_and_base(monkeypatch, tmp_path):
+    from loraregistry.hub import remote
+
+    path = write_adapter(tmp_path / "a.safetensors", lora_tensors("sd1"))
+    header = read_header(path)
+    monkeypatch.setattr(remote, "read_remote_header", lambda uri, **kw: remote.RemoteHeader(
+        url=uri, header=header, file_size=path.stat().st_size + 8, bytes_read=8 + header.header_size))
+    assert remote.verify_remote("https://h/a.safetensors").codes() == ["LRG012"]  # 8 trailing bytes
+    monkeypatch.setattr(remote, "read_remote_header", lambda uri, **kw: remote.RemoteHeader(
+        url=uri, header=header, file_size=path.stat().st_size, bytes_read=8 + header.header_size))
+    assert "LRG203" in remote.verify_remote("https://h/a.safetensors", base="sdxl-base").codes()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from loraregistry.adapter import AdapterFile
+from loraregistry.safetensors_io import read_header
 from loraregistry.verify import health, verify
 from loraregistry.verify.shapes import factor_problems
 from tests.adapters import write_adapter
@@ -145,3 +146,31 @@ def test_sumsq_is_computed_on_first_use_only(tmp_path, monkeypatch):
     expected = float(np.sum(np.square(down, dtype=np.float64)))
     assert stats.sumsq == pytest.approx(expected, rel=1e-6) and calls == [stats.key]
     assert stats.sumsq == pytest.approx(expected, rel=1e-6) and calls == [stats.key]  # cached
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 1 << 22])
+def test_batched_runs_equal_the_per_tensor_scan(tmp_path, monkeypatch, chunk):
+    """Runs of back-to-back tensors (split by dtype changes, empty tensors, NaNs, window edges) give each tensor
+    the counts and maximum a scan of that tensor alone gives."""
+    rng = np.random.default_rng(3)
+    arrays = {}
+    for i, dtype in enumerate([np.float16, np.float16, np.float32, ml_dtypes.bfloat16, np.float16, np.int8,
+                               np.float16, np.float64, np.float16]):
+        a = rng.normal(0, 2, (int(rng.integers(1, 40)), 3)).astype(dtype)
+        if i == 4:
+            a.reshape(-1)[5] = np.nan
+        if i == 6:
+            a[...] = 0
+        arrays[f"t{i}"] = a
+    arrays["empty"] = np.zeros((0, 3), np.float16)
+    arrays["scalar"] = np.asarray(1.5, np.float16)
+    path = write_adapter(tmp_path / "runs.safetensors", arrays)
+    monkeypatch.setattr(health, "CHUNK_ELEMENTS", chunk)
+    header = read_header(path)  # the keys are no adapter format: scan the header's tensors directly
+    result = health.scan(path, header, {}, {})
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=header.data_offset, shape=(header.data_size,))
+    for info in header.tensors.values():
+        alone = health._scan_tensor(info, health._array(data, info, health.HealthScan()), lambda: 0.0)
+        got = result.tensors[info.name]
+        assert (got.nan, got.inf, got.all_zero, got.max_abs) == (alone.nan, alone.inf, alone.all_zero, alone.max_abs)
+    assert result.tensors["t4"].nan == 1 and result.tensors["t6"].all_zero and not result.tensors["empty"].all_zero

@@ -92,14 +92,14 @@ def _most_common(values: list[Any]) -> Any:
 
 
 def _read_network(configs: dict[str | None, PeftConfig], found: Findings) -> None:
-    ranks = {c: cfg.r for c, cfg in configs.items() if cfg.r is not None}
-    alphas = {c: cfg.lora_alpha or cfg.alpha for c, cfg in configs.items() if (cfg.lora_alpha or cfg.alpha)}
-    for label, values in (("r", ranks), ("lora_alpha", alphas)):
-        if len(set(values.values())) > 1:
-            declared = dict(sorted(values.items(), key=str))
-            found.warnings.append(f"{KEY}: components declare different {label} {declared}; recording the most common")
-    found.put("network.rank", _most_common(list(ranks.values())), KEY)
-    found.put("network.alpha", _most_common(list(alphas.values())), KEY)
+    # Components with different r / lora_alpha (a text encoder at a lower rank is common) declare per-module
+    # facts, which AdapterFile reads from this same config with the weights: record rank/alpha only when all agree.
+    ranks = {cfg.r for cfg in configs.values() if cfg.r is not None}
+    alphas = {cfg.lora_alpha or cfg.alpha for cfg in configs.values() if (cfg.lora_alpha or cfg.alpha)}
+    if len(ranks) == 1:
+        found.put("network.rank", ranks.pop(), KEY)
+    if len(alphas) == 1:
+        found.put("network.alpha", alphas.pop(), KEY)
 
     types = {_PEFT_TYPES.get((cfg.peft_type or "LORA").upper()) for cfg in configs.values()}
     if any(cfg.use_dora for cfg in configs.values()):

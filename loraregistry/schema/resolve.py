@@ -112,6 +112,24 @@ def import_metadata(header_metadata: Mapping[str, str], *, facts: WeightFacts | 
     )
 
 
+# A LoraConfig names target modules and pattern keys as peft matches them (leaf names, regexes, paths without
+# CLIP's text_model.); the weights name the same modules canonically. A different spelling is no conflict.
+_PEFT_SPELLED = frozenset({"network.target_modules"})
+_PATTERNS = frozenset({"network.rank_pattern", "network.alpha_pattern"})
+
+
+def _canonical_pattern_key(key: str) -> str:
+    """``text_encoder:encoder.layers.0...`` (transformers 5 spelling) -> ``text_encoder:text_model.encoder...``."""
+    component, sep, name = key.partition(":")
+    if sep and component.startswith("text_encoder") and name.startswith(("encoder.layers.", "embeddings.")):
+        return f"{component}:text_model.{name}"
+    return key
+
+
+def _respelled(path: str, declared: Found) -> bool:
+    return path in _PEFT_SPELLED and declared.key == "lora_adapter_metadata"
+
+
 def _conflict(path: str, kept: Found, other: Found, *, keeping: str) -> str:
     return f"{path}: {kept.key} = {short(kept.value)} but {other.key} = {short(other.value)}; keeping {keeping}"
 
@@ -122,6 +140,9 @@ def _same(path: str, a: Any, b: Any) -> bool:
     if isinstance(a, float) or isinstance(b, float):
         return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-6)
     if isinstance(a, dict) and isinstance(b, dict):
+        if path in _PATTERNS:
+            a = {_canonical_pattern_key(k): v for k, v in a.items()}
+            b = {_canonical_pattern_key(k): v for k, v in b.items()}
         return a.keys() == b.keys() and all(_same(path, a[k], b[k]) for k in a)
     return a == b
 
@@ -155,7 +176,7 @@ def _apply_facts(facts: WeightFacts, chosen: dict[str, Found], source_of: dict[s
         current = chosen.get(path)
         if (current is None and value == {}) or (current is not None and _same(path, current.value, value)):
             continue  # the default, or what was declared
-        if current is not None:
+        if current is not None and not _respelled(path, current):
             warnings.append(_conflict(path, current, Found(value, _WEIGHTS), keeping=_WEIGHTS))
         if value == {}:
             chosen.pop(path, None)

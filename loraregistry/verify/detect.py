@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from ..adapter import ModuleInfo
 from ..architectures import ARCHITECTURES, Fingerprint, fingerprint, fingerprint_names
@@ -84,14 +85,25 @@ def measure_fit(modules: Mapping[ModuleKey, ModuleInfo], deltas: Mapping[ModuleK
     """Count the modules ``fp`` holds; modules whose factors make no delta are left out (reported elsewhere)."""
     misfits = []
     checked = 0
+    components = _components(fp)
+    verdicts: dict[tuple, bool] = {}  # (algo, delta, spec) -> fits: adapters repeat a few shapes many times
     for key, info in modules.items():
         delta = deltas.get(key)
         if delta is None:
             continue
         checked += 1
-        if not fits(info, delta, fp.modules.get(key) or fp.lookup(key.component, key.path)):
+        spec = (fp.modules.get(key) or fp.lookup(key.component, key.path)) if key.component in components else None
+        verdict = verdicts.get((info.algo, delta, spec))
+        if verdict is None:
+            verdict = verdicts[(info.algo, delta, spec)] = fits(info, delta, spec)
+        if not verdict:
             misfits.append(key)
     return Fit(fp.name, architectures, checked - len(misfits), checked, tuple(misfits))
+
+
+@lru_cache(maxsize=None)
+def _components(fp: Fingerprint) -> frozenset[str]:
+    return frozenset(fp.components)  # Fingerprint.components walks every module on each access
 
 
 def detect_architecture(modules: Mapping[ModuleKey, ModuleInfo], deltas: Mapping[ModuleKey, Shape | None],

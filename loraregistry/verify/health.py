@@ -122,11 +122,13 @@ def scan(path: str | Path, header: SafetensorsHeader, modules: dict[ModuleKey, M
     data = (np.memmap(path, dtype=np.uint8, mode="r", offset=header.data_offset,
                       shape=(header.data_size,)).view(np.ndarray) if header.data_size else None)
     floats = _FloatPasses()
-    for info in header.tensors.values():
-        array = _array(data, info, result)
-        if array is None:
-            continue
-        stats = _scan_tensor(info, array, partial(floats.sumsq, info.name))
+    readable = [(info, array) for info in header.tensors.values()
+                if (array := _array(data, info, result)) is not None]
+    batched = _scan_runs(data, [info for info, _ in readable])
+    for info, array in readable:
+        sumsq = partial(floats.sumsq, info.name)
+        found = batched.get(info.name)
+        stats = TensorStats(info.name, info.numel, *found, sumsq) if found else _scan_tensor(info, array, sumsq)
         floats.register(info, array, _gram_mode(roles.get(info.name)), stats.finite)
         result.tensors[info.name] = stats
     arrays = lambda info: _array(data, info, result)  # noqa: E731 - small factors read whole (LoHa, mids)
@@ -195,6 +197,57 @@ def _scan_bits(array, uint: str, mask: int, inf_bits: int) -> tuple[int, int, bo
         top = max(top, peak)
     max_abs = float(np.array([top], dtype=uint).view(array.dtype)[0])
     return nan, inf, top == 0, max_abs
+
+
+def _scan_runs(data, infos: list[TensorInfo]) -> dict[str, tuple[int, int, bool, float]]:
+    """(nan, inf, all_zero, max_abs) of every finite tensor in a run of back-to-back tensors of one IEEE dtype,
+    a few numpy calls per run rather than per tensor (files hold hundreds of small factors and 0-dim alphas).
+    Tensors with a NaN/Inf, and those outside runs, are left to ``_scan_tensor``."""
+    found: dict[str, tuple[int, int, bool, float]] = {}
+    if data is None:
+        return found
+    runs: list[list[TensorInfo]] = []
+    for info in infos:
+        if not _batchable(info):
+            continue
+        last = runs[-1][-1] if runs else None
+        if last is not None and info.dtype == last.dtype and info.start == last.end:
+            runs[-1].append(info)
+        else:
+            runs.append([info])
+    for run in runs:
+        found.update(_run_fields(data, run, *_BITS[run[0].dtype]))
+    return found
+
+
+def _batchable(info: TensorInfo) -> bool:
+    """An IEEE tensor with values, whose start is aligned to its item size (views of other bytes would not be)."""
+    if info.dtype not in _BITS or info.numel == 0:
+        return False
+    return info.start % int(_BITS[info.dtype][0][2:]) == 0
+
+
+def _run_fields(data, run: list[TensorInfo], uint: str, mask: int, inf_bits: int):
+    """Per-tensor maxima of the magnitude bits over one run, window by window (``np.maximum.reduceat``)."""
+    import numpy as np
+
+    itemsize = np.dtype(uint).itemsize
+    first = run[0].start
+    words = data[first : run[-1].end].view(uint)
+    starts = np.array([(info.start - first) // itemsize for info in run], dtype=np.int64)
+    peaks = np.zeros(len(run), dtype=uint)
+    buffer = np.empty(min(words.size, CHUNK_ELEMENTS), dtype=uint)
+    for w0 in range(0, words.size, CHUNK_ELEMENTS):
+        w1 = min(words.size, w0 + CHUNK_ELEMENTS)
+        block = np.bitwise_and(words[w0:w1], mask, out=buffer[: w1 - w0])
+        i0 = int(np.searchsorted(starts, w0, side="right")) - 1  # the tensor holding w0, then those starting later
+        i1 = int(np.searchsorted(starts, w1, side="left"))
+        part = np.maximum.reduceat(block, np.maximum(starts[i0:i1] - w0, 0))
+        np.maximum(peaks[i0:i1], part, out=peaks[i0:i1])
+    finite = np.where(peaks < inf_bits, peaks, 0)  # NaN/Inf peaks are recounted by _scan_tensor
+    values = finite.view(numpy_dtype(run[0].dtype)).astype(np.float64).tolist()
+    return {info.name: (0, 0, peak == 0, value) for info, peak, value in zip(run, peaks.tolist(), values)
+            if peak < inf_bits}
 
 
 def _scan_values(array) -> tuple[int, int, bool, float]:
