@@ -50,7 +50,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     field, raw = text.split("=", 1)
     try:
         value = json.loads(raw)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         value = raw
     return field.strip(), value
 

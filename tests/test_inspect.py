@@ -53,3 +53,18 @@ def test_inspect_human_output_names_format_rank_alpha(capsys):
     assert main(["inspect", str(GOLDEN / "sd1_kohya.safetensors")]) == 0
     out = capsys.readouterr().out
     assert "kohya" in out and "4 x84" in out and "1 x84" in out
+
+
+def test_deeply_nested_foreign_json_is_ignored_not_fatal(tmp_path):
+    """Found by scripts/fuzz_verify.py: a lora_adapter_metadata of 100,000 nested arrays hit RecursionError."""
+    from loraregistry.safetensors_io import read_header, rewrite_metadata
+    from loraregistry.verify import verify
+
+    path = tmp_path / "nested.safetensors"
+    path.write_bytes((GOLDEN / "sd1_diffusers_unet_te.safetensors").read_bytes())
+    meta = dict(read_header(path).metadata)
+    meta["lora_adapter_metadata"] = "[" * 100_000 + "]" * 100_000
+    rewrite_metadata(path, meta)
+    report = inspect_adapter(path)
+    assert report["format"] == "peft"
+    assert verify(path).findings is not None

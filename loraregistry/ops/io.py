@@ -93,7 +93,7 @@ def peft_configs(header: Mapping[str, str]) -> dict[str | None, dict[str, Any]]:
         return {}
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # untrusted header text: deeply nested arrays too
         return {}
     return _split_components(data) if isinstance(data, dict) else {}
 
