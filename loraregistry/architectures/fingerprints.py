@@ -69,11 +69,26 @@ class Fingerprint:
         return sorted(key.path for key in self.modules if key.component == component)
 
     def lookup(self, component: str, path: str) -> ModuleSpec | None:
-        """The module at ``path``; CLIP paths may omit the ``text_model.`` level."""
+        """The module at ``path``; CLIP paths may omit the ``text_model.`` level.
+
+        A fused canonical path (kohya SD3/Flux ``attn.{to_q,to_k,to_v}``, see ``formats.mmdit``) is the Linear
+        its targets make when stacked: their shared input, the sum of their outputs."""
         spec = self.modules.get(ModuleKey(component, path))
         if spec is None and not path.startswith(CLIP_PREFIX):
             spec = self.modules.get(ModuleKey(component, CLIP_PREFIX + path))
+        if spec is None and "{" in path:
+            spec = self._fused(component, path)
         return spec
+
+    def _fused(self, component: str, path: str) -> ModuleSpec | None:
+        from ..formats.mmdit import fused_targets  # keys-only module; imported late to keep imports one-way
+
+        parts = [self.modules.get(ModuleKey(component, target)) for target in fused_targets(path)]
+        if len(parts) < 2 or any(p is None or p.kind != "linear" for p in parts):
+            return None
+        if len({p.in_features for p in parts}) != 1:
+            return None
+        return ModuleSpec("linear", parts[0].in_features, sum(p.out_features for p in parts))
 
     def __repr__(self) -> str:
         return f"Fingerprint({self.name!r}, {len(self.modules)} modules)"
