@@ -199,3 +199,16 @@ def test_large_metadata_costs_a_small_multiple_of_the_header(tmp_path):
     peak, report = _peak_bytes(path)
     assert "LRG507" in report.codes()
     assert peak < 10 * len(value), f"{peak / 2**20:.0f} MiB for an 8 MiB header"
+
+
+# --- targeted: what the 100,000-case run found ----------------------------------------------------------
+
+_DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize("key", ["lorareg", "lora_adapter_metadata", "ss_network_args", "ss_tag_frequency",
+                                 "ss_dataset_dirs", "modelspec.title"])  # lora_adapter_metadata: case 16083, seed 0
+def test_deeply_nested_json_in_metadata_gives_a_report(tmp_path, key):
+    path = write_adapter(tmp_path / "deep.safetensors", {UP: np.ones((1280, 2), np.float16),
+                                                         DOWN: np.ones((2, 1280), np.float16)}, {key: _DEEP})
+    assert verify(path).codes()  # a report (the value's finding, missing trigger words...), not a traceback

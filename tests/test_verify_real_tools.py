@@ -11,7 +11,8 @@ share shapes: an info unless declared), and report the right format, rank and al
 
 Targets: every Linear of every Transformer2DModel (kohya's default set: SD1/SD2 192, SDXL 722 UNet modules) and
 the text encoders' attention for peft/diffusers; lycoris' ``attn-mlp`` preset (attention + MLP, UNet and text
-encoders). The whole module takes ~20-30 s on 2 cores, most of it imports.
+encoders). The module takes 20-40 s on 2 cores (the files are written once per module, per xdist worker),
+most of it imports and lycoris wrapping; hence `slow`.
 """
 
 from __future__ import annotations
