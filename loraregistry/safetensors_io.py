@@ -215,6 +215,27 @@ def _parse_metadata(raw: Any, path: str | None) -> dict[str, str]:
 
 
 def _parse_entry(name: str, entry: Any, path: str | None) -> TensorInfo:
+    """Validate one entry: a fast path for well-formed entries (headers hold thousands), and the careful
+    path, which names what is wrong, for anything else."""
+    try:
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        bits = DTYPE_BITS[dtype] if type(dtype) is str else 0
+        start, end = offsets if type(offsets) is list and len(offsets) == 2 else (-1, -1)
+        numel = 1
+        for d in shape if type(shape) is list else (-1,):
+            if type(d) is not int or d < 0:
+                numel = -1
+                break
+            numel *= d
+    except (TypeError, KeyError, ValueError):
+        return _parse_entry_carefully(name, entry, path)
+    if (bits and numel >= 0 and type(start) is int and type(end) is int and 0 <= start <= end
+            and numel * bits == 8 * (end - start)):
+        return TensorInfo(name, dtype, tuple(shape), start, end)
+    return _parse_entry_carefully(name, entry, path)
+
+
+def _parse_entry_carefully(name: str, entry: Any, path: str | None) -> TensorInfo:
     if not isinstance(entry, dict):
         _fail(f"tensor {name!r}: entry is a JSON {type(entry).__name__}, expected an object", path)
     missing = [k for k in ("dtype", "shape", "data_offsets") if k not in entry]

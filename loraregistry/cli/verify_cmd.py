@@ -38,6 +38,53 @@ def expand_paths(specs: tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(found))  # once each, in order
 
 
+def verify_one(spec: str, base: str | None, tensors: bool, targets, *, raise_errors: bool = False):
+    """(report, gated by --target, error line): one file, local or remote."""
+    from ..verify import verify as verify_file
+    from ..verify.consumers import target_verdicts, verdict_exit_code, verdict_findings
+
+    try:
+        if spec.startswith(("hf://", "http://", "https://")):
+            from ..hub.remote import verify_remote  # header-only over HTTP range requests
+
+            return verify_remote(spec, base=base), 0, None
+        report = verify_file(spec, base=base, tensors=tensors)
+        gated = 0
+        if targets:
+            verdicts = target_verdicts(spec, targets, base=base)
+            report.findings += verdict_findings(verdicts)
+            gated = verdict_exit_code(verdicts)
+        return report, gated, None
+    except LoraregError as exc:
+        if raise_errors:
+            raise
+        return None, 0, exc.one_line()
+
+
+# Below this many local files a second process costs more than it saves.
+_PARALLEL_FROM = 16
+
+
+def verify_many(files: list[str], base: str | None, tensors: bool, targets) -> list[tuple]:
+    """Verify files in order; local ones in worker processes (forked: they inherit the loaded modules, so a
+    worker starts in milliseconds) when there are enough of them and more than one CPU."""
+    local = [f for f in files if not f.startswith(("hf://", "http://", "https://"))]
+    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
+    if len(local) < _PARALLEL_FROM or workers < 2 or len(local) != len(files):
+        return [verify_one(spec, base, tensors, targets) for spec in files]
+    import functools
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    try:
+        context = multiprocessing.get_context("fork")
+    except ValueError:  # no fork (Windows, some macOS setups): stay in this process
+        return [verify_one(spec, base, tensors, targets) for spec in files]
+    job = functools.partial(verify_one, base=base, tensors=tensors, targets=targets)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        return list(pool.map(job, files, chunksize=max(1, len(files) // (4 * workers))))
+
+
 def _render(reports, strict: bool) -> None:
     from rich.markup import escape
 
@@ -93,7 +140,6 @@ def verify(paths, base, strict, no_tensors, as_json, fmt, junit, quiet, targets)
     1 when one has errors (or warnings with --strict), 2 for usage or input errors.
     """
     from ..safetensors_io import atomic_write
-    from ..verify import verify as verify_file
     from ..verify.outputs import failed, github_annotations, json_text, junit_xml
 
     fmt = "json" if as_json else fmt
@@ -102,26 +148,18 @@ def verify(paths, base, strict, no_tensors, as_json, fmt, junit, quiet, targets)
         from ..verify import load_base
 
         load_base(base)  # a bad --base is a usage error before any file is read
-    from ..verify.consumers import target_verdicts, verdict_exit_code, verdict_findings
-
-    reports, io_errors, gated = [], 0, 0
-    for spec in files:
-        try:
-            if spec.startswith(("hf://", "http://", "https://")):
-                from ..hub.remote import verify_remote  # header-only over HTTP range requests
-
-                reports.append(verify_remote(spec, base=base))
-            else:
-                reports.append(verify_file(spec, base=base, tensors=not no_tensors))
-                if targets:
-                    verdicts = target_verdicts(spec, targets, base=base)
-                    reports[-1].findings += verdict_findings(verdicts)
-                    gated += verdict_exit_code(verdicts)
-        except LoraregError as exc:
-            if len(files) == 1:
-                raise
+    if len(files) == 1:  # one file: its usage/IO error is the command's error (exit 2, one line)
+        report, gated, error = verify_one(files[0], base, not no_tensors, targets, raise_errors=True)
+        outcomes = [(report, gated, error)]
+    else:
+        outcomes = verify_many(files, base, not no_tensors, targets)
+    reports = [report for report, _, _ in outcomes if report is not None]
+    gated = sum(g for _, g, _ in outcomes)
+    io_errors = 0
+    for _, _, error in outcomes:
+        if error is not None:
             io_errors += 1
-            status(f"lorareg: error: {exc.one_line()}")
+            status(f"lorareg: error: {error}")
     if fmt == "json":
         click.echo(json_text(reports, strict=strict))
     elif fmt == "github":

@@ -61,22 +61,25 @@ class FormatDetection:
     unknown_keys: list[str] = field(default_factory=list)
 
 
-def _claimant(key: str, component: str | None) -> str | None:
+def _claimant(key: str, component: str | None) -> tuple[str, ParsedKey] | None:
     for name, fmt in FORMATS.items():
-        if fmt.parse(key, component=component) is not None:
-            return name
+        parsed = fmt.parse(key, component=component)
+        if parsed is not None:
+            return name, parsed
     return None
 
 
-def _claims(keys: Iterable[str], component: str | None) -> tuple[dict[str, list[str]], list[str]]:
-    by_format: dict[str, list[str]] = {}
+def _claims(keys: Iterable[str], component: str | None
+            ) -> tuple[dict[str, dict[str, ParsedKey]], list[str]]:
+    """Keys by the format that claims them, with what it parsed (so mapping need not parse twice)."""
+    by_format: dict[str, dict[str, ParsedKey]] = {}
     unknown: list[str] = []
     for key in keys:
-        name = _claimant(key, component)
-        if name is None:
+        claim = _claimant(key, component)
+        if claim is None:
             unknown.append(key)
         else:
-            by_format.setdefault(name, []).append(key)
+            by_format.setdefault(claim[0], {})[key] = claim[1]
     return by_format, unknown
 
 
@@ -121,12 +124,12 @@ def to_canonical(keys: Iterable[str], *, format: str | None = None, component: s
         )
     if len(by_format) == 1 and format is None:
         (name, claimed), = by_format.items()
-        mapping = FORMATS[name].to_canonical(claimed, component=component)
+        mapping = FORMATS[name].to_canonical(claimed, component=component, parsed=claimed)
         mapping.unknown.extend(unknown)
         return mapping
     mapping = KeyMapping(format=MIXED, dialect={"formats": ",".join(by_format)})
     for name, claimed in by_format.items():
-        part = FORMATS[name].to_canonical(claimed, component=component)
+        part = FORMATS[name].to_canonical(claimed, component=component, parsed=claimed)
         add_without_collisions(mapping, part.mapped.items())
         mapping.unknown.extend(part.unknown)
         mapping.dialect.update({f"{name}.{k}": v for k, v in part.dialect.items()})

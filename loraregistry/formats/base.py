@@ -51,11 +51,14 @@ class KeyFormat(ABC):
 
     # --- shared file-level logic -----------------------------------------------------------------
 
-    def to_canonical(self, keys: Iterable[str], *, component: str | None = None) -> KeyMapping:
-        parsed: dict[str, ParsedKey] = {}
+    def to_canonical(self, keys: Iterable[str], *, component: str | None = None,
+                     parsed: Mapping[str, ParsedKey] | None = None) -> KeyMapping:
+        """Map ``keys``; ``parsed`` holds results of ``parse`` already made for them (detection makes them)."""
+        done = parsed or {}
+        parsed = {}
         unknown: list[str] = []
         for key in keys:
-            result = self.parse(key, component=component)
+            result = done.get(key) or self.parse(key, component=component)
             if result is None:
                 unknown.append(key)
             else:
