@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from ..canonical import CanonicalKey
 from ..errors import UsageError
 from .base import KeyFormat, ParsedKey
-from .paths import TEXT_ENCODERS, text_model_field, with_text_model
-from .peft import check_bare_components, spell_prefix, split_prefix
+from .paths import TEXT_ENCODERS
+from .peft import check_bare_components, locate, spell_prefix
 
 _KEY = re.compile(
     r"(?P<path>.+?)(?P<processor>\.processor)?\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<factor>down|up)\.weight"
@@ -39,12 +39,10 @@ class AttnProcsFormat(KeyFormat):
         m = _KEY.fullmatch(key)
         if not m:
             return None
-        found, path, facts = split_prefix(m["path"], component)
-        if found is None:
+        located = locate(m["path"], component)
+        if located is None:
             return None
-        path, text_model = with_text_model(found, path)
-        if text_model is not None:
-            facts[text_model_field(found)] = text_model
+        found, path, facts = located
         facts["processor"] = "yes" if m["processor"] else "no"
         module = f"{path}.{_projections(found)[m['proj']]}"
         return ParsedKey(CanonicalKey(found, module, m["factor"]), facts)

@@ -20,8 +20,8 @@ from ..canonical import CanonicalKey
 from ..errors import UsageError
 from .base import KeyFormat, ParsedKey
 from .mmdit import is_fused
-from .paths import TEXT_ENCODERS, text_model_field, with_text_model
-from .peft import check_bare_components, spell_prefix, split_prefix
+from .paths import TEXT_ENCODERS
+from .peft import check_bare_components, locate, spell_prefix
 
 _KEY = re.compile(r"(?P<path>.+?)\.(?P<layer>lora|lora_linear_layer)\.(?P<factor>down|up)\.weight")
 
@@ -38,12 +38,10 @@ class DiffusersFormat(KeyFormat):
         m = _KEY.fullmatch(key)
         if not m:
             return None
-        found, path, facts = split_prefix(m["path"], component)
-        if found is None:
+        located = locate(m["path"], component)
+        if located is None:
             return None
-        path, text_model = with_text_model(found, path)
-        if text_model is not None:
-            facts[text_model_field(found)] = text_model
+        found, path, facts = located
         facts[_layer_field(found)] = m["layer"]
         return ParsedKey(CanonicalKey(found, path, m["factor"]), facts)
 

@@ -65,6 +65,18 @@ def split_prefix(path: str, hint: str | None) -> tuple[str | None, str, dict[str
     return component, path, facts
 
 
+def locate(path: str, hint: str | None) -> tuple[str, str, dict[str, str]] | None:
+    """``split_prefix`` then the canonical ``text_model.`` spelling: (component, canonical path, facts), or
+    None when no component can be told. Shared by the peft, diffusers and attention-processor formats."""
+    found, path, facts = split_prefix(path, hint)
+    if found is None:
+        return None
+    path, text_model = with_text_model(found, path)
+    if text_model is not None:
+        facts[text_model_field(found)] = text_model
+    return found, path, facts
+
+
 def spell_prefix(ckey: CanonicalKey, dialect: Mapping[str, str]) -> str:
     """Inverse of ``split_prefix``: the prefixed, text_model-spelled module path."""
     path = spell_text_model(ckey.component, ckey.path, dict(dialect))
@@ -98,12 +110,10 @@ class PeftFormat(KeyFormat):
         role = _ROLES.get((m["factor"], m["param"]))
         if role is None:
             return None
-        found, path, facts = split_prefix(m["path"], component)
-        if found is None:
+        located = locate(m["path"], component)
+        if located is None:
             return None
-        path, text_model = with_text_model(found, path)
-        if text_model is not None:
-            facts[text_model_field(found)] = text_model
+        found, path, facts = located
         if m["adapter"]:
             facts["adapter_name"] = m["adapter"]
         if role == "dora_scale":
