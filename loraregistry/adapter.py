@@ -219,11 +219,12 @@ class AdapterFile:
         """Alpha per module as the loaders use it: the stored alpha tensor; for peft/diffusers files, which
         keep alpha in ``lora_adapter_metadata`` (per component, with alpha_pattern), that config's value.
         Modules with neither are left out (their alpha is the rank by convention)."""
+        stored = {m: info.alpha for m, info in self.modules.items() if info.alpha is not None}
+        if "lora_adapter_metadata" not in self.header.metadata:
+            return stored  # the common case; and ops.io (numpy) stays unimported on header-only paths
         from .ops.io import module_alphas, peft_configs
 
-        if not peft_configs(self.header.metadata):
-            return {m: info.alpha for m, info in self.modules.items() if info.alpha is not None}
-        return module_alphas(self)
+        return module_alphas(self) if peft_configs(self.header.metadata) else stored
 
     @cached_property
     def facts(self) -> WeightFacts:

@@ -14,7 +14,7 @@ Conversions go through this form, so N key formats need N mappers, not N squared
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Component = Literal["unet", "text_encoder", "text_encoder_2", "text_encoder_3", "transformer"]
 COMPONENTS: tuple[str, ...] = ("unet", "text_encoder", "text_encoder_2", "text_encoder_3", "transformer")
@@ -48,9 +48,9 @@ ROLES: dict[str, str] = {
 NETWORK_TYPES: tuple[str, ...] = ("lora", "locon", "loha", "lokr", "dora", "full")
 
 
-@dataclass(frozen=True, order=True)
-class ModuleKey:
-    """One module of a base model that an adapter patches."""
+class ModuleKey(NamedTuple):
+    """One module of a base model that an adapter patches. (A NamedTuple: adapters have thousands of these
+    as dict keys, and tuples hash and compare in C.)"""
 
     component: str
     path: str
@@ -59,8 +59,7 @@ class ModuleKey:
         return f"{self.component}:{self.path}"
 
 
-@dataclass(frozen=True, order=True)
-class CanonicalKey:
+class CanonicalKey(NamedTuple):
     """One tensor of an adapter in canonical form."""
 
     component: str

@@ -80,9 +80,13 @@ def verify_many(files: list[str], base: str | None, tensors: bool, targets) -> l
         context = multiprocessing.get_context("fork")
     except ValueError:  # no fork (Windows, some macOS setups): stay in this process
         return [verify_one(spec, base, tensors, targets) for spec in files]
+    # The first file runs here: it loads the fingerprints, key indexes and imports that the forked workers
+    # then inherit instead of each building them again.
+    first = verify_one(files[0], base, tensors, targets)
     job = functools.partial(verify_one, base=base, tensors=tensors, targets=targets)
+    rest = files[1:]
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        return list(pool.map(job, files, chunksize=max(1, len(files) // (4 * workers))))
+        return [first, *pool.map(job, rest, chunksize=max(1, len(rest) // (4 * workers)))]
 
 
 def _render(reports, strict: bool) -> None:
