@@ -111,3 +111,8 @@ def tensor_sha256(path: str | os.PathLike[str], data_offset: int) -> str:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of the whole file (any file, not only safetensors)."""
+    return tensor_sha256(path, 0)

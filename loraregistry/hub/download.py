@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..hashes import file_sha256
 from . import env
 from .errors import AmbiguousFile, HashMismatch, RemoteFileNotFound
 from .uri import check_file_name, inside, parse_spec
@@ -102,7 +103,7 @@ def _remote_file(api, repo_id: str, filename: str, commit: str):
 def _check_bytes(local: Path, remote, *, endpoint: str, repo_id: str, filename: str) -> None:
     """The downloaded bytes against the Hub's own record of them."""
     if remote.lfs is not None:
-        kind, expected, actual = "LFS sha256", remote.lfs.sha256, _sha256(local)
+        kind, expected, actual = "LFS sha256", remote.lfs.sha256, file_sha256(local)
     else:
         kind, expected, actual = "git blob id", remote.blob_id, _git_blob_sha1(local)
     if actual != expected:
@@ -112,12 +113,6 @@ def _check_bytes(local: Path, remote, *, endpoint: str, repo_id: str, filename: 
                            "server or a proxy serves the wrong bytes")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _git_blob_sha1(path: Path) -> str:

@@ -27,7 +27,8 @@ from .db import connect, sqlite_errors, transaction
 from .entry import Entry, Origin, Verdict
 from .errors import AmbiguousEntry, EntryNotFound, RegistryNotWritable
 from .paths import default_root
-from .store import Store, file_sha256
+from ..hashes import file_sha256
+from .store import Store
 
 DB_NAME = "registry.db"
 RATINGS = ("general", "mature", "adult")

@@ -120,11 +120,3 @@ def _copy_hashing(source: Path, tmp: Path) -> str:
         os.fsync(dst.fileno())
     shutil.copymode(source, tmp)
     return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
