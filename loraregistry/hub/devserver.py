@@ -447,9 +447,10 @@ class _Handler(BaseHTTPRequestHandler):
         if file in self.state.truncate:  # the connection drops halfway through the body
             chunk = chunk[: len(chunk) // 2]
             self.close_connection = True
+        # Recorded before the body goes out: once the client has the bytes it may look at this list at once.
+        self.state.bytes_served.append((file, self.headers.get("Range"), len(chunk)))
         self.wfile.write(chunk)
         self.wfile.flush()
-        self.state.bytes_served.append((file, self.headers.get("Range"), len(chunk)))
 
 
 class _Server(ThreadingHTTPServer):
