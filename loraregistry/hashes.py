@@ -54,53 +54,67 @@ def _blake3():
     return blake3()
 
 
-def hash_file(path: str | os.PathLike[str], *, data_offset: int | None = None) -> FileHashes:
-    """Compute every hash in one sequential pass over the file.
+class StreamHasher:
+    """Every hash of a file fed to it in order, chunk by chunk: for reading a file (``hash_file``) and for
+    writing one (bake hashes its output as it streams it out).
 
-    ``data_offset`` is where the tensor data starts (``8 + N``); when omitted it is read from the first
-    8 bytes, as for any safetensors file. Pass -1 for files that are not safetensors (no AutoV3).
+    ``data_offset`` is where the tensor data starts (``8 + N``); None reads it from the first 8 bytes, as for any
+    safetensors file; -1 means not safetensors (no AutoV3).
     """
+
+    def __init__(self, data_offset: int | None = None) -> None:
+        self.data_offset = data_offset
+        self.whole, self.data, self.legacy = hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
+        self.b3 = _blake3()
+        self.crc = 0
+        self.pos = 0
+
+    def update(self, chunk) -> None:
+        view = memoryview(chunk).cast("B")
+        if self.data_offset is None:
+            self.data_offset = 8 + struct.unpack("<Q", view[:8])[0] if len(view) >= 8 else -1
+        pos, end = self.pos, self.pos + len(view)
+        self.whole.update(view)
+        self.crc = zlib.crc32(view, self.crc)
+        if self.b3 is not None:
+            self.b3.update(view)
+        if self.data_offset >= 0 and end > self.data_offset:
+            self.data.update(view[max(0, self.data_offset - pos):])
+        lo, hi = max(pos, AUTOV1_OFFSET), min(end, AUTOV1_OFFSET + AUTOV1_LENGTH)
+        if lo < hi:
+            self.legacy.update(view[lo - pos : hi - pos])
+        self.pos = end
+
+    def result(self) -> FileHashes:
+        sha = self.whole.hexdigest()
+        size = self.pos
+        has_data = self.data_offset is not None and 0 <= self.data_offset <= size
+        return FileHashes(
+            sha256=sha,
+            # A1111 hashes whatever lies in the window; a file that does not reach it has no AutoV1.
+            autov1=self.legacy.hexdigest()[:8] if size >= AUTOV1_OFFSET + AUTOV1_LENGTH else None,
+            autov2=sha[:10],
+            autov3=self.data.hexdigest() if has_data else None,
+            crc32=civitai_crc32(self.crc),
+            blake3=self.b3.hexdigest() if self.b3 is not None else None,
+        )
+
+
+def hash_file(path: str | os.PathLike[str], *, data_offset: int | None = None) -> FileHashes:
+    """Compute every hash in one sequential pass over the file (``data_offset``: see ``StreamHasher``)."""
     p = Path(path)
-    whole = hashlib.sha256()
-    data = hashlib.sha256()
-    legacy = hashlib.sha256()
-    b3 = _blake3()
-    crc = 0
-    pos = 0
+    hasher = StreamHasher(data_offset)
     try:
-        size = p.stat().st_size
         with p.open("rb") as f:
             while chunk := f.read(_CHUNK):
-                if data_offset is None:
-                    data_offset = 8 + struct.unpack("<Q", chunk[:8])[0] if len(chunk) >= 8 else -1
-                end = pos + len(chunk)
-                whole.update(chunk)
-                crc = zlib.crc32(chunk, crc)
-                if b3 is not None:
-                    b3.update(chunk)
-                if data_offset >= 0 and end > data_offset:
-                    data.update(chunk[max(0, data_offset - pos):])
-                lo, hi = max(pos, AUTOV1_OFFSET), min(end, AUTOV1_OFFSET + AUTOV1_LENGTH)
-                if lo < hi:
-                    legacy.update(chunk[lo - pos : hi - pos])
-                pos = end
+                hasher.update(chunk)
     except FileNotFoundError:
         raise FileAccessError("no such file", path=p, hint="check the path") from None
     except IsADirectoryError:
         raise FileAccessError("is a folder, expected a file", path=p) from None
     except OSError as exc:
         raise FileAccessError(f"cannot read: {exc.strerror}", path=p) from None
-    sha = whole.hexdigest()
-    has_data = data_offset is not None and 0 <= data_offset <= size
-    return FileHashes(
-        sha256=sha,
-        # A1111 hashes whatever lies in the window; a file that does not reach it has no AutoV1.
-        autov1=legacy.hexdigest()[:8] if size >= AUTOV1_OFFSET + AUTOV1_LENGTH else None,
-        autov2=sha[:10],
-        autov3=data.hexdigest() if has_data else None,
-        crc32=civitai_crc32(crc),
-        blake3=b3.hexdigest() if b3 is not None else None,
-    )
+    return hasher.result()
 
 
 def tensor_sha256(path: str | os.PathLike[str], data_offset: int) -> str:

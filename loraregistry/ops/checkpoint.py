@@ -256,38 +256,21 @@ def modules_by_tensor(checkpoint: Checkpoint, wanted: set[ModuleKey] | None = No
 
 
 class _HashingWriter:
-    """Write through to a file while computing the hashes model sites print (see ``hashes``)."""
+    """Write through to a file while computing the hashes model sites print (``hashes.StreamHasher``)."""
 
     def __init__(self, f, data_offset: int) -> None:
-        import hashlib
+        from ..hashes import StreamHasher
 
-        self.f, self.data_offset, self.pos = f, data_offset, 0
-        self.whole, self.data, self.legacy = hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
-        self.crc = 0
+        self.f = f
+        self.hasher = StreamHasher(data_offset)
 
     def write(self, chunk) -> None:
-        import zlib
-
-        from ..hashes import AUTOV1_LENGTH, AUTOV1_OFFSET
-
         view = memoryview(chunk).cast("B")
-        end = self.pos + len(view)
-        self.whole.update(view)
-        self.crc = zlib.crc32(view, self.crc)
-        if end > self.data_offset:
-            self.data.update(view[max(0, self.data_offset - self.pos):])
-        lo, hi = max(self.pos, AUTOV1_OFFSET), min(end, AUTOV1_OFFSET + AUTOV1_LENGTH)
-        if lo < hi:
-            self.legacy.update(view[lo - self.pos: hi - self.pos])
+        self.hasher.update(view)
         self.f.write(view)
-        self.pos = end
 
     def hashes(self):
-        from ..hashes import AUTOV1_LENGTH, AUTOV1_OFFSET, FileHashes, civitai_crc32
-
-        sha = self.whole.hexdigest()
-        return FileHashes(sha256=sha, autov1=self.legacy.hexdigest()[:8] if self.pos >= AUTOV1_OFFSET + AUTOV1_LENGTH
-                          else None, autov2=sha[:10], autov3=self.data.hexdigest(), crc32=civitai_crc32(self.crc))
+        return self.hasher.result()
 
 
 _COPY_CHUNK = 1 << 22
