@@ -221,8 +221,8 @@ class AdapterFile:
         Modules with neither are left out (their alpha is the rank by convention)."""
         stored = {m: info.alpha for m, info in self.modules.items() if info.alpha is not None}
         if "lora_adapter_metadata" not in self.header.metadata:
-            return stored  # the common case; and ops.io (numpy) stays unimported on header-only paths
-        from .ops.io import module_alphas, peft_configs
+            return stored  # the common case: no JSON parse on header-only paths
+        from .alphas import module_alphas, peft_configs
 
         return module_alphas(self) if peft_configs(self.header.metadata) else stored
 

@@ -34,39 +34,11 @@ from math import prod
 
 import numpy as np
 
+from ..alphas import algorithm, scale_rank  # noqa: F401 (re-exported)
 from .errors import DoraNeedsBase, UnsupportedModule
 from .lowrank import exact_compress, factor_svd
 
 Tensors = Mapping[str, np.ndarray]
-
-
-def algorithm(roles) -> str:
-    """lora / loha / lokr / full / other, from the roles a module has (LoCon and DoRA count as lora)."""
-    roles = set(roles)
-    if roles & {"down", "up"}:
-        return "lora"
-    if any(r.startswith("hada_") for r in roles):
-        return "loha"
-    if any(r.startswith("lokr_") for r in roles):
-        return "lokr"
-    if "diff" in roles:
-        return "full"
-    return "other"
-
-
-def scale_rank(shapes: Mapping[str, tuple[int, ...]]) -> int | None:
-    """The rank that alpha is divided by (see module docstring), from shapes alone; None: scale is 1."""
-    algo = algorithm(shapes)
-    if algo == "lora":
-        down, up = shapes.get("down"), shapes.get("up")
-        return int(down[0]) if down else (int(up[1]) if up and len(up) > 1 else None)
-    if algo == "loha" and "hada_w1_b" in shapes:
-        return int(shapes["hada_w1_b"][0])
-    if algo == "lokr":
-        for role in ("lokr_w2_b", "lokr_w1_b"):
-            if role in shapes:
-                return int(shapes[role][0])
-    return None
 
 
 def module_scale(tensors: Tensors) -> float:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,11 +27,11 @@ from typing import Any
 import numpy as np
 
 from ..adapter import AdapterFile
+from ..alphas import PEFT_CONFIG_KEY, module_alphas, peft_configs  # noqa: F401 (re-exported)
 from ..canonical import CanonicalKey, ModuleKey
 from ..errors import FileAccessError
 from .errors import OutputFailsVerify, OutputIsInput
 
-PEFT_CONFIG_KEY = "lora_adapter_metadata"
 # Header keys that describe the old tensors or the old format: never carried into an op's output.
 STALE_HEADER_KEYS = frozenset({PEFT_CONFIG_KEY, "lorareg", "sshs_model_hash", "sshs_legacy_hash",
                                "modelspec.hash_sha256"})
@@ -59,64 +58,6 @@ def load_canonical(adapter: AdapterFile, *, with_alpha: bool = True) -> dict[Can
             if key not in tensors:
                 tensors[key] = np.array(alpha, dtype=np.float32)
     return tensors
-
-
-def module_alphas(adapter: AdapterFile) -> dict[ModuleKey, float]:
-    """The effective alpha of every module with a rank, from the header alone (see module docstring).
-
-    A stored alpha of 0 reads as "alpha = rank", as kohya and LyCORIS read it.
-    """
-    from .delta import scale_rank
-
-    configs = peft_configs(adapter.header.metadata)
-    out: dict[ModuleKey, float] = {}
-    for module, info in adapter.modules.items():
-        rank = scale_rank({role: t.shape for role, t in info.tensors.items()})
-        if rank is None:
-            continue
-        if info.alpha:
-            out[module] = float(info.alpha)
-        elif module.component in configs or None in configs:
-            out[module] = _config_alpha(configs.get(module.component) or configs[None], module, rank)
-        else:
-            out[module] = float(rank)
-    return out
-
-
-def peft_configs(header: Mapping[str, str]) -> dict[str | None, dict[str, Any]]:
-    """``lora_adapter_metadata`` split per component ({None: config} for a flat one); {} when absent or
-    unreadable (loaders then use alpha = rank too)."""
-    from ..schema.diffusers_meta import _split_components
-
-    raw = header.get(PEFT_CONFIG_KEY)
-    if not raw:
-        return {}
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError):  # untrusted header text: deeply nested arrays too
-        return {}
-    return _split_components(data) if isinstance(data, dict) else {}
-
-
-def _config_alpha(config: Mapping[str, Any], module: ModuleKey, rank: int) -> float:
-    """peft's alpha for one module: alpha_pattern (exact name, then peft's ``(.*\\.)?key$`` match) over
-    lora_alpha; with use_rslora the scale is alpha / sqrt(r), returned as the equivalent alpha / r."""
-    names = [module.path, module.path.removeprefix("text_model."), f"{module.component}.{module.path}"]
-    patterns = config.get("alpha_pattern") or {}
-    alpha = next((patterns[n] for n in names if n in patterns), None)
-    if alpha is None:
-        alpha = next((value for key, value in patterns.items() if any(_peft_match(key, n) for n in names)), None)
-    if alpha is None:
-        alpha = config.get("lora_alpha") or config.get("alpha")
-    alpha = float(alpha) if isinstance(alpha, (int, float)) and alpha > 0 else float(rank)
-    return alpha * rank ** 0.5 if config.get("use_rslora") is True else alpha
-
-
-def _peft_match(key: str, name: str) -> bool:
-    try:
-        return re.match(rf"(.*\.)?({key})$", name) is not None
-    except re.error:
-        return name == key or name.endswith("." + key)
 
 
 # --- metadata helpers -----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field
 
+from ..alphas import split_components
 from ..canonical import COMPONENTS
 from ._foreign import (
     Findings,
@@ -52,20 +53,6 @@ class PeftConfig(ForeignRecord):
     revision: LenientStr = None
 
 
-def _split_components(data: dict[str, Any]) -> dict[str | None, dict[str, Any]]:
-    """{component or None (flat): config dict}."""
-    per_component: dict[str | None, dict[str, Any]] = {}
-    for key, value in data.items():
-        head, _, rest = key.partition(".")
-        if key in COMPONENTS and isinstance(value, dict):
-            per_component.setdefault(key, {}).update(value)
-        elif rest and head in COMPONENTS:
-            per_component.setdefault(head, {})[rest] = value
-        else:
-            per_component.setdefault(None, {})[key] = value
-    return per_component
-
-
 def read_diffusers(header: Mapping[str, str]) -> Findings:
     """What ``lora_adapter_metadata`` says about the canonical record."""
     found = Findings("diffusers")
@@ -81,7 +68,7 @@ def read_diffusers(header: Mapping[str, str]) -> Findings:
         return found
     configs = {
         component: PeftConfig.read(raw, where=f"{KEY}.{component + '.' if component else ''}", warnings=found.warnings)
-        for component, raw in _split_components(data).items()
+        for component, raw in split_components(data).items()
     }
     _read_network(configs, found)
     return found

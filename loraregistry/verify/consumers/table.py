@@ -32,7 +32,7 @@ def _facts(fmt: str, modules: list[Module], *, family: str = "sd1", dialect: dic
            fits: dict[str, str] | None = None, unknown: tuple[str, ...] = (), metadata: dict | None = None,
            formats: dict[str, str] | None = None) -> AdapterFacts:
     from ...formats import from_canonical
-    from ...ops.delta import algorithm
+    from ...alphas import algorithm
 
     out = {}
     for component, path, roles in modules:
