@@ -256,8 +256,11 @@ def diffusers_load_check(path: Path, arch: str) -> dict[str, Any]:
 
 def _peft_sd1_components(rank: int, alpha: int, unet_targets: list[str], te_targets: list[str], seed: int,
                          arch: str = "sd1"):
-    """Tiny unet + text encoder(s) with a peft LoRA injected the diffusers way (``add_adapter``), randomized."""
+    """Tiny unet + text encoder(s) with a peft LoRA injected the diffusers way (``add_adapter`` on the unet, peft's
+    ``inject_adapter_in_model`` on text encoders, as diffusers does), randomized."""
     from peft import LoraConfig
+
+    from loraregistry.train.peft_attach import attach_lora
 
     from tests.tiny_models import tiny_text_encoder, tiny_unet
 
@@ -268,7 +271,7 @@ def _peft_sd1_components(rank: int, alpha: int, unet_targets: list[str], te_targ
     kinds = {"text_encoder": "sdxl", "text_encoder_2": "sdxl_2"} if arch == "sdxl" else {"text_encoder": arch}
     for component, kind in kinds.items():
         te = tiny_text_encoder(kind)
-        te.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=te_targets, init_lora_weights=True))
+        attach_lora(te, LoraConfig(r=rank, lora_alpha=alpha, target_modules=te_targets, init_lora_weights=True))
         encoders[component] = te
     _randomize(_lora_params(unet), seed + 100)
     for i, te in enumerate(encoders.values()):

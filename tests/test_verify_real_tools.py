@@ -81,10 +81,12 @@ def _materialize(model, seed: int, marker: str) -> None:
 def _peft_inject(arch: str, seed: int):
     from peft import LoraConfig
 
+    from loraregistry.train.peft_attach import attach_lora
+
     models = _build(arch)
     for component, model in models.items():
         targets = UNET_TARGETS if component == "unet" else TE_TARGETS
-        model.add_adapter(LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=targets))
+        attach_lora(model, LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=targets))
         _materialize(model, seed + len(component), "lora_")
     return models
 

@@ -245,6 +245,8 @@ def weights_key(module) -> str:
 def inject_lora(parts: Components, config: TrainConfig) -> None:
     from peft import LoraConfig
 
+    from .peft_attach import attach_lora
+
     net = config.network
     for component in net.components:
         model = getattr(parts.pipeline, component, None)
@@ -267,7 +269,7 @@ def inject_lora(parts: Components, config: TrainConfig) -> None:
             use_dora=net.use_dora, target_modules=linear + conv,
             rank_pattern={name: net.conv_rank for name in conv}, alpha_pattern={name: conv_alpha for name in conv},
         )
-        model.add_adapter(lora)
+        attach_lora(model, lora)  # peft itself, not transformers' glue (see peft_attach)
         parts.trained[component] = model
         parts.target_modules[component] = linear + conv
         parts.conv_modules += conv
