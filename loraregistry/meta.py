@@ -10,7 +10,8 @@ from typing import Any
 from .adapter import AdapterFile
 from .errors import LoraregError, MetadataError
 from .hashes import tensor_sha256
-from .safetensors_io import read_header, rewrite_metadata
+from .atomic_write import edit_lock
+from .safetensors_io import rewrite_metadata
 
 
 def show_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -56,31 +57,36 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 
 def write_metadata(path: str | os.PathLike[str], *, updates: dict[str, Any] | None = None,
-                   out: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+                   out: str | os.PathLike[str] | None = None, break_hardlinks: bool = False) -> dict[str, Any]:
     """Apply ``updates`` (dotted field -> value; None removes) to the file's canonical record, record the
     tensor hash, and rewrite the header: the record under ``lorareg`` plus its projections onto
     ``modelspec.*`` and ``ss_*``; other foreign keys are kept. Validation happens before anything is
-    written, so a failed edit leaves the file untouched. Returns what ``show_metadata`` returns."""
+    written, so a failed edit leaves the file untouched. Returns what ``show_metadata`` returns.
+
+    Concurrent edits never lose each other: the file is locked (``edit_lock``) and re-read under the lock,
+    and the rename only happens while it is still the file that was read (compare-and-swap). A symlink is
+    followed (the real file is edited); a file with other hard links is refused unless ``break_hardlinks``."""
     from .schema import AdapterMetadata, merge_projection
     from .schema.metadata import describe_validation_error
 
     source = Path(path)
-    adapter = AdapterFile.open(source)
-    data = adapter.metadata.model_dump(mode="json", exclude_none=True)
-    for field, value in (updates or {}).items():
-        _set_dotted(data, field, value)
-    autov3 = tensor_sha256(source, adapter.header.data_offset)
-    data["tensor_sha256"] = autov3
-    try:
-        meta = AdapterMetadata.model_validate(data)
-    except LoraregError:
-        raise
-    except Exception as exc:  # pydantic.ValidationError: name the field and the problem, one line
-        raise MetadataError(f"invalid metadata: {describe_validation_error(exc)}", path=source,
-                            hint="see `lorareg schema export` for the allowed fields and values") from None
-    new_header = merge_projection(dict(adapter.header.metadata), meta)
     target = Path(out) if out is not None else source
-    rewrite_metadata(source, new_header, out=target)
-    if tensor_sha256(target, read_header(target).data_offset) != autov3:  # the promise of this function
-        raise MetadataError("tensor data changed while the metadata was rewritten", path=target)
+    with edit_lock(source) as seen:  # every read below sees the file that the compare-and-swap expects
+        adapter = AdapterFile.open(source)
+        data = adapter.metadata.model_dump(mode="json", exclude_none=True)
+        for field, value in (updates or {}).items():
+            _set_dotted(data, field, value)
+        autov3 = tensor_sha256(source, adapter.header.data_offset)
+        data["tensor_sha256"] = autov3
+        try:
+            meta = AdapterMetadata.model_validate(data)
+        except LoraregError:
+            raise
+        except Exception as exc:  # pydantic.ValidationError: name the field and the problem, one line
+            raise MetadataError(f"invalid metadata: {describe_validation_error(exc)}", path=source,
+                                hint="see `lorareg schema export` for the allowed fields and values") from None
+        new_header = merge_projection(dict(adapter.header.metadata), meta)
+        # the copied tensor bytes are checked against autov3 before the rename, so a failure changes nothing
+        rewrite_metadata(source, new_header, out=target, expect=seen, tensor_sha256=autov3,
+                         break_hardlinks=break_hardlinks)
     return show_metadata(target)

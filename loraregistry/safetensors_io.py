@@ -6,24 +6,23 @@ data section, which the tensor entries must cover exactly: sorted, contiguous, n
 ``shape x itemsize`` equal to the entry's byte span. Every failure raises a ``LoraregError`` subclass
 that names the tensor and the numbers involved.
 
-Tensor data is read through numpy memory maps (bf16 and fp8 through ml_dtypes). Writes are atomic:
-temp file in the same folder, fsync, rename; an existing file's mode is kept.
+Tensor data is read through numpy memory maps (bf16 and fp8 through ml_dtypes). Writes are atomic
+(``atomic_write``: temp file in the same folder, fsync, rename; an existing file's mode is kept).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
+import hashlib
 import json
 import math
 import os
 import stat
 import struct
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from .errors import (
     FileAccessError,
@@ -32,6 +31,9 @@ from .errors import (
     PickleCheckpointError,
     TruncatedFileError,
 )
+
+# The atomic writer lives in atomic_write.py; imported here so existing callers keep working.
+from .atomic_write import ConcurrentEditError, FileSnapshot, atomic_write, check_unchanged  # noqa: F401
 
 # Same cap as the safetensors library: a header larger than this is refused before it is read.
 DEFAULT_HEADER_CAP = 100_000_000
@@ -390,46 +392,6 @@ def load_tensors(path: str | os.PathLike[str], header: SafetensorsHeader | None 
 # --- writing ---------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
-    """Write to a temp file in the target's folder, fsync, then rename over the target.
-
-    The target is untouched unless the block completes. An existing target keeps its mode; a new file
-    gets the mode a plain ``open`` would give it.
-    """
-    target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise FileAccessError("folder does not exist", path=folder, hint="create it first")
-    try:
-        mode = stat.S_IMODE(target.stat().st_mode)
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise FileAccessError(f"cannot write here: {exc.strerror}", path=folder) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
 def encode_header(entries: dict[str, Any], metadata: Mapping[str, str] | None) -> bytes:
     """The 8-byte length and padded JSON header for tensor ``entries`` (name -> dtype/shape/data_offsets)."""
     obj: dict[str, Any] = {}
@@ -471,28 +433,51 @@ def write_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, Any],
 
 
 def rewrite_metadata(path: str | os.PathLike[str], metadata: Mapping[str, str], *,
-                     out: str | os.PathLike[str] | None = None) -> SafetensorsHeader:
+                     out: str | os.PathLike[str] | None = None, expect: FileSnapshot | None = None,
+                     tensor_sha256: str | None = None, break_hardlinks: bool = False) -> SafetensorsHeader:
     """Replace a file's ``__metadata__``, keeping every tensor byte identical.
 
-    The data section is streamed, never loaded. Writes ``out`` (default: in place) atomically and
-    returns the new header.
+    The header and the data come from one open of the source; the data section is streamed, never
+    loaded. Writes ``out`` (default: in place, through a symlink to the real file) atomically and returns
+    the new header. Before the rename: ``expect`` (the source's snapshot taken under ``edit_lock``) must
+    still describe the source (compare-and-swap), and the copied data must hash to ``tensor_sha256`` when
+    given; otherwise ConcurrentEditError and nothing is written.
     """
     src = Path(path)
-    header = read_header(src)
-    entries = {
-        name: {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [t.start, t.end]}
-        for name, t in header.tensors.items()
-    }
-    encoded = encode_header(entries, metadata)
     target = Path(out) if out is not None else src
-    with src.open("rb") as f_in, atomic_write(target) as f_out:
-        f_out.write(encoded)
-        f_in.seek(header.data_offset)
-        remaining = header.data_size
-        while remaining:
-            chunk = f_in.read(min(_CHUNK, remaining))
-            if not chunk:
-                raise TruncatedFileError("file shrank while it was being rewritten", path=src)
-            f_out.write(chunk)
-            remaining -= len(chunk)
+    _check_regular_file(src)
+    try:
+        f_in = src.open("rb")
+    except OSError as exc:
+        raise FileAccessError(f"cannot read: {exc.strerror}", path=src) from None
+    with f_in:
+        size = os.fstat(f_in.fileno()).st_size
+        prefix = f_in.read(9)
+        n = header_length(prefix, path=str(src), file_size=size)
+        header = parse_header(prefix + f_in.read(n - 1), path=str(src), file_size=size)
+        entries = {
+            name: {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [t.start, t.end]}
+            for name, t in header.tensors.items()
+        }
+        encoded = encode_header(entries, metadata)
+        digest = hashlib.sha256()
+
+        def unchanged() -> None:
+            if expect is not None:
+                check_unchanged(src, expect)
+            if tensor_sha256 is not None and digest.hexdigest() != tensor_sha256:
+                raise ConcurrentEditError("the tensor data changed while it was copied (another program writes "
+                                          "to the file); nothing was written", path=src, hint="run the command again")
+
+        with atomic_write(target, precondition=unchanged, break_hardlinks=break_hardlinks) as f_out:
+            f_out.write(encoded)
+            f_in.seek(header.data_offset)
+            remaining = header.data_size
+            while remaining:
+                chunk = f_in.read(min(_CHUNK, remaining))
+                if not chunk:
+                    raise TruncatedFileError("file shrank while it was being rewritten", path=src)
+                digest.update(chunk)
+                f_out.write(chunk)
+                remaining -= len(chunk)
     return parse_header(encoded, path=str(target), file_size=len(encoded) + header.data_size)

@@ -10,6 +10,9 @@ import click
 from .output import console, emit_json, status
 
 _path = click.Path(path_type=Path)
+_break_hardlinks = click.option(
+    "--break-hardlinks", is_flag=True,
+    help="Edit a file that has other hard links: this path gets its own new file, the other links keep the old one.")
 
 
 @click.group()
@@ -61,9 +64,13 @@ def show(file: Path, as_json: bool, raw: bool) -> None:
 @click.option("--set", "assignments", multiple=True, metavar="FIELD=VALUE",
               help="Any field by dotted path; VALUE is JSON or a string (repeatable), e.g. training.seed=42.")
 @click.option("--json", "as_json", is_flag=True)
+@_break_hardlinks
 def set_(file: Path, output: Path | None, name, description, author, license_, content_rating, trigger_words, tags,
-         base, recommended_weight, assignments, as_json) -> None:
-    """Edit fields in place; tensor bytes and the AutoV3 hash stay identical. A failed edit changes nothing."""
+         base, recommended_weight, assignments, as_json, break_hardlinks) -> None:
+    """Edit fields in place; tensor bytes and the AutoV3 hash stay identical. A failed edit changes nothing.
+
+    A symlink is followed (the real file is edited). Concurrent edits of one file take turns (a lock), so
+    none is lost."""
     from ..architectures import get
     from ..meta import parse_assignment, write_metadata
 
@@ -82,7 +89,7 @@ def set_(file: Path, output: Path | None, name, description, author, license_, c
         updates[field] = value
     if not updates:
         raise click.UsageError("nothing to set: give at least one option (see --help)")
-    info = write_metadata(file, updates=updates, out=output)
+    info = write_metadata(file, updates=updates, out=output, break_hardlinks=break_hardlinks)
     if as_json:
         emit_json(info)
     else:
@@ -93,11 +100,12 @@ def set_(file: Path, output: Path | None, name, description, author, license_, c
 @click.argument("file", type=_path)
 @click.option("-o", "--output", type=_path, help="Write a copy here instead of editing FILE in place.")
 @click.option("--json", "as_json", is_flag=True)
-def import_(file: Path, output: Path | None, as_json: bool) -> None:
+@_break_hardlinks
+def import_(file: Path, output: Path | None, as_json: bool, break_hardlinks: bool) -> None:
     """Write the canonical record built from the file's kohya / modelspec / diffusers metadata and its weights."""
     from ..meta import write_metadata
 
-    info = write_metadata(file, out=output)
+    info = write_metadata(file, out=output, break_hardlinks=break_hardlinks)
     if as_json:
         emit_json(info)
     else:
