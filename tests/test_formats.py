@@ -289,6 +289,33 @@ def test_mixed_formats_are_detected_and_each_key_mapped_by_its_claimant():
         from_canonical(mapping.mapped.values(), format="mixed")
 
 
+_Q = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+_TE_Q = "text_encoder.text_model.encoder.layers.0.self_attn.q_proj"
+
+
+@pytest.mark.parametrize(("keys", "expected", "counts"), [
+    # diffusers' --use_dora export: .lora.down/.lora.up, peft's magnitude spelling kept (with or without .weight)
+    ([f"{_Q}.lora.down.weight", f"{_Q}.lora.up.weight", f"{_Q}.lora_magnitude_vector"], "diffusers", {"diffusers": 3}),
+    ([f"{_TE_Q}.lora_linear_layer.down.weight", f"{_TE_Q}.lora_linear_layer.up.weight",
+      f"{_TE_Q}.lora_magnitude_vector.weight"], "diffusers", {"diffusers": 3}),
+    # the same magnitude key next to lora_A/lora_B stays peft's
+    ([f"{_Q}.lora_A.weight", f"{_Q}.lora_B.weight", f"{_Q}.lora_magnitude_vector"], "peft", {"peft": 3}),
+    # keys no other claimed format reads keep the file mixed
+    ([f"{_Q}.lora.down.weight", f"{_Q}.lora.up.weight", f"{_TE_Q}.lora_A.weight"], "mixed",
+     {"diffusers": 2, "peft": 1}),
+])
+def test_a_key_two_formats_read_goes_to_the_format_of_the_other_keys(keys, expected, counts):
+    detection = detect_format(keys)
+    assert (detection.format, detection.counts) == (expected, counts)
+    mapping = to_canonical(keys)
+    assert mapping.format == expected
+    if expected != "mixed":
+        roles = sorted(ck.role for ck in mapping.mapped.values())
+        assert roles == sorted(["down", "up", "dora_scale"])
+        assert sorted(from_canonical(mapping.mapped.values(), format=expected, dialect=mapping.dialect).values()) \
+            == sorted(keys)
+
+
 @pytest.mark.parametrize("foreign", [
     "bundle_emb.0.string_to_param.*",
     "lora_unet_nonexistent_block_xyz.lora_down.weight",

@@ -80,7 +80,25 @@ def _claims(keys: Iterable[str], component: str | None
             unknown.append(key)
         else:
             by_format.setdefault(claim[0], {})[key] = claim[1]
+    if len(by_format) > 1:
+        _settle_shared_keys(by_format, component)
     return by_format, unknown
+
+
+def _settle_shared_keys(by_format: dict[str, dict[str, ParsedKey]], component: str | None) -> None:
+    """Move keys that another claimed format reads as well into that format, smallest claim first.
+
+    Some spellings belong to two formats: ``lora_magnitude_vector`` is peft's, and diffusers' DoRA exports keep
+    it next to their ``.lora.down`` keys. The first claimant would make such a file "mixed"; it is one format."""
+    for name in sorted(by_format, key=lambda n: len(by_format[n])):
+        if len(by_format) < 2:
+            return
+        for other in [n for n in by_format if n != name]:
+            reparsed = {key: FORMATS[other].parse(key, component=component) for key in by_format[name]}
+            if all(parsed is not None for parsed in reparsed.values()):
+                by_format[other].update(reparsed)  # type: ignore[arg-type]  # checked: none is None
+                del by_format[name]
+                break
 
 
 def detect_format(keys: Iterable[str], *, component: str | None = None) -> FormatDetection:

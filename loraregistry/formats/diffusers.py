@@ -4,11 +4,14 @@ before the PEFT switch): ``unet.<path>.lora.down.weight`` and, for text encoders
 
 The ``lora_A``/``lora_B`` spellings that newer diffusers writes belong to ``peft``. Prefixes work as
 in peft (``unet.``, ``text_encoder.``, ``text_encoder_2.``, or none: ``unet.save_attn_procs``
-wrote bare UNet paths). Roles: down and up only; these files carried no alpha.
+wrote bare UNet paths). Roles: down, up and, since the training scripts' ``--use_dora``, dora_scale:
+``convert_state_dict_to_diffusers`` renames peft's ``lora_A``/``lora_B`` but leaves
+``<path>.lora_magnitude_vector[.weight]`` as peft spelled it. That key reads as peft too; detection gives it
+to whichever format claims the file's other keys. These files carry no alpha.
 
 Dialect fields: those of ``peft.split_prefix`` plus ``<component>.layer`` = ``lora`` or
 ``lora_linear_layer`` (the usual spelling of that component's keys; defaults ``lora`` for the UNet,
-``lora_linear_layer`` for text encoders).
+``lora_linear_layer`` for text encoders), and ``dora_suffix`` (``.weight`` or empty; only with DoRA keys).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from .paths import TEXT_ENCODERS
 from .peft import check_bare_components, locate, spell_prefix
 
 _KEY = re.compile(r"(?P<path>.+?)\.(?P<layer>lora|lora_linear_layer)\.(?P<factor>down|up)\.weight")
+_MAGNITUDE = re.compile(r"(?P<path>.+?)\.lora_magnitude_vector(?P<suffix>\.weight)?")
 
 
 def _layer_field(component: str) -> str:
@@ -32,18 +36,28 @@ def _layer_field(component: str) -> str:
 
 class DiffusersFormat(KeyFormat):
     name = "diffusers"
-    roles = frozenset({"down", "up"})
+    roles = frozenset({"down", "up", "dora_scale"})
 
     def parse(self, key: str, *, component: str | None = None) -> ParsedKey | None:
         m = _KEY.fullmatch(key)
         if not m:
-            return None
+            return self._parse_magnitude(key, component)
         located = locate(m["path"], component)
         if located is None:
             return None
         found, path, facts = located
         facts[_layer_field(found)] = m["layer"]
         return ParsedKey(CanonicalKey(found, path, m["factor"]), facts)
+
+    @staticmethod
+    def _parse_magnitude(key: str, component: str | None) -> ParsedKey | None:
+        m = _MAGNITUDE.fullmatch(key)
+        located = locate(m["path"], component) if m else None
+        if located is None:
+            return None
+        found, path, facts = located
+        facts["dora_suffix"] = m["suffix"] or ""
+        return ParsedKey(CanonicalKey(found, path, "dora_scale"), facts)
 
     def complete_dialect(self, ckeys: list[CanonicalKey], dialect: Mapping[str, str]) -> dict[str, str]:
         check_bare_components(self.name, ckeys, dialect)
@@ -55,5 +69,7 @@ class DiffusersFormat(KeyFormat):
     def emit_one(self, ckey: CanonicalKey, dialect: Mapping[str, str]) -> str:
         if is_fused(ckey.path):
             raise UsageError(f"{ckey}: diffusers has no fused modules", hint="split it into its targets first")
+        if ckey.role == "dora_scale":
+            return f"{spell_prefix(ckey, dialect)}.lora_magnitude_vector{dialect.get('dora_suffix', '')}"
         layer = dialect[_layer_field(ckey.component)]
         return f"{spell_prefix(ckey, dialect)}.{layer}.{ckey.role}.weight"
