@@ -134,6 +134,12 @@ def _leaf_name(path: str) -> str:
     return ".".join(parts[-2:]) if parts[-1].isdigit() and len(parts) > 1 else parts[-1]
 
 
+def _is_spatial_conv(info: ModuleInfo) -> bool:
+    """A convolution with a kernel wider than 1x1: what kohya's conv_dim and LyCORIS' conv_dim apply to. Both
+    give 1x1 convs (SD1's proj_in/proj_out) the Linear rank, so those count as Linear in the rank facts."""
+    return info.kind == "conv" and info.kernel is not None and any(size != 1 for size in info.kernel)
+
+
 def _most_common(values: list) -> object | None:
     values = [v for v in values if v is not None]
     return Counter(values).most_common(1)[0][0] if values else None
@@ -229,21 +235,23 @@ class AdapterFile:
     @cached_property
     def facts(self) -> WeightFacts:
         alphas = self.module_alphas
-        linear = [m for m in self.modules.values() if m.kind == "linear"]
-        conv = [m for m in self.modules.values() if m.kind == "conv"]
+        spatial = {m.module for m in self.modules.values() if _is_spatial_conv(m)}
+        linear = [m for m in self.modules.values() if m.module not in spatial]
+        conv = [m for m in self.modules.values() if m.module in spatial]
         rank = _most_common([m.rank for m in linear])
         alpha = _most_common([alphas.get(m.module) for m in linear])
         conv_rank = _most_common([m.rank for m in conv])
         conv_alpha = _most_common([alphas.get(m.module) for m in conv])
         rank_pattern = {str(m.module): m.rank for m in self.modules.values()
-                        if m.rank is not None and m.rank != (rank if m.kind == "linear" else conv_rank)}
+                        if m.rank is not None and m.rank != (conv_rank if m.module in spatial else rank)}
         alpha_pattern = {str(m.module): alphas[m.module] for m in self.modules.values()
-                         if m.module in alphas and alphas[m.module] != (alpha if m.kind == "linear" else conv_alpha)}
+                         if m.module in alphas and alphas[m.module] != (conv_alpha if m.module in spatial else alpha)}
         targets = tuple(sorted({_leaf_name(m.module.path) for m in self.modules.values()}))
         return WeightFacts(
             format=self.format, network_type=self.network_type, components=self.components,
             module_count=len(self.modules), rank=rank, alpha=alpha, conv_rank=conv_rank, conv_alpha=conv_alpha,
             rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, target_modules=targets,
+            conv_modules=tuple(sorted(str(m) for m in spatial)),
         )
 
     # --- metadata ------------------------------------------------------------------------------

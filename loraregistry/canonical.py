@@ -111,3 +111,4 @@ class WeightFacts:
     target_modules: tuple[str, ...] = ()
     architecture: str | None = None
     tensor_sha256: str | None = None
+    conv_modules: tuple[str, ...] = ()  # modules (component:path) whose rank is conv_rank: kernels wider than 1x1

@@ -128,16 +128,16 @@ CASES = {
         provenance={"created_at": datetime(2024, 3, 1, tzinfo=UTC), "operation": "merge",
                     "parents": [{"name": "a.safetensors"}, {"name": "b.safetensors"}]},
     ), []),
+    # peft's LORA type is LoRA or LoCon (its targets decide), so the config alone declares no network.type
     "diffusers-prefixed": (DIFFUSERS_PREFIXED, meta(
-        network={"type": "lora", "rank": 4, "alpha": 4.0, "components": ["unet", "text_encoder"],
+        network={"rank": 4, "alpha": 4.0, "components": ["unet", "text_encoder"],
                  "target_modules": ["to_k", "to_q", "to_v", "to_out.0", "q_proj", "k_proj"]}), []),
     "diffusers-nested-dora": (DIFFUSERS_NESTED, meta(
         base={"model_id": "black-forest-labs/FLUX.1-dev", "revision": "main"},
         network={"type": "dora", "rank": 16, "alpha": 16.0, "components": ["transformer"], "target_modules": ["to_.*"],
                  "rank_pattern": {"transformer:single_transformer_blocks.0.attn.to_q": 8}}), []),
     "diffusers-flat": (DIFFUSERS_FLAT, meta(
-        base={"model_name": "/models/sd15"}, network={"type": "lora", "rank": 8, "alpha": 8.0,
-                                                     "target_modules": ["to_q"]}), []),
+        base={"model_name": "/models/sd15"}, network={"rank": 8, "alpha": 8.0, "target_modules": ["to_q"]}), []),
     "nothing": ({}, AdapterMetadata(), []),
     "broken-json": ({"ss_network_module": "lycoris.kohya", "ss_network_args": "{algo: loha",
                      "ss_dataset_dirs": "{", "lora_adapter_metadata": "[not json", "ss_tag_frequency": "{{{"},

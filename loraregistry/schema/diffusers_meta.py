@@ -93,7 +93,7 @@ def _read_network(configs: dict[str | None, PeftConfig], found: Findings) -> Non
         types = {"dora"}
     if None in types:
         found.warnings.append(f"{KEY}.peft_type: not a network type lorareg records; network.type left unset")
-    elif len(types) == 1:
+    elif types != {"lora"} and len(types) == 1:  # peft's LORA is LoRA or LoCon: its targets decide, not the config
         found.put("network.type", types.pop(), KEY)
 
     rank_pattern: dict[str, int] = {}

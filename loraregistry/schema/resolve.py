@@ -167,9 +167,28 @@ def _weight_facts(facts: WeightFacts, warnings: list[str]) -> dict[str, Any]:
     return values
 
 
+def _to_lorareg_pattern(path: str, facts: WeightFacts, chosen: dict[str, Found], source_of: dict[str, str]) -> None:
+    """A peft ``rank_pattern`` / ``alpha_pattern`` lists every module whose value differs from the one ``r`` /
+    ``lora_alpha``, convolutions included; lorareg's list modules that differ from ``rank`` (Linear) or
+    ``conv_rank`` (convolutions). Entries that only restate the conv value the weights hold are dropped."""
+    found = chosen[path]
+    if source_of.get(path) != "diffusers" or not isinstance(found.value, dict):
+        return
+    conv_value = facts.conv_rank if path == "network.rank_pattern" else facts.conv_alpha
+    conv = set(facts.conv_modules)
+    kept = {key: value for key, value in found.value.items()
+            if not (conv_value is not None and _canonical_pattern_key(key) in conv and _same(path, value, conv_value))}
+    if kept:
+        chosen[path] = Found(kept, found.key)
+    else:
+        del chosen[path], source_of[path]
+
+
 def _apply_facts(facts: WeightFacts, chosen: dict[str, Found], source_of: dict[str, str],
                  warnings: list[str]) -> list[str]:
     inferred: list[str] = []
+    for path in _PATTERNS & chosen.keys():
+        _to_lorareg_pattern(path, facts, chosen, source_of)
     for path, value in _weight_facts(facts, warnings).items():
         if value is None:
             continue
