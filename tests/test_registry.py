@@ -200,6 +200,7 @@ def test_damaged_blob_is_reported_by_rebuild(tmp_path):
     with Registry.open(root) as registry:
         entry = registry.add(make_adapter(tmp_path, "Damaged"))
     blob = Path(entry.path)
+    blob.chmod(0o644)  # the store's copies are read-only
     blob.write_bytes(blob.read_bytes()[:-1] + b"\x01")
     result = rebuild(root)
     assert result.indexed == 0 and "differs from its name" in result.skipped[0][1]

@@ -1,4 +1,4 @@
-"""``lorareg registry add | list | show | rm | export | rebuild``: the embedded local registry."""
+"""``lorareg registry add | list | show | rm | export | check | rebuild``: the embedded local registry."""
 
 from __future__ import annotations
 
@@ -72,6 +72,9 @@ def list_entries(query: str | None, architecture: str | None, trigger: str | Non
     console().print(table)
     if not entries:
         status("no entries")
+    damaged = [e for e in entries if e.blob != "ok"]
+    if damaged:
+        status(f"{len(damaged)} stored file(s) missing or changed: run `lorareg registry check`")
     return 0
 
 
@@ -93,6 +96,7 @@ def show(ref: str, as_json: bool) -> int:
         value = data[key]
         click.echo(f"{key:15} {', '.join(value) if isinstance(value, list) else value}")
     click.echo(f"{'verify':15} {_verdict(entry)}")
+    click.echo(f"{'stored file':15} {_blob_line(entry)}")
     for origin in entry.origins:
         click.echo(f"{'origin':15} {origin.describe()}")
     return 0
@@ -138,6 +142,26 @@ def export(output: Path | None) -> int:
 
 @registry.command()
 @_json
+def check(as_json: bool) -> int:
+    """Re-hash every stored file against its entry. Exit 1 when one is missing, changed or unreadable."""
+    from ..registry import Registry
+
+    with Registry.open() as reg:
+        found = reg.check()
+    problems = [c for c in found if not c.ok]
+    if as_json:
+        emit_json([c.to_dict() for c in found])
+    else:
+        for c in found:
+            if c.status != "ok":
+                click.echo(f"{c.sha256[:12]}  {c.title}: {c.status}: {c.detail} ({c.path})")
+        checked = sum(1 for c in found if c.status != "unindexed")
+        status(f"checked {checked} stored file(s): {len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+@registry.command()
+@_json
 def rebuild(as_json: bool) -> int:
     """Re-index the store from the files themselves (after `the registry database is corrupt`)."""
     from ..registry import rebuild as rebuild_index
@@ -151,10 +175,22 @@ def rebuild(as_json: bool) -> int:
         click.echo(f"indexed {result.indexed} adapters")
         for path, reason in result.skipped:
             status(f"skipped {path}: {reason}")
-    return 1 if result.skipped else 0
+        for sha, title, reason in result.dropped:
+            status(f"dropped {sha[:12]} {title}: {reason}")
+    return 0 if result.ok else 1
+
+
+def _blob_line(entry) -> str:
+    if entry.blob == "ok":
+        return "ok (size and mtime as stored; `lorareg registry check` re-hashes)"
+    if entry.blob == "missing":
+        return "MISSING: the stored file is gone (run `lorareg registry check`)"
+    return "CHANGED: size or mtime differ from when it was stored (run `lorareg registry check`)"
 
 
 def _verdict(entry) -> str:
+    if entry.blob != "ok":  # a verdict about bytes the registry no longer holds means nothing
+        return f"STORED FILE {entry.blob.upper()}"
     if entry.verdict is None:
         return "not verified"
     return "ok" if entry.verdict.ok else "errors: " + ", ".join(entry.verdict.error_codes)

@@ -8,6 +8,10 @@ Layout under the root (``LORAREG_HOME`` or the user data dir)::
 
 Writes are ordered blob -> journal -> index, so a crash at any point leaves at most an unindexed blob,
 which ``rebuild`` picks up: the index can always be recreated from the store.
+
+Integrity: every entry records its blob's size and mtime, and ``list``/``show`` compare them (cheap);
+``check`` re-hashes every blob; ``export`` refuses while a blob is missing or changed; ``rebuild`` reports
+the entries it could not bring back.
 """
 
 from __future__ import annotations
@@ -25,10 +29,10 @@ from typing import Any, TextIO
 from ..errors import UsageError
 from .db import connect, sqlite_errors, transaction
 from .entry import Entry, Origin, Verdict
-from .errors import AmbiguousEntry, EntryNotFound, RegistryNotWritable
+from .errors import AmbiguousEntry, BlobIntegrityError, EntryNotFound, RegistryNotWritable
 from .paths import default_root
 from ..hashes import file_sha256
-from .store import Store
+from .store import BLOB_CHANGED, BLOB_MISSING, BLOB_OK, Store, hash_blob
 
 DB_NAME = "registry.db"
 RATINGS = ("general", "mature", "adult")
@@ -37,15 +41,47 @@ _SHA_PREFIX = re.compile(r"[0-9a-f]{4,64}")  # shorter prefixes match too much t
 
 @dataclass
 class RebuildResult:
-    """What ``rebuild`` did: entries indexed, blobs it could not index (path, reason), old index kept aside."""
+    """What ``rebuild`` did: entries indexed, blobs it could not index (path, reason), entries it dropped
+    because their stored file is gone (sha256, title, reason), and where the old index was kept aside."""
 
     indexed: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    dropped: list[tuple[str, str, str]] = field(default_factory=list)
     moved_aside: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when every entry came back."""
+        return not self.skipped and not self.dropped
 
     def to_dict(self) -> dict[str, Any]:
         return {"indexed": self.indexed, "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+                "dropped": [{"sha256": h, "title": t, "reason": r} for h, t, r in self.dropped],
                 "moved_aside": self.moved_aside}
+
+
+# ``check`` statuses beyond the blob states: unreadable (a problem), linked and unindexed (notes).
+BLOB_UNREADABLE, BLOB_LINKED, BLOB_UNINDEXED = "unreadable", "linked", "unindexed"
+_CHECK_PROBLEMS = (BLOB_MISSING, BLOB_CHANGED, BLOB_UNREADABLE)
+
+
+@dataclass(frozen=True)
+class BlobCheck:
+    """``check``'s finding for one stored file."""
+
+    sha256: str
+    title: str
+    path: str
+    status: str  # ok, missing, changed, unreadable (problems); linked, unindexed (notes)
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status not in _CHECK_PROBLEMS
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sha256": self.sha256, "title": self.title, "path": self.path, "status": self.status,
+                "ok": self.ok, "detail": self.detail}
 
 
 class Registry:
@@ -83,7 +119,9 @@ class Registry:
         """
         source = Path(path)
         facts = _read_facts(source)
-        blob = self.store.put(source, facts["sha256"], source_stat=facts.pop("stat"))
+        facts.pop("stat")
+        blob = self.store.put(source, facts["sha256"])
+        facts["blob_mtime_ns"] = self.store.blob_mtime_ns(facts["sha256"])
         origin = origin or Origin.local(str(source.resolve()))
         verdict = Verdict.from_report(report) if report is not None else None
         if report is not None and not facts["architecture"]:
@@ -166,11 +204,65 @@ class Registry:
             return self._entry(rows[0])
 
     def export(self) -> Iterator[dict[str, Any]]:
-        """Every entry as a dict (``Entry.to_dict``), oldest first: the registry as data."""
+        """Every entry as a dict (``Entry.to_dict``), oldest first: the registry as data.
+
+        Raises BlobIntegrityError (before yielding anything) when a stored file is missing or changed: an
+        export must not vouch for bytes the registry no longer holds."""
         with sqlite_errors(self.db_path):
             rows = self._conn.execute("SELECT * FROM entries ORDER BY added_at, sha256").fetchall()
-            for row in rows:
-                yield self._entry(row).to_dict()
+            entries = [self._entry(row) for row in rows]
+        damaged = [e for e in entries if e.blob != BLOB_OK]
+        if damaged:
+            listed = "; ".join(f"{e.id} ({e.title}): stored file {e.blob}" for e in damaged[:3])
+            more = f" and {len(damaged) - 3} more" if len(damaged) > 3 else ""
+            raise BlobIntegrityError(f"not exporting: {listed}{more}", path=self.root,
+                                     hint="run `lorareg registry check`, then re-add or remove those entries")
+        for entry in entries:
+            yield entry.to_dict()
+
+    def check(self) -> list[BlobCheck]:
+        """Re-hash every stored file against its entry; also lists stored files the index lacks.
+
+        A blob whose bytes are right but whose size/mtime record is stale gets its record refreshed, so
+        ``list`` stops flagging it."""
+        with sqlite_errors(self.db_path):
+            rows = self._conn.execute("SELECT sha256, name, file_name, size, blob_mtime_ns FROM entries "
+                                      "ORDER BY added_at, sha256").fetchall()
+        found: list[BlobCheck] = []
+        refresh: list[tuple[int, int, str]] = []
+        for row in rows:
+            sha, title = row["sha256"], row["name"] or row["file_name"]
+            path = self.store.blob_path(sha)
+            try:
+                st = path.stat()
+                actual = hash_blob(path)
+            except FileNotFoundError:
+                found.append(BlobCheck(sha, title, str(path), BLOB_MISSING, "the stored file is gone"))
+                continue
+            except OSError as exc:
+                found.append(BlobCheck(sha, title, str(path), BLOB_UNREADABLE, exc.strerror or str(exc)))
+                continue
+            if actual != sha:
+                found.append(BlobCheck(sha, title, str(path), BLOB_CHANGED, f"its bytes now hash to {actual}"))
+                continue
+            if (st.st_size, st.st_mtime_ns) != (row["size"], row["blob_mtime_ns"]):
+                refresh.append((st.st_size, st.st_mtime_ns, sha))
+            if st.st_nlink > 1:
+                found.append(BlobCheck(sha, title, str(path), BLOB_LINKED,
+                                       f"hard-linked to {st.st_nlink - 1} file(s) outside the store by an older "
+                                       "lorareg: editing those changes this entry; add the file again to give "
+                                       "the store its own copy"))
+            else:
+                found.append(BlobCheck(sha, title, str(path), BLOB_OK))
+        indexed = {row["sha256"] for row in rows}
+        for claimed, blob in self.store.blobs():
+            if claimed not in indexed:
+                found.append(BlobCheck(claimed, blob.name, str(blob), BLOB_UNINDEXED,
+                                       "in the store but not in the index (`lorareg registry rebuild` adds it)"))
+        if refresh:
+            with sqlite_errors(self.db_path), transaction(self._conn) as conn:
+                conn.executemany("UPDATE entries SET size = ?, blob_mtime_ns = ? WHERE sha256 = ?", refresh)
+        return found
 
     def export_jsonl(self, out: TextIO) -> int:
         """Write ``export()`` as JSON lines; returns the number of entries."""
@@ -193,6 +285,7 @@ class Registry:
             trigger_words=tuple(json.loads(row["trigger_words"])), tags=tuple(json.loads(row["tags"])),
             tensor_sha256=row["tensor_sha256"],
             verdict=Verdict(ok=verdict["ok"], error_codes=tuple(verdict["error_codes"])) if verdict else None,
+            blob=self.store.blob_state(row["sha256"], row["size"], row["blob_mtime_ns"]),
             metadata=json.loads(row["metadata"]),
             origins=tuple(Origin.from_dict({k: (o[k] or None) for k in o.keys()}) for o in origins),
         )
@@ -271,6 +364,9 @@ def _insert(conn: sqlite3.Connection, facts: dict[str, Any], event: dict[str, An
     if event.get("verdict") is not None:
         conn.execute("UPDATE entries SET verdict = ? WHERE sha256 = ?",
                      (json.dumps(event["verdict"], sort_keys=True), facts["sha256"]))
+    if facts.get("blob_mtime_ns") is not None:  # the blob as stored now (a re-add may have replaced it)
+        conn.execute("UPDATE entries SET size = ?, blob_mtime_ns = ? WHERE sha256 = ?",
+                     (facts["size"], facts["blob_mtime_ns"], facts["sha256"]))
 
 
 def _fts_match(query: str | None, trigger: str | None) -> str | None:
@@ -310,14 +406,19 @@ def _move_aside(db_path: Path) -> str | None:
 def rebuild(root: str | os.PathLike[str] | None = None) -> RebuildResult:
     """Re-index the store from the files' own metadata and journals; the old database is kept aside.
 
-    The fix for ``RegistryCorrupt``: it never opens the old database. Run it while no other lorareg process
-    writes to this registry.
+    The fix for ``RegistryCorrupt``. Entries that cannot come back are reported, never dropped silently:
+    ``skipped`` (a stored file that is damaged or unreadable) and ``dropped`` (an entry whose stored file
+    is gone: its journal is left, or the old index, read best-effort, lists it). Run it while no other
+    lorareg process writes to this registry.
     """
     path = Path(root) if root is not None else default_root()
     _ensure_writable(path)
     result = RebuildResult(moved_aside=_move_aside(path / DB_NAME))
+    indexed: set[str] = set()
+    reported: set[str] = set()
     with Registry(path, connect(path / DB_NAME)) as registry:
         for claimed, blob in registry.store.blobs():
+            reported.add(claimed)
             try:
                 actual = file_sha256(blob)
                 if actual != claimed:
@@ -325,6 +426,7 @@ def rebuild(root: str | os.PathLike[str] | None = None) -> RebuildResult:
                     continue
                 facts = _read_facts(blob)
                 facts.pop("stat")
+                facts["blob_mtime_ns"] = registry.store.blob_mtime_ns(claimed)
             except Exception as exc:  # one unreadable blob must not stop the re-index of the others
                 result.skipped.append((str(blob), str(exc)))
                 continue
@@ -335,4 +437,29 @@ def rebuild(root: str | os.PathLike[str] | None = None) -> RebuildResult:
                         facts["architecture"] = event["architecture"]
                     _insert(conn, facts, event, blob)
             result.indexed += 1
+            indexed.add(claimed)
+        for sha in registry.store.journals():
+            if sha not in reported:
+                names = [e.get("file_name") for e in registry.store.read_journal(sha) if e.get("file_name")]
+                result.dropped.append((sha, names[-1] if names else sha[:12], "its stored file is missing"))
+                reported.add(sha)
+    for sha, title in _old_index_entries(result.moved_aside):
+        if sha not in reported:
+            result.dropped.append((sha, title, "listed in the old index, but its stored file is missing"))
+            reported.add(sha)
     return result
+
+
+def _old_index_entries(db_path: str | None) -> list[tuple[str, str]]:
+    """(sha256, title) of every entry the old database lists, read-only and best-effort: it may be corrupt."""
+    if db_path is None:
+        return []
+    try:
+        conn = sqlite3.connect(Path(db_path).resolve().as_uri() + "?mode=ro", uri=True, timeout=1.0)
+        try:
+            rows = conn.execute("SELECT sha256, name, file_name FROM entries").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return []
+    return [(str(sha), str(name or file_name or sha)) for sha, name, file_name in rows if isinstance(sha, str)]

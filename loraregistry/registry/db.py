@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS entries (
     tags TEXT NOT NULL,           -- JSON list
     metadata TEXT NOT NULL,       -- the canonical record, JSON
     verdict TEXT,                 -- JSON {ok, error_codes} or NULL when not verified
-    added_at TEXT NOT NULL
+    added_at TEXT NOT NULL,
+    blob_mtime_ns INTEGER         -- the stored file's mtime when stored: the cheap integrity check
 );
 CREATE INDEX IF NOT EXISTS entries_architecture ON entries (architecture);
 CREATE TABLE IF NOT EXISTS origins (
@@ -89,10 +90,23 @@ def connect(db_path: Path) -> sqlite3.Connection:
                     conn.execute(statement)
                 conn.execute("INSERT OR IGNORE INTO info (key, value) VALUES ('schema_version', ?)",
                              (DB_SCHEMA_VERSION,))
+                _add_missing_columns(conn)
         except BaseException:
             conn.close()
             raise
     return conn
+
+
+# Columns added after schema version 1 shipped: older databases gain them on open (NULL = not recorded).
+_ADDED_COLUMNS = {"entries": (("blob_mtime_ns", "INTEGER"),)}
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    for table, columns in _ADDED_COLUMNS.items():
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns:
+            if name not in present:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
 
 def _enable_wal(conn: sqlite3.Connection) -> None:

@@ -78,6 +78,7 @@ class Entry:
     verdict: Verdict | None = None
     metadata: dict[str, Any] = field(default_factory=dict)  # the canonical record (AdapterMetadata as JSON)
     origins: tuple[Origin, ...] = ()
+    blob: str = "ok"  # the stored file by the cheap check: ok, missing, or changed (size/mtime differ)
 
     @property
     def id(self) -> str:
@@ -108,6 +109,7 @@ class Entry:
             "trigger_words": list(self.trigger_words),
             "tags": list(self.tags),
             "verify": self.verdict.to_dict() if self.verdict else None,
+            "blob": self.blob,
             "metadata": self.metadata,
             "origins": [o.to_dict() for o in self.origins],
         }

@@ -34,3 +34,9 @@ class EntryNotFound(RegistryError, KeyError):
 
 class AmbiguousEntry(RegistryError, ValueError):
     """A sha256 prefix or name that matches several entries."""
+
+
+class BlobIntegrityError(RegistryError):
+    """A stored file is missing or no longer holds the bytes its entry was added with (a failed check)."""
+
+    exit_code = 1
