@@ -5,6 +5,7 @@
     python benchmarks/train.py --arch tiny-sdxl --resolution 64
     python benchmarks/train.py --device cuda --arch sd15         # full-size SD1.5, random weights, 512 px
     python benchmarks/train.py --device cuda --arch sdxl         # full-size SDXL, random weights, 1024 px
+    python benchmarks/train.py --busy                            # `lorareg train` 60 tiny steps next to a busy core
 
 The bare loop is what the diffusers LoRA example scripts do per step (``unet.add_adapter(LoraConfig)``, AdamW,
 autocast, ``loss.backward()``, clip, step, ``loss.item()`` for logging), given the same cached latents and text
@@ -202,6 +203,56 @@ def run_bare(args, work: Path) -> tuple[list[float], float | None]:
     return times[args.warmup:], memory
 
 
+def _train_seconds(work: Path, env: dict[str, str], steps: int) -> float:
+    """Wall time of one whole ``lorareg train`` process on the tiny example config."""
+    import json
+    import subprocess
+
+    cmd = [sys.executable, "-c", "import sys; from loraregistry.cli import main; sys.exit(main())", "train", "--config", str(ROOT / "examples" / "train-tiny.toml"),
+           "--steps", str(steps), "--output", str(work), "--set", "output.add_to_registry=false",
+           "--set", f"data.cache_dir=\"{work / 'cache'}\"", "--json", "-q"]
+    tick = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+    wall = time.perf_counter() - tick
+    if proc.returncode != 0:
+        raise SystemExit(f"lorareg train failed: {proc.stderr[-2000:]}")
+    json.loads(proc.stdout)  # the command finished and reported
+    return wall
+
+
+def busy_comparison(args) -> int:
+    """60 tiny steps of ``lorareg train`` while another process keeps one core busy: lorareg's thread choice
+    against torch's default (one thread per core, OpenMP's default spin-then-sleep waiting), alternately."""
+    import subprocess
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                             "MKL_NUM_THREADS", "OMP_WAIT_POLICY")}
+    base["HF_HUB_OFFLINE"] = "1"
+    cores = os.cpu_count() or 1
+    variants = {
+        "lorareg's choice (no OMP_NUM_THREADS)": dict(base),
+        f"torch default ({cores} threads, OpenMP default waiting)": dict(base, OMP_NUM_THREADS=str(cores),
+                                                                          OMP_WAIT_POLICY=""),
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    try:
+        time.sleep(1.0)  # let the spinner take its core
+        with tempfile.TemporaryDirectory() as tmp:
+            for round_ in range(args.rounds):
+                for i, (name, env) in enumerate(variants.items()):
+                    times[name].append(_train_seconds(Path(tmp) / f"{i}-{round_}", env, args.steps or 60))
+    finally:
+        spinner.kill()
+    print(f"lorareg train, tiny SD1, {args.steps or 60} steps, whole process, one other CPU-bound process "
+          f"running, {cores} cores; best of {args.rounds}:")
+    for name, values in times.items():
+        print(f"  {name:55s} {min(values):7.1f} s   (all: {', '.join(f'{v:.1f}' for v in values)})")
+    ours, default = (min(v) for v in times.values())
+    print(f"  torch default / lorareg = {default / ours:.1f}x")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -215,7 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default=None, choices=["no", "fp16", "bf16"])
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--busy", action="store_true",
+                        help="time `lorareg train` next to a busy core: lorareg's thread choice vs torch's default")
     args = parser.parse_args(argv)
+    if args.busy:
+        return busy_comparison(args)
     cuda = args.device == "cuda"
     args.arch = args.arch or ("sd15" if cuda else "tiny-sd1")
     args.resolution = args.resolution or ARCHES[args.arch][1]

@@ -18,11 +18,10 @@ from loraregistry.errors import MetadataError
 from loraregistry.schema import (
     AdapterMetadata,
     from_header_value,
-    json_schemas,
     read_header_value,
     to_header_value,
 )
-from loraregistry.schema.export import export_json_schemas, render
+from loraregistry.schema_files import export_json_schemas, json_schemas, render
 
 REPO = Path(__file__).resolve().parents[1]
 SHA = "0123456789abcdef" * 4

@@ -39,16 +39,33 @@ COMMANDS = {
 @click.group(cls=LazyGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lorareg")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option("--threads", type=click.IntRange(min=1), metavar="N",
+              help="CPU threads for torch and BLAS (default: OMP_NUM_THREADS, else the cores idle right now).")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(ctx: click.Context, debug: bool, threads: int | None) -> None:
     """Verify, inspect, convert and share Stable Diffusion LoRA adapters."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
 
 
+# Commands whose work is numeric (torch / BLAS): they choose their thread count before either loads
+# (threads.py); header-level commands skip the short idle-core sample.
+NUMERIC_COMMANDS = frozenset({"train", "convert", "merge", "resize", "bake", "extract", "fix", "demo"})
+
+
+def _configure_threads(args: list[str]) -> None:
+    from .. import threads
+
+    requested = threads.requested_in(args)
+    command = next((a for a in args if not a.startswith("-") and a in COMMANDS), None)
+    if requested is not None or command in NUMERIC_COMMANDS:
+        threads.configure(requested)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    _configure_threads(args)
     try:
         result = cli.main(args=args, prog_name="lorareg", standalone_mode=False)
         return result if isinstance(result, int) else 0

@@ -17,7 +17,7 @@ def schema() -> None:
               show_default=True, help="Folder to write the *.schema.json files into.")
 def export(directory: Path) -> None:
     """Write every JSON Schema to a folder (deterministic bytes, so a stale copy shows in a diff)."""
-    from ..schema import export_json_schemas
+    from ..schema_files import export_json_schemas
     from .output import status
 
     directory.mkdir(parents=True, exist_ok=True)

@@ -30,9 +30,11 @@ _COMMON = (  # flag -> dotted field: the settings people change between runs mos
 @click.option("--seed", type=int, help="= --set train.seed=...")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--threads", type=click.IntRange(min=1), metavar="N",
+              help="CPU threads (default: OMP_NUM_THREADS, else the cores idle when training starts).")
 @click.pass_context
 def train(ctx: click.Context, config_path: Path | None, overrides: tuple[str, ...], resume: str | None,
-          as_json: bool, quiet: bool, **flags) -> int | None:
+          as_json: bool, quiet: bool, threads: int | None, **flags) -> int | None:
     """Train a LoRA on SD1.x / SD2.x / SDXL; write it verified, with full metadata.
 
     Multi-GPU: accelerate launch -m loraregistry.train --config run.toml

@@ -5,7 +5,6 @@ kohya ``ss_*``, diffusers ``lora_adapter_metadata``, or nothing plus the weights
 ``project_metadata`` / ``merge_projection`` give the header keys to write for a record.
 """
 
-from .export import export_json_schemas, json_schemas
 from .metadata import (
     HEADER_KEY,
     SCHEMA_VERSION,
@@ -31,10 +30,8 @@ __all__ = [
     "Parent",
     "Provenance",
     "TrainingInfo",
-    "export_json_schemas",
     "from_header_value",
     "import_metadata",
-    "json_schemas",
     "merge_projection",
     "owned_keys",
     "project_metadata",

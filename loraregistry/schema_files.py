@@ -1,4 +1,7 @@
-"""JSON Schemas of lorareg's records, written with deterministic bytes so a stale copy shows in a diff."""
+"""JSON Schemas of lorareg's records, written with deterministic bytes so a stale copy shows in a diff.
+
+It gathers records from several layers (the metadata schema, verify's output), so it sits above them, outside
+the core ``schema`` package."""
 
 from __future__ import annotations
 
@@ -6,14 +9,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .metadata import AdapterMetadata
+from .schema.metadata import AdapterMetadata
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
     """{file name: JSON Schema} of every record lorareg stores or prints as ``--json``."""
-    from ..verify.outputs import VerifyRunModel  # pydantic only, no torch
+    from .verify.outputs import VerifyRunModel  # pydantic only, no torch
 
     return {
         "adapter-metadata.v1.schema.json": {"$schema": JSON_SCHEMA_DIALECT, **AdapterMetadata.model_json_schema()},
