@@ -102,16 +102,19 @@ def _new_repo(mirrors: Path, repo_id: str) -> Path:
 
 
 def _wait_until_up(endpoint: str, proc: subprocess.Popen) -> None:
-    import httpx2
+    """Polls with the standard library: the HTTP client under huggingface_hub differs per version."""
+    import urllib.error
+    import urllib.request
 
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"olah exited with {proc.returncode}")
         try:
-            if httpx2.get(f"{endpoint}/api/models/probe/ready/revision/main", timeout=1).status_code == 200:
-                return
-        except httpx2.TransportError:
+            with urllib.request.urlopen(f"{endpoint}/api/models/probe/ready/revision/main", timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.1)
     pytest.fail(f"olah did not answer within {STARTUP_TIMEOUT_S} s")

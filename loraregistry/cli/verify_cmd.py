@@ -45,9 +45,11 @@ def verify_one(spec: str, base: str | None, tensors: bool, targets, *, raise_err
 
     try:
         if spec.startswith(("hf://", "http://", "https://")):
-            from ..hub.remote import verify_remote  # header-only over HTTP range requests
+            from ..hub.remote import verify_remote_targets  # header-only over HTTP range requests
 
-            return verify_remote(spec, base=base), 0, None
+            report, verdicts = verify_remote_targets(spec, targets, base=base)
+            report.findings += verdict_findings(verdicts)
+            return report, verdict_exit_code(verdicts), None
         report = verify_file(spec, base=base, tensors=tensors)
         gated = 0
         if targets:

@@ -15,6 +15,10 @@ Errors carry ``X-Error-Code`` (RepoNotFound, RevisionNotFound, EntryNotFound) li
 huggingface_hub raises its specific exceptions. Knobs for failure tests: ``token`` (required bearer token),
 ``forbid_writes`` (403), ``truncate`` (close mid-body), ``corrupt`` (serve other bytes of the same size),
 ``bytes_served`` (resolve requests: path, Range, bytes sent) and ``commits`` (commit POSTs that landed).
+
+``state.hostile`` (a ``Hostile``) turns it into the server an attacker would run: ETags and commit shas
+that are paths, another commit than the one asked for, bodies that never end, a model info of gigabytes,
+error messages that echo the ``Authorization`` header. Each knob is off by default.
 """
 
 from __future__ import annotations
@@ -72,8 +76,23 @@ class Repo:
         return self.commits.get(sha)
 
 
+@dataclass
+class Hostile:
+    """What a malicious endpoint does; tests set the fields they need."""
+
+    linked_etag: str | None = None  # sent as X-Linked-Etag and ETag of every LFS file (e.g. "../../victim")
+    commit_sha: str | None = None  # model_info's "sha" (e.g. "../../../../tmp/evil_ref")
+    repo_commit: str | None = None  # X-Repo-Commit of resolve answers
+    endless_body: bool = False  # resolve answers keep sending past the declared size (no Content-Length)
+    model_info_bytes: int | None = None  # model_info answers with a JSON document of this size...
+    model_info_declared: bool = True  # ...announced in Content-Length (else streamed until the client leaves)
+    echo_authorization: bool = False  # every answer is a 400 whose message repeats the Authorization header
+    body_bytes_sent: int = 0  # what the endless bodies and huge JSON documents put on the wire
+
+
 class HubState:
     def __init__(self) -> None:
+        self.hostile = Hostile()
         self.lock = threading.Lock()
         self.repos: dict[str, Repo] = {}
         self.objects: dict[str, bytes] = {}
@@ -215,6 +234,10 @@ class _Handler(BaseHTTPRequestHandler):
             and "/paths-info/" not in path
         body = self._body() if method in ("POST", "PUT") else b""
         if not self._authorized(write):
+            return
+        if self.state.hostile.echo_authorization:
+            echoed = f"bad request; you sent Authorization: {self.headers.get('Authorization', '')}"
+            self._json({"error": echoed}, 400, {"X-Error-Message": echoed})
             return
         repo = r"(?P<repo>[^/]+/[^/]+)"
         routes = [
@@ -375,8 +398,43 @@ class _Handler(BaseHTTPRequestHandler):
     def model_info(self, repo: str, query: dict, rev: str = "main", **_) -> None:
         target = self._repo(repo)
         commit = target and self._commit_at(target, rev)
-        if commit:
-            self._json(self._model_json(target, commit, blobs="blobs" in query))
+        if not commit:
+            return
+        hostile = self.state.hostile
+        if hostile.model_info_bytes is not None:
+            self._huge_json(hostile.model_info_bytes, declared=hostile.model_info_declared)
+            return
+        info = self._model_json(target, commit, blobs="blobs" in query)
+        if hostile.commit_sha is not None:
+            info["sha"] = hostile.commit_sha
+        self._json(info)
+
+    def _huge_json(self, size: int, *, declared: bool) -> None:
+        """A valid JSON object of ``size`` bytes, written 1 MiB at a time until done or the client leaves."""
+        head, tail = b'{"id": "x/y", "padding": "', b'"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if declared:
+            self.send_header("Content-Length", str(size))
+        else:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self._write_until_gone(head, size - len(head) - len(tail), tail)
+
+    def _write_until_gone(self, head: bytes, filler: int, tail: bytes = b"") -> None:
+        block = b"x" * (1 << 20)
+        try:
+            self.wfile.write(head)
+            while filler > 0:
+                chunk = block[: min(filler, len(block))]
+                self.wfile.write(chunk)
+                self.state.hostile.body_bytes_sent += len(chunk)
+                filler -= len(chunk)
+            self.wfile.write(tail)
+            self.wfile.flush()
+        except OSError:  # the client hung up: what a bounded client does
+            self.close_connection = True
 
     def list_models(self, query: dict, **_) -> None:
         search = (query.get("search") or [""])[0].lower()
@@ -424,10 +482,15 @@ class _Handler(BaseHTTPRequestHandler):
         data = self.state.objects[stored.lfs_oid] if stored.lfs_oid else stored.data or b""
         if file in self.state.corrupt:
             data = bytes(b ^ 0xFF for b in data)
-        headers = {"X-Repo-Commit": commit.sha, "Accept-Ranges": "bytes",
+        hostile = self.state.hostile
+        headers = {"X-Repo-Commit": hostile.repo_commit or commit.sha, "Accept-Ranges": "bytes",
                    "ETag": f'"{stored.lfs_oid or stored.git_oid}"'}
         if stored.lfs_oid:
-            headers.update({"X-Linked-Etag": f'"{stored.lfs_oid}"', "X-Linked-Size": str(stored.size)})
+            etag = hostile.linked_etag or stored.lfs_oid
+            headers.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(stored.size), "ETag": f'"{etag}"'})
+        if hostile.endless_body and self.command == "GET" and not self.headers.get("Range"):
+            self._endless(headers)
+            return
         status, start, end = 200, 0, len(data)
         wanted = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
         if wanted:
@@ -451,6 +514,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.state.bytes_served.append((file, self.headers.get("Range"), len(chunk)))
         self.wfile.write(chunk)
         self.wfile.flush()
+
+
+    def _endless(self, headers: dict[str, str]) -> None:
+        """The body never ends (no Content-Length, 1 GiB at most so a broken client cannot hang a test)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Connection", "close")
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.close_connection = True
+        self._write_until_gone(b"", 1 << 30)
 
 
 class _Server(ThreadingHTTPServer):

@@ -1,21 +1,27 @@
-"""``pull``: download an adapter at a pinned commit, prove its bytes, verify it, register it."""
+"""``pull``: download an adapter at a pinned commit, prove its bytes, verify it, register it.
+
+The download never goes through huggingface_hub's cache, whose paths come from the ETag, oid and commit a
+server sends: lorareg resolves the revision to a commit sha, reads the file's size and hash from the Hub
+(``api``, checked for shape), and streams the bytes through huggingface_hub's session into a private folder
+of its own (``staging``), hashing as they arrive and stopping at the declared size. A server that names
+another commit than the pinned one, or another LFS object, is refused before a byte is written.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..hashes import file_sha256
 from . import env
-from .errors import AmbiguousFile, HashMismatch, RemoteFileNotFound
-from .uri import check_file_name, inside, parse_spec
+from .errors import HOSTILE_HINT, AmbiguousFile, DownloadFailed, HashMismatch, RemoteFileNotFound, ResponseTooLarge
+from .errors import UntrustedServerData, server_text
+from .uri import inside, parse_spec
 
-_CHUNK = 1 << 20
+DOWNLOADS_FOLDER = "downloads"  # under the registry root: same file system as the store
 
 
 @dataclass
@@ -40,49 +46,53 @@ def pull(spec: str, *, revision: str | None = None, endpoint: str | None = None,
     """Pull ``REPO[/FILE]`` (``FILE`` defaults to the repo's single top-level .safetensors).
 
     The revision (default ``main``) is resolved to a commit sha first and everything after uses the sha.
-    The download goes through huggingface_hub's cache; its sha256 must equal the Hub's LFS oid (or, for a
-    plain git file, its git blob id), else the cached file is deleted and ``HashMismatch`` raised. The file
-    is then verified and added to ``registry`` (default: the local registry) with its origin; the verify
-    verdict is recorded, not enforced. ``dest``: also copy it there (never outside that folder).
+    The bytes must hash to the Hub's LFS oid (or, for a plain git file, its git blob id), else nothing is
+    kept and ``HashMismatch`` is raised. The file is then verified and added to ``registry`` (default: the
+    local registry) with its origin; the verify verdict is recorded, not enforced. ``dest``: also copy it
+    there (never outside that folder). ``cache_dir``: the download folder (default: ``downloads/`` in the
+    registry's root); only a private folder inside it is ever written, and it is removed afterwards.
     """
     endpoint = env.prepare(endpoint)
     wanted = parse_spec(spec)
     revision = revision or wanted.revision or "main"
-    from .client import hub_api, hub_errors
-
-    api = hub_api(endpoint, token)
-    with hub_errors(endpoint=endpoint, repo_id=wanted.repo_id, revision=revision, filename=wanted.filename):
-        info = api.model_info(wanted.repo_id, revision=revision)
-        commit = info.sha
-        filename = wanted.filename or _single_adapter([s.rfilename for s in info.siblings or []], wanted.repo_id)
-        remote = _remote_file(api, wanted.repo_id, filename, commit)
-    with hub_errors(endpoint=endpoint, repo_id=wanted.repo_id, revision=commit, filename=filename):
-        local = Path(api.hf_hub_download(wanted.repo_id, filename, revision=commit, cache_dir=cache_dir))
-    _check_bytes(local, remote, endpoint=endpoint, repo_id=wanted.repo_id, filename=filename)
-
     from ..registry import Origin, Registry
     from ..verify import verify
+    from .api import file_at, repo_at
+    from .staging import staging_folder
+    from .transport import hub_headers
 
-    report = verify(local, base=base)
-    origin = Origin.hub(endpoint=endpoint, repo=wanted.repo_id, revision=commit, file=filename)
+    headers = hub_headers(token)
+    repo = repo_at(endpoint, headers, wanted.repo_id, revision)
+    filename = wanted.filename or _single_adapter(repo.files, repo.unsafe_files, wanted.repo_id)
+    remote = file_at(endpoint, headers, wanted.repo_id, filename, repo.commit)
     own_registry = registry is None
     reg = Registry.open() if own_registry else registry
     try:
-        entry = reg.add(local, origin=origin, report=report)
+        with staging_folder(Path(cache_dir) if cache_dir else Path(reg.root) / DOWNLOADS_FOLDER) as folder:
+            local = _download(endpoint, headers, wanted.repo_id, repo.commit, remote, folder)
+            report = verify(local, base=base)
+            origin = Origin.hub(endpoint=endpoint, repo=wanted.repo_id, revision=repo.commit, file=filename)
+            entry = reg.add(local, origin=origin, report=report)
     finally:
         if own_registry:
             reg.close()
     path = entry.path
     if dest is not None:
         path = str(_copy_into(Path(entry.path), Path(dest), filename))
-    return PullResult(repo_id=wanted.repo_id, endpoint=endpoint, commit=commit, filename=filename, path=path,
+    return PullResult(repo_id=wanted.repo_id, endpoint=endpoint, commit=repo.commit, filename=filename, path=path,
                       entry=entry, report=report)
 
 
-def _single_adapter(files: list[str], repo_id: str) -> str:
+def _single_adapter(files: tuple[str, ...], unsafe: tuple[str, ...], repo_id: str) -> str:
+    from .errors import UnsafeFileName
+
     top = sorted(f for f in files if "/" not in f and f.endswith(".safetensors"))
+    hostile = [f for f in unsafe if f.endswith(".safetensors")]
+    if hostile:
+        raise UnsafeFileName(f"{repo_id!r} lists the file name {server_text(repr(hostile[0]), 120)}, which would "
+                             "leave the target folder", hint=HOSTILE_HINT)
     if len(top) == 1:
-        return check_file_name(top[0])
+        return top[0]
     if not top:
         raise RemoteFileNotFound(f"{repo_id!r} has no .safetensors file at its root",
                                  hint="name the file: REPO/path/to/file.safetensors")
@@ -90,45 +100,62 @@ def _single_adapter(files: list[str], repo_id: str) -> str:
                         hint=f"name one: {repo_id}/{top[0]}")
 
 
-def _remote_file(api, repo_id: str, filename: str, commit: str):
-    from huggingface_hub.hf_api import RepoFile
+def _download(endpoint: str, headers, repo_id: str, commit: str, remote, folder: Path) -> Path:
+    """Stream the file into ``folder``: at most its declared size, hashed on the way, checked at the end."""
+    from .api import resolve_url
+    from .staging import fresh_file
+    from .transport import Where, request
 
-    infos = api.get_paths_info(repo_id, [filename], revision=commit)
-    found = [i for i in infos if isinstance(i, RepoFile) and i.path == filename]
-    if not found:
-        raise RemoteFileNotFound(f"{filename!r} is not a file in {repo_id!r} at {commit}")
-    return found[0]
-
-
-def _check_bytes(local: Path, remote, *, endpoint: str, repo_id: str, filename: str) -> None:
-    """The downloaded bytes against the Hub's own record of them."""
-    if remote.lfs is not None:
-        kind, expected, actual = "LFS sha256", remote.lfs.sha256, file_sha256(local)
-    else:
-        kind, expected, actual = "git blob id", remote.blob_id, _git_blob_sha1(local)
-    if actual != expected:
-        _discard_cached(local)
-        raise HashMismatch(f"{filename!r} from {endpoint}/{repo_id}: downloaded bytes have {kind} {actual}, the Hub "
-                           f"says {expected}; the download was deleted", hint="try again; if it persists, the "
-                           "server or a proxy serves the wrong bytes")
-
-
-
-
-def _git_blob_sha1(path: Path) -> str:
-    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode(), usedforsecurity=False)
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
+    what = f"{remote.path!r} from {repo_id!r} at {commit[:12]}"
+    target = fresh_file(folder, PurePosixPath(remote.path).name)
+    if remote.sha256 is not None:
+        kind, expected, digest = "LFS sha256", remote.sha256, hashlib.sha256()
+    else:  # a plain git file: its git blob id is the sha1 of a "blob <size>" header and the bytes
+        kind, expected = "git blob id", remote.blob_id
+        digest = hashlib.sha1(f"blob {remote.size}\0".encode(), usedforsecurity=False)
+    received = 0
+    url = resolve_url(endpoint, repo_id, remote.path, commit)
+    with request("GET", url, headers=headers, what=what, endpoint=endpoint,
+                 where=Where(repo_id, commit, remote.path)) as response, target.open("wb") as out:
+        _check_served(response, remote, commit, endpoint=endpoint, what=what)
+        for chunk in response.iter_chunks():
+            received += len(chunk)
+            if received > remote.size:
+                raise ResponseTooLarge(f"{endpoint} sent more than the {remote.size:,} bytes it declared for {what}; "
+                                       "the download stopped there and nothing was kept", hint=HOSTILE_HINT)
             digest.update(chunk)
-    return digest.hexdigest()
+            out.write(chunk)
+    if received < remote.size:
+        raise DownloadFailed(f"the transfer of {what} broke off after {received:,} of {remote.size:,} bytes",
+                             hint="nothing was kept; try again")
+    actual = digest.hexdigest()
+    if actual != expected:
+        raise HashMismatch(f"{remote.path!r} from {endpoint}/{repo_id}: downloaded bytes have {kind} {actual}, the "
+                           f"Hub says {expected}; the download was deleted", hint="try again; if it persists, the "
+                           "server or a proxy serves the wrong bytes")
+    return target
 
 
-def _discard_cached(local: Path) -> None:
-    """Delete a cached download: the snapshot link and the blob it points to."""
-    blob = local.resolve()
-    for p in (local, blob):
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
+def _check_served(response, remote, commit: str, *, endpoint: str, what: str) -> None:
+    """What the server says it serves must be what was asked: the pinned commit, the declared object and size."""
+    for headers in response.hops:
+        served = headers.get("X-Repo-Commit")
+        if served is not None and served != commit:
+            raise UntrustedServerData(f"{endpoint} served {what} from commit {server_text(repr(served), 60)}, not the "
+                                      f"pinned {commit}; nothing was kept", hint=HOSTILE_HINT)
+        linked = headers.get("X-Linked-Etag")
+        if linked is not None and remote.sha256 is not None and _etag(linked) != remote.sha256:
+            raise UntrustedServerData(f"{endpoint} serves {what} as object {server_text(repr(linked), 80)}, not the "
+                                      f"{remote.sha256} the Hub lists; nothing was kept", hint=HOSTILE_HINT)
+    length = response.header("Content-Length")
+    if length is not None and (not length.isdigit() or int(length) != remote.size):
+        raise UntrustedServerData(f"{endpoint} sends {server_text(length, 40)} bytes for {what}, which the Hub lists "
+                                  f"at {remote.size:,}; nothing was kept", hint=HOSTILE_HINT)
+
+
+def _etag(value: str) -> str:
+    value = value.strip()
+    return value[2:].strip('"') if value.startswith("W/") else value.strip('"')
 
 
 def _copy_into(source: Path, folder: Path, filename: str) -> Path:

@@ -1,14 +1,56 @@
-"""Hub errors: one per failure, each saying what to do next. Tokens never appear in messages."""
+"""Hub errors: one per failure, each saying what to do next. Tokens never appear in messages.
+
+A server may echo the ``Authorization`` header into its error text, so every ``HubError`` passes its
+message, hint and path through ``redact``: the tokens lorareg sent (remembered when the headers are built),
+anything shaped like a Hugging Face token (``hf_...``) and any ``Bearer ...`` value become ``***``.
+"""
 
 from __future__ import annotations
+
+import re
+import threading
 
 from ..errors import LoraregError
 
 LOGIN_HINT = "log in with `hf auth login` or pass --token"
+HOSTILE_HINT = "the server is broken or hostile; use another endpoint"
+
+_SECRETS: set[str] = set()
+_SECRETS_LOCK = threading.Lock()
+# Hub tokens (hf_ + 30-odd letters and digits), OAuth ones (hf_oauth_...), and whatever follows "Bearer".
+_TOKEN_SHAPES = re.compile(r"\bhf_[A-Za-z0-9_]{8,}|(?i:bearer)\s+\S+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def remember_secret(secret: str | None) -> None:
+    """A token that must never appear in a message (tokens under 4 characters are not redacted: too common)."""
+    if secret and len(secret) >= 4:
+        with _SECRETS_LOCK:
+            _SECRETS.add(secret)
+
+
+def redact(text: str) -> str:
+    with _SECRETS_LOCK:
+        secrets = sorted(_SECRETS, key=len, reverse=True)
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return _TOKEN_SHAPES.sub(lambda m: "Bearer ***" if m.group().lower().startswith("bearer") else "hf_***", text)
+
+
+def server_text(text: str, limit: int = 300) -> str:
+    """Text a server chose, fit for one terminal line: control characters visible, shortened, redacted."""
+    shown = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else
+                         f"\\u{ord(m.group()):04x}", text)
+    shown = redact(shown)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
 class HubError(LoraregError):
     """Root of the errors talking to a Hub endpoint."""
+
+    def __init__(self, message: str, *, path=None, hint: str | None = None) -> None:
+        super().__init__(redact(message), path=redact(str(path)) if path is not None else None,
+                         hint=redact(hint) if hint is not None else None)
 
 
 class InvalidRepoId(HubError, ValueError):
@@ -49,6 +91,15 @@ class DownloadFailed(HubError):
 
 class HashMismatch(HubError):
     """The downloaded bytes are not the ones the Hub's LFS oid names; the file was deleted."""
+
+
+class ResponseTooLarge(HubError):
+    """A response longer than lorareg accepts (the declared file size, or the cap on metadata answers)."""
+
+
+class UntrustedServerData(HubError):
+    """The server sent an identifier that is not what it must be (a commit sha that is no sha, an oid that is
+    no hash, a commit other than the pinned one): refused before it reaches the filesystem."""
 
 
 class PushRefused(HubError):

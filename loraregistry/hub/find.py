@@ -1,4 +1,4 @@
-"""``search``: adapters on a Hub (``HfApi.list_models``) and in the local registry, one result shape."""
+"""``search``: adapters on a Hub (its ``/api/models`` search, read bounded) and in the local registry, one shape."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import env
+from .errors import HOSTILE_HINT, HubError, InvalidRepoId
+from .uri import check_repo_id
 
 LORA_TAG = "lora"
+METADATA_FILE = "lorareg.json"
+METADATA_CAP = 1 << 20  # a lorareg.json is a few KB
 
 
 @dataclass
@@ -65,55 +69,78 @@ def search_hub(query: str | None = None, *, base: str | None = None, trigger: st
     instance_prompt) include it, case-insensitively."""
     endpoint = env.prepare(endpoint)
     from ..architectures import get
-    from .client import hub_api, hub_errors
+    from .transport import get_json, hub_headers
 
     arch = get(base) if base else None
     tags = [LORA_TAG, *([arch.hub_tag] if arch else []), *([tag] if tag else [])]
-    api = hub_api(endpoint, token)
+    headers = hub_headers(token)
+    params = {"filter": tags, "limit": limit, "expand": ["cardData", "siblings", "downloads", "likes", "tags"]}
+    if query:
+        params["search"] = query
+    models = get_json(f"{endpoint}/api/models", params=params, headers=headers, what="the model search",
+                      endpoint=endpoint)
+    if not isinstance(models, list):
+        raise HubError(f"{endpoint} answered the model search with no JSON list", hint=HOSTILE_HINT)
     hits: list[SearchHit] = []
-    with hub_errors(endpoint=endpoint):
-        models = list(api.list_models(search=query or None, filter=tags, limit=limit,
-                                      expand=["cardData", "siblings", "downloads", "likes", "tags"]))
-        for model in models:
-            hit = _hub_hit(model)
-            if hit.has_lorareg_metadata:
-                _add_lorareg_json(api, model.id, hit)
-            if trigger and trigger.lower() not in (w.lower() for w in hit.trigger_words):
-                continue
-            if arch and hit.architecture and hit.architecture != arch.id and not _same_family(hit.architecture, arch):
-                continue
-            hits.append(hit)
+    for model in models[:limit]:
+        hit = _hub_hit(model)
+        if hit is None:
+            continue
+        if hit.has_lorareg_metadata:
+            _add_lorareg_json(endpoint, headers, hit)
+        if trigger and trigger.lower() not in (w.lower() for w in hit.trigger_words):
+            continue
+        if arch and hit.architecture and hit.architecture != arch.id and not _same_family(hit.architecture, arch):
+            continue
+        hits.append(hit)
     return hits
 
 
-def _hub_hit(model) -> SearchHit:
-    card = model.card_data.to_dict() if model.card_data is not None and hasattr(model.card_data, "to_dict") else {}
-    files = {s.rfilename for s in model.siblings or []}
+def _hub_hit(model: Any) -> SearchHit | None:
+    """A search result as the Hub's JSON gives it; entries without a usable repo id are left out."""
+    if not isinstance(model, dict):
+        return None
+    repo_id = model.get("id") or model.get("modelId")
+    try:
+        check_repo_id(repo_id if isinstance(repo_id, str) else "")
+    except InvalidRepoId:
+        return None
+    card = model.get("cardData") if isinstance(model.get("cardData"), dict) else {}
+    tags = [t for t in model.get("tags") or [] if isinstance(t, str)] if isinstance(model.get("tags"), list) else []
+    siblings = model.get("siblings") if isinstance(model.get("siblings"), list) else []
+    files = {s.get("rfilename") for s in siblings if isinstance(s, dict)}
     prompt = card.get("instance_prompt")
     base_model = card.get("base_model")
-    return SearchHit(source="hub", id=model.id, name=model.id.split("/")[-1],
+    return SearchHit(source="hub", id=repo_id, name=repo_id.split("/")[-1],
                      trigger_words=[w.strip() for w in prompt.split(",")] if isinstance(prompt, str) else [],
-                     tags=list(model.tags or []), downloads=model.downloads, likes=model.likes,
+                     tags=tags, downloads=_count(model.get("downloads")), likes=_count(model.get("likes")),
                      base_model=base_model if isinstance(base_model, str) else None,
-                     content_rating="adult" if "not-for-all-audiences" in (model.tags or []) else None,
+                     content_rating="adult" if "not-for-all-audiences" in tags else None,
                      has_lorareg_metadata="lorareg.json" in files)
 
 
-def _add_lorareg_json(api, repo_id: str, hit: SearchHit) -> None:
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _add_lorareg_json(endpoint: str, headers, hit: SearchHit) -> None:
     """Best effort: a repo whose lorareg.json is unreadable is still a hit, with what its card says."""
-    import tempfile
+    from .api import small_file
 
     try:
-        with tempfile.TemporaryDirectory(prefix="lorareg-search-") as tmp:
-            path = api.hf_hub_download(repo_id, "lorareg.json", cache_dir=tmp)
-            record = json.loads(open(path, encoding="utf-8").read())
-    except Exception:  # noqa: BLE001 - any failure just leaves the card's facts
+        data = small_file(endpoint, headers, hit.id, METADATA_FILE, "main", cap=METADATA_CAP)
+        record = json.loads(data) if data is not None else None
+    except (HubError, ValueError, RecursionError):
         return
     if isinstance(record, dict):
-        hit.name = record.get("name") or hit.name
-        hit.trigger_words = list(record.get("trigger_words") or hit.trigger_words)
-        hit.architecture = (record.get("base") or {}).get("architecture")
-        hit.content_rating = record.get("content_rating") or hit.content_rating
+        name, words = record.get("name"), record.get("trigger_words")
+        arch, rating = (record.get("base") or {}), record.get("content_rating")
+        hit.name = name if isinstance(name, str) and name else hit.name
+        if isinstance(words, list) and all(isinstance(w, str) for w in words):
+            hit.trigger_words = list(words) or hit.trigger_words
+        architecture = arch.get("architecture") if isinstance(arch, dict) else None
+        hit.architecture = architecture if isinstance(architecture, str) else None
+        hit.content_rating = rating if isinstance(rating, str) and rating else hit.content_rating
 
 
 def _same_family(arch_id: str, arch) -> bool:

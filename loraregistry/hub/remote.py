@@ -1,8 +1,9 @@
 """Read a remote safetensors header with two HTTP range requests: the 8-byte length, then the header.
 
-No tensor byte is fetched, however large the file. Works for ``hf://user/repo/file.safetensors[@rev]``
-(resolved against the endpoint) and any ``https://`` URL of a server that honours ``Range``. The token is
-sent only to the Hub endpoint, never to other hosts.
+No tensor byte is fetched, however large the file, and no more than was asked is read even from a server
+that ignores ``Range``. Works for ``hf://[datasets/|spaces/]user/repo[@rev]/file.safetensors`` (resolved
+against the endpoint; parsed as huggingface_hub parses it) and any ``https://`` URL of a server that
+honours ``Range``. The token is sent only to the Hub endpoint, never to other hosts (redirects included).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from ..safetensors_io import DEFAULT_HEADER_CAP, SafetensorsHeader, header_length, parse_header
 from . import env
@@ -28,9 +29,11 @@ class RemoteHeader:
 
 def resolve_url(uri: str, *, endpoint: str, revision: str | None = None) -> str:
     if uri.startswith("hf://"):
+        from .api import resolve_url as file_url
+
         spec = parse_hf_uri(uri)
-        rev = revision or spec.revision or "main"
-        return f"{endpoint}/{spec.repo_id}/resolve/{quote(rev, safe='')}/{quote(spec.filename or '')}"
+        return file_url(endpoint, spec.repo_id, spec.filename or "", revision or spec.revision or "main",
+                        spec.repo_type)
     if uri.startswith(("https://", "http://")):
         return uri
     raise RemoteHeaderError(f"{uri!r} is neither an hf:// URI nor an http(s) URL",
@@ -42,34 +45,30 @@ def read_remote_header(uri: str, *, endpoint: str | None = None, token: str | No
     """Fetch and validate only the header of a remote safetensors file."""
     endpoint = env.prepare(endpoint)
     url = resolve_url(uri, endpoint=endpoint, revision=revision)
-    from huggingface_hub.utils import build_hf_headers
-
-    from .client import hub_errors
+    from .transport import hub_headers
 
     same_host = urlsplit(url).netloc == urlsplit(endpoint).netloc
-    headers = build_hf_headers(token=token) if same_host else {}
-    spec = parse_hf_uri(uri) if uri.startswith("hf://") else None
-    with hub_errors(endpoint=endpoint if same_host else url, repo_id=spec.repo_id if spec else None,
-                    revision=revision or (spec.revision if spec else None), filename=spec.filename if spec else None):
-        prefix, total = _fetch_range(url, headers, 0, 8)
-        n = header_length(prefix, path=uri, file_size=total, cap=cap)
-        body, _ = _fetch_range(url, headers, 8, n)
+    headers = hub_headers(token) if same_host else {"Accept-Encoding": "identity"}
+    server = endpoint if same_host else f"{urlsplit(url).scheme}://{urlsplit(url).netloc}"
+    prefix, total = _fetch_range(url, headers, 0, 8, uri=uri, server=server)
+    n = header_length(prefix, path=uri, file_size=total, cap=cap)
+    body, _ = _fetch_range(url, headers, 8, n, uri=uri, server=server)
     header = parse_header(prefix + body, path=uri, cap=cap, file_size=total)
     return RemoteHeader(url=url, header=header, file_size=total, bytes_read=len(prefix) + len(body))
 
 
-def _fetch_range(url: str, headers: dict[str, str], start: int, length: int) -> tuple[bytes, int | None]:
+def _fetch_range(url: str, headers: dict[str, str], start: int, length: int, *, uri: str,
+                 server: str) -> tuple[bytes, int | None]:
     """``length`` bytes from ``start``; stops reading at ``length`` even if the server ignores Range."""
-    from huggingface_hub.utils import get_session, hf_raise_for_status
+    from .transport import request
 
-    request_headers = {**headers, "Range": f"bytes={start}-{start + length - 1}", "Accept-Encoding": "identity"}
-    with get_session().stream("GET", url, headers=request_headers) as response:
-        hf_raise_for_status(response)
-        if response.status_code == 200 and start > 0:
+    request_headers = {**headers, "Range": f"bytes={start}-{start + length - 1}"}
+    with request("GET", url, headers=request_headers, what=uri, endpoint=server) as response:
+        if response.status == 200 and start > 0:
             raise RemoteHeaderError(f"{_host(url)} ignores HTTP Range requests, so the header cannot be read alone",
-                                    path=url, hint="download the file and verify it locally")
+                                    path=uri, hint="download the file and verify it locally")
         data = bytearray()
-        for chunk in response.iter_bytes():
+        for chunk in response.iter_chunks():
             data += chunk[: length - len(data)]
             if len(data) >= length:
                 break
@@ -77,11 +76,12 @@ def _fetch_range(url: str, headers: dict[str, str], start: int, length: int) -> 
 
 
 def _total_size(response: Any) -> int | None:
-    match = re.match(r"bytes \d+-\d+/(\d+)", response.headers.get("Content-Range", ""))
+    match = re.fullmatch(r"bytes \d+-\d+/(\d{1,20})", (response.header("Content-Range") or "").strip())
     if match:
         return int(match.group(1))
-    if response.status_code == 200 and response.headers.get("Content-Length"):
-        return int(response.headers["Content-Length"])
+    length = (response.header("Content-Length") or "").strip()
+    if response.status == 200 and length.isdigit() and len(length) <= 20:
+        return int(length)
     return None
 
 
@@ -91,23 +91,47 @@ def _host(url: str) -> str:
 
 def verify_remote(uri: str, *, base: str | None = None, endpoint: str | None = None, token: str | None = None,
                   revision: str | None = None):
-    """Header-level verify of a remote file (integrity, format, architecture, compatibility, metadata).
+    """Header-level verify of a remote file; see ``verify_remote_targets``."""
+    return verify_remote_targets(uri, (), base=base, endpoint=endpoint, token=token, revision=revision)[0]
+
+
+def verify_remote_targets(uri: str, targets, *, base: str | None = None, endpoint: str | None = None,
+                          token: str | None = None, revision: str | None = None):
+    """(report, verdicts): header-level verify of a remote file (integrity, format, architecture, compatibility, metadata).
 
     Fetches only the 8 + N header bytes and runs ``loraregistry.verify.verify_header`` on them; tensor checks
     need the data and never run here (``tensors_checked`` is False), and stored alpha values count as unknown.
     A header that is no valid safetensors container gives a report with its integrity finding, as a local
     file does; network and Hub errors raise.
+
+    ``targets`` (names as for ``verify --target``): each loader's verdict, judged from the header as for a
+    local file (the verdicts depend on keys and shapes, which the header holds). A header that gives no
+    adapter gets no verdicts: its report already fails with the reason.
     """
-    from ..errors import InvalidSafetensorsError
+    from ..errors import InvalidSafetensorsError, UnknownAdapterFormat
     from ..verify import Report, load_base, verify_header
     from ..verify.integrity import container_finding
 
     if base is not None:
         load_base(base)  # a bad --base is a usage error before any request
+    if targets:
+        from ..verify.consumers import parse_targets
+
+        targets = parse_targets(targets)  # an unknown target is a usage error before any request
     try:
         remote = read_remote_header(uri, endpoint=endpoint, token=token, revision=revision)
     except InvalidSafetensorsError as exc:
         report = Report(path=uri, requested_base=load_base(base).label if base is not None else None)
         report.findings.append(container_finding(exc))
-        return report
-    return verify_header(remote.header, base=base, source=uri, file_size=remote.file_size)
+        return report, []
+    report = verify_header(remote.header, base=base, source=uri, file_size=remote.file_size)
+    if not targets or report.format is None:
+        return report, []
+    from ..adapter import AdapterFile
+    from ..verify.consumers import consumer_verdicts
+
+    try:
+        adapter = AdapterFile.from_header(remote.header, path=uri, file_size=remote.file_size)
+    except (InvalidSafetensorsError, UnknownAdapterFormat):
+        return report, []
+    return report, consumer_verdicts(adapter, targets, base=base)

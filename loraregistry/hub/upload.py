@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from .uri import check_file_name, check_repo_id
 
 METADATA_FILE = "lorareg.json"
 SAMPLES_FOLDER = "samples"
+README_CAP = 4 << 20  # a model card; the Hub's largest are well under this
 
 
 @dataclass
@@ -67,7 +67,7 @@ def push(path: str | os.PathLike[str], repo_id: str, *, private: bool = False, e
     api = hub_api(endpoint, token)
     with hub_errors(endpoint=endpoint, repo_id=repo_id, revision=revision):
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        existing = _read_readme(api, repo_id, revision)
+        existing = _read_readme(endpoint, token, repo_id, revision)
         readme = build_card(CardInput(repo_id=repo_id, filename=filename, metadata=meta,
                                       architecture=resolve(meta.base.architecture), sha256=adapter.hashes.sha256,
                                       samples=card_samples), existing=existing)
@@ -109,13 +109,15 @@ def _prompt_for(image: Path, default: str) -> str:
         return default
 
 
-def _read_readme(api, repo_id: str, revision: str | None) -> str | None:
-    """The repo's current README.md, or None when it has none (or the revision does not exist yet)."""
-    from huggingface_hub import errors as hf_errors
+def _read_readme(endpoint: str, token: str | None, repo_id: str, revision: str | None) -> str | None:
+    """The repo's current README.md, or None when it has none (or the revision does not exist yet); read
+    bounded, never through huggingface_hub's cache (whose paths a server's ETag would choose)."""
+    from .api import small_file
+    from .errors import RevisionNotFound
+    from .transport import hub_headers
 
-    with tempfile.TemporaryDirectory(prefix="lorareg-card-") as tmp:
-        try:
-            path = api.hf_hub_download(repo_id, "README.md", revision=revision, cache_dir=tmp)
-        except (hf_errors.RemoteEntryNotFoundError, hf_errors.RevisionNotFoundError):
-            return None
-        return Path(path).read_text("utf-8")
+    try:
+        data = small_file(endpoint, hub_headers(token), repo_id, "README.md", revision or "main", cap=README_CAP)
+    except RevisionNotFound:
+        return None
+    return data.decode("utf-8", "replace") if data is not None else None
