@@ -44,6 +44,20 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
         node[parts[-1]] = value
 
 
+def _still_inferred(inferred: list[str], data: dict[str, Any], updates: dict[str, Any]) -> list[str]:
+    """The inferred field paths that still hold a value nobody declared: a field the user sets is declared."""
+    def touched(path: str) -> bool:
+        return any(path == f or path.startswith(f + ".") or f.startswith(path + ".") for f in updates)
+
+    def has_value(path: str) -> bool:
+        node: Any = data
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node not in (None, [], {})
+
+    return [p for p in dict.fromkeys(inferred) if not touched(p) and has_value(p)]
+
+
 def parse_assignment(text: str) -> tuple[str, Any]:
     """``field.path=value``; the value is read as JSON when it parses, else taken as a string."""
     if "=" not in text:
@@ -73,11 +87,16 @@ def write_metadata(path: str | os.PathLike[str], *, updates: dict[str, Any] | No
     target = Path(out) if out is not None else source
     with edit_lock(source) as seen:  # every read below sees the file that the compare-and-swap expects
         adapter = AdapterFile.open(source)
-        data = adapter.metadata.model_dump(mode="json", exclude_none=True)
+        imported = adapter.imported
+        data = imported.metadata.model_dump(mode="json", exclude_none=True)
         for field, value in (updates or {}).items():
             _set_dotted(data, field, value)
         autov3 = tensor_sha256(source, adapter.header.data_offset)
+        # A hash we measure is no declaration: it backs modelspec.hash_sha256 / sshs_model_hash only if declared.
+        declared_hash = imported.metadata.tensor_sha256 == autov3 and "tensor_sha256" not in imported.inferred
         data["tensor_sha256"] = autov3
+        data["inferred"] = _still_inferred([*imported.inferred, *([] if declared_hash else ["tensor_sha256"])],
+                                           data, updates or {})
         try:
             meta = AdapterMetadata.model_validate(data)
         except LoraregError:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import cache
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -64,6 +65,13 @@ def _strip_checked(value: str) -> str:
     return value
 
 
+def _known_field_path(value: str) -> str:
+    if value not in field_paths():
+        raise ValueError(f"{value!r} is not a field of the record (e.g. 'network.rank', 'base.architecture')")
+    return value
+
+
+FieldPath = Annotated[str, Field(min_length=1, max_length=100), AfterValidator(_known_field_path)]
 Tag = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^,]+$"), AfterValidator(_strip_checked)]
 TriggerWord = Annotated[str, Field(min_length=1, max_length=500), AfterValidator(_strip_checked)]
 
@@ -239,6 +247,25 @@ class AdapterMetadata(_Record):
     tensor_sha256: Sha256Hex | None = Field(
         None, description="AutoV3: sha256 of the tensor data (header excluded), survives metadata edits.",
     )
+    inferred: Annotated[list[FieldPath], AfterValidator(_no_duplicates)] = Field(
+        default_factory=list,
+        description="Fields (dotted paths, e.g. 'network.rank') whose value lorareg read from the weights or "
+        "measured, not one the file's writer declared. They stay in this record and are never written into "
+        "foreign keys (modelspec.*, ss_*).",
+    )
+
+
+@cache
+def field_paths() -> frozenset[str]:
+    """Every field of the record as a dotted path: 'name', 'network.rank', ... (sub-records opened one level)."""
+    paths = set()
+    for name, info in AdapterMetadata.model_fields.items():
+        nested = info.annotation if isinstance(info.annotation, type) else None
+        if nested is not None and issubclass(nested, BaseModel):
+            paths.update(f"{name}.{sub}" for sub in nested.model_fields)
+        else:
+            paths.add(name)
+    return frozenset(paths - {"schema_version", "inferred"})
 
 
 # --- storage under the header key `lorareg` -----------------------------------------------------

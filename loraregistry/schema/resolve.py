@@ -8,6 +8,10 @@ weights cannot be wrong about themselves: ``network.*`` and ``tensor_sha256`` ta
 
 Foreign keys that merely echo what ``project_metadata`` writes for the ``lorareg`` record carry no news
 and are skipped, so project -> import returns the record unchanged.
+
+Nothing inferred is written into foreign keys: fields the record lists in ``inferred`` (read from the weights,
+not declared) stay in the ``lorareg`` record; ``modelspec.*`` and ``ss_*`` are projected from the declared
+fields only, and a foreign key only an inferred fact would write is left as the file has it.
 """
 
 from __future__ import annotations
@@ -102,7 +106,7 @@ def import_metadata(header_metadata: Mapping[str, str], *, facts: WeightFacts | 
 
     inferred = _apply_facts(facts, chosen, source_of, warnings) if facts is not None else []
     metadata, dropped = _build(chosen, source_of, warnings)
-    inferred = [path for path in inferred if path not in dropped]
+    inferred = [path for path in dict.fromkeys([*metadata.inferred, *inferred]) if path not in dropped]
     return ImportedMetadata(
         metadata=metadata,
         sources=split_sources(header_metadata),
@@ -282,25 +286,54 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
 # --- projection -----------------------------------------------------------------------------------
 
 
+def declared_view(meta: AdapterMetadata) -> AdapterMetadata:
+    """``meta`` without the fields it lists as inferred (each back at its default): what was declared."""
+    if not meta.inferred:
+        return meta
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for path in meta.inferred:
+        head, _, name = path.partition(".")
+        if name:
+            nested.setdefault(head, {})[name] = _default(getattr(meta, head), name)
+        else:
+            top[head] = _default(meta, head)
+    for head, fields in nested.items():
+        top[head] = getattr(meta, head).model_copy(update=fields)
+    return meta.model_copy(update=top)
+
+
+def _default(model: Any, name: str) -> Any:
+    return type(model).model_fields[name].get_default(call_default_factory=True)
+
+
+def _foreign_projection(meta: AdapterMetadata) -> dict[str, str]:
+    return {**modelspec.modelspec_projection(meta), **kohya.kohya_projection(meta)}
+
+
 def project_metadata(meta: AdapterMetadata) -> dict[str, str]:
     """Header metadata for a record: ``lorareg`` + ModelSpec (MUST keys always, when the architecture is
-    known) + the minimal kohya ``ss_*`` set, so A1111, ComfyUI and Civitai tools read it. Sorted keys."""
-    projected = {HEADER_KEY: to_header_value(meta), **modelspec.modelspec_projection(meta),
-                 **kohya.kohya_projection(meta)}
+    declared) + the minimal kohya ``ss_*`` set, so A1111, ComfyUI and Civitai tools read it. Foreign keys
+    come from the declared fields only (``declared_view``). Sorted keys."""
+    projected = {HEADER_KEY: to_header_value(meta), **_foreign_projection(declared_view(meta))}
     return dict(sorted(projected.items()))
 
 
 def owned_keys(meta: AdapterMetadata) -> frozenset[str]:
     """Header keys ``project_metadata`` is responsible for: replaced (or removed) on every write.
 
-    Without a known architecture we write no ModelSpec block and no ss_v2 / ss_base_model_version, so
-    those keys, if a file has them, belong to whoever wrote them and are kept.
+    Without a declared architecture we write no ModelSpec block and no ss_v2 / ss_base_model_version, so
+    those keys, if a file has them, belong to whoever wrote them and are kept. So are the keys that only an
+    inferred field would write: we have no declared value to put there.
     """
+    declared = declared_view(meta)
     owned = {HEADER_KEY, *kohya.OWNED_KEYS}
-    if meta.base.architecture in ARCHITECTURES:
+    if declared.base.architecture in ARCHITECTURES:
         owned |= modelspec.OWNED_KEYS
     else:
         owned -= kohya.ARCHITECTURE_KEYS
+    if declared is not meta:
+        owned -= _foreign_projection(meta).keys() - _foreign_projection(declared).keys()
     return frozenset(owned)
 
 
@@ -309,4 +342,30 @@ def merge_projection(existing: Mapping[str, str], meta: AdapterMetadata) -> dict
     other key (``ss_tag_frequency``, ``modelspec.thumbnail``, a tool's own keys, ...) is kept as is."""
     owned = owned_keys(meta)
     kept = {key: value for key, value in existing.items() if key not in owned}
-    return dict(sorted({**kept, **project_metadata(meta)}.items()))
+    projected = project_metadata(meta)
+    for group in _key_groups(projected.keys() & existing.keys() - {HEADER_KEY}):
+        old = {key: existing[key] for key in group if key in existing}
+        new = {key: projected[key] for key in group if key in projected}
+        if old != new and _meaning(old) == _meaning(new):
+            projected.update(old)  # same facts in the writer's own spelling ('1.0', a LyCORIS preset): keep its bytes
+    return dict(sorted({**kept, **projected}.items()))
+
+
+# Keys read together: the network module and its args, kohya's two ways of naming the base.
+_READ_TOGETHER = (("ss_network_module", "ss_network_args"), ("ss_v2", "ss_base_model_version"))
+
+
+def _key_groups(keys: set[str]) -> list[tuple[str, ...]]:
+    together = [group for group in _READ_TOGETHER if set(group) & keys]
+    grouped = {key for group in together for key in group}
+    return together + [(key,) for key in sorted(keys - grouped)]
+
+
+def _meaning(header: Mapping[str, str]) -> list[tuple[str, Any]]:
+    """What the foreign readers make of some header keys, without the key names (warnings count too)."""
+    meaning: list[tuple[str, Any]] = []
+    for read in (modelspec.read_modelspec, kohya.read_kohya):
+        findings = read(header)
+        meaning += sorted((path, found.value) for path, found in findings.values.items())
+        meaning += [("warning", len(findings.warnings))]
+    return meaning
