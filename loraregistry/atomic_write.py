@@ -57,6 +57,13 @@ def temp_path(target: str | os.PathLike[str]) -> Path:
     return t.with_name(f".{t.name[:_MAX_NAME_IN_TEMP]}{TEMP_MARK}{os.getpid()}-{os.urandom(4).hex()}")
 
 
+def new_temp_path(target: str | os.PathLike[str]) -> Path:
+    """``temp_path`` for a writer that renames by itself, after sweeping the folder of stale temps."""
+    t = Path(target)
+    sweep_stale_temps(t.parent if str(t.parent) else ".")
+    return temp_path(t)
+
+
 def is_temp_name(name: str) -> bool:
     """True for names of lorareg's temp files, current and legacy (folder scans must skip them)."""
     return bool(name.startswith(".") and (_TEMP_NAME.fullmatch(name) or _LEGACY_TEMP_NAME.fullmatch(name)))

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,6 +245,7 @@ def _svd(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, float]:
 
 def _write_checked(input, output, tensors, plan: _Plan, ctx, targets, base):
     """temp file (verified by write_op_output) -> consumer verdicts -> atomic rename."""
+    from .atomic_write import new_temp_path
     from .ops.io import op_metadata, parent_record, write_op_output
     from .verify.consumers import consumer_verdicts
 
@@ -255,7 +255,7 @@ def _write_checked(input, output, tensors, plan: _Plan, ctx, targets, base):
         record = record.model_copy(update={"base": record.base.model_copy(update={"architecture": plan.architecture})})
     params = {"for": ",".join(targets), "format": plan.format}
     record = op_metadata(record, operation="fix", params=params, parents=[parent_record(ctx.adapter)])
-    temp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.lorareg-fix.safetensors")
+    temp = new_temp_path(out)  # not *.safetensors: a killed run's leftover is no adapter, and is swept
     try:
         written = write_op_output(temp, tensors, format=plan.format, dialect=plan.dialect, metadata=record,
                                   header=plan.header, inputs=[input], base=base)

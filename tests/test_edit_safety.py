@@ -280,3 +280,24 @@ def test_sweep_keeps_temps_of_live_writers_and_removes_old_or_orphaned_ones(tmp_
         live.wait()
     assert removed == {names["dead"], names["old_live"], names["legacy_old"]}
     assert {p.name for p in tmp_path.iterdir()} == {names[k] for k in ("live", "legacy_new", "not_ours", "adapter")}
+
+
+def test_convert_writes_through_a_lorareg_temp_name_and_sweeps_leftovers(tmp_path, monkeypatch):
+    import loraregistry.verify as verify_module
+
+    real_verify, verified = verify_module.verify, []
+
+    def spy(path, **kwargs):
+        verified.append(Path(path).name)
+        return real_verify(path, **kwargs)
+
+    monkeypatch.setattr(verify_module, "verify", spy)
+    source = make_kohya(tmp_path / "in.safetensors")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = tmp_path / f".out.safetensors.lorareg-tmp-{dead.pid}-0123abcd"  # a killed convert's
+    leftover.write_bytes(b"partial")
+    code, err = run_cli("convert", str(source), "-o", str(tmp_path / "out.safetensors"), "--to", "peft")
+    assert code == 0, err
+    assert verified and is_temp_name(verified[0]) and not verified[0].endswith(".safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.safetensors", "out.safetensors"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..atomic_write import is_temp_name
 from ..errors import FileAccessError, LoraregError
 from ..verify.consumers import target_option
 from .output import console, status
@@ -15,15 +16,23 @@ from .output import console, status
 _GLOB_CHARS = set("*?[")
 
 
+def _hidden(relative: Path) -> bool:
+    """Inside a hidden folder (.cache, .git, a run's .work): tools' own files, not adapters to judge."""
+    return any(part.startswith(".") for part in relative.parts)
+
+
 def expand_paths(specs: tuple[str, ...]) -> list[str]:
-    """Files as given, folders searched recursively for *.safetensors, globs expanded (quoted ones too).
+    """Files as given, folders searched recursively for *.safetensors (hidden folders skipped), globs expanded
+    (quoted ones too).
     Remote specs (hf://, http(s)://) pass through."""
     found: list[str] = []
     for spec in specs:
         if spec.startswith(("hf://", "http://", "https://")):
             found.append(spec)
         elif os.path.isdir(spec):
-            files = sorted(str(p) for p in Path(spec).rglob("*.safetensors") if p.is_file())
+            files = sorted(str(p) for p in Path(spec).rglob("*.safetensors")
+                           if p.is_file() and not is_temp_name(p.name)  # a killed writer's leftover
+                           and not _hidden(p.relative_to(spec).parent))
             if not files:
                 raise FileAccessError("no .safetensors files in this folder", path=spec,
                                       hint="name adapter files, or a folder that holds some")

@@ -52,14 +52,14 @@ def repo_at(endpoint: str, headers: Mapping[str, str], repo_id: str, revision: s
             repo_type: str = "model") -> RepoAtCommit:
     """The commit ``revision`` points to, and the repo's files there (model_info)."""
     url = f"{endpoint}/api/{_API_PREFIX[repo_type]}/{repo_id}/revision/{quote(revision, safe='')}"
-    what = f"{repo_id!r} at {revision!r}"
+    what = f"the info on {repo_id!r} at {revision!r}"
     info = get_json(url, headers=headers, what=what, endpoint=endpoint, where=Where(repo_id, revision),
                     not_found=lambda message: RepoNotFound(message, hint="check the name and the revision"))
     if not isinstance(info, dict):
-        raise UntrustedServerData(f"{endpoint} answered the info on {what} with no JSON object", hint=HOSTILE_HINT)
+        raise UntrustedServerData(f"{endpoint} answered {what} with no JSON object", hint=HOSTILE_HINT)
     commit = info.get("sha")
     if not is_commit_sha(commit):
-        raise UntrustedServerData(f"{endpoint} names the commit of {what} {_shown(commit)}, which is no commit sha "
+        raise UntrustedServerData(f"{endpoint} names the commit in {what} {_shown(commit)}, which is no commit sha "
                                   "(40 lowercase hex digits)", hint=HOSTILE_HINT)
     if is_commit_sha(revision) and commit != revision:
         raise UntrustedServerData(f"{endpoint} answered for commit {revision} with commit {commit}", hint=HOSTILE_HINT)

@@ -94,7 +94,8 @@ class Response:
         """The whole body, refused as soon as it passes ``cap`` bytes."""
         declared = self.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > cap:
-            raise ResponseTooLarge(f"{self._what} is {int(declared):,} bytes, more than the {cap:,} lorareg accepts",
+            raise ResponseTooLarge(f"{self._what} is {int(declared):,} bytes, more than the {cap:,} bytes lorareg "
+                                   "accepts",
                                    hint="the server is broken or hostile; use another endpoint")
         data = bytearray()
         for chunk in self.iter_chunks():

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -160,6 +159,7 @@ def write_op_output(path: str | os.PathLike[str], tensors: Mapping[CanonicalKey,
     architecture id or a model folder/checkpoint). Verify errors -> OutputFailsVerify (exit 1) listing
     them, and no file, unless ``force``. Alpha is stored the way ``format`` stores it (``writer``).
     """
+    from ..atomic_write import new_temp_path
     from ..hashes import hash_file, tensor_sha256
     from ..safetensors_io import rewrite_metadata
     from ..schema import merge_projection
@@ -167,7 +167,7 @@ def write_op_output(path: str | os.PathLike[str], tensors: Mapping[CanonicalKey,
     from ..writer import write_adapter
 
     out = check_output_path(path, inputs)
-    temp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.lorareg-tmp.safetensors")
+    temp = new_temp_path(out)  # not *.safetensors: a killed run's leftover is no adapter, and is swept
     try:
         write_adapter(temp, tensors, format=format, dialect=dialect, header=header)
         if metadata is not None:

@@ -9,7 +9,6 @@ base it was trained on, and only then renamed into place: a failed verification 
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +105,7 @@ def output_path(config: TrainConfig, fmt: str) -> Path:
 
 def export(parts, config: TrainConfig, *, metadata: AdapterMetadata, verify_base: str | None) -> list[ExportedFile]:
     """Write every configured format; each is verified before it replaces anything. ExportError on failure."""
+    from ..atomic_write import new_temp_path
     from ..writer import write_adapter
 
     tensors, peft_dialect = canonical_tensors(parts, config)
@@ -114,8 +114,9 @@ def export(parts, config: TrainConfig, *, metadata: AdapterMetadata, verify_base
         target = output_path(config, fmt)
         target.parent.mkdir(parents=True, exist_ok=True)
         writer_format, dialect = ("peft", peft_dialect) if fmt == "diffusers" else ("kohya", kohya_dialect(parts))
-        # a fresh name (not mkstemp's 0600 file) so the result gets the mode any new file would get
-        tmp = target.parent / f".{target.stem}.{uuid.uuid4().hex[:12]}.tmp.safetensors"
+        # a fresh name (not mkstemp's 0600 file) so the result gets the mode any new file would get; not
+        # *.safetensors, so a killed run's leftover is no adapter, and the next write sweeps it
+        tmp = new_temp_path(target)
         try:
             write_adapter(tmp, tensors, format=writer_format, dialect=dialect, metadata=metadata)
             report = _verified(tmp, target, verify_base)
