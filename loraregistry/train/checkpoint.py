@@ -4,13 +4,19 @@ A checkpoint is a folder ``checkpoints/step-00000040/`` with the LoRA parameters
 optimizer and lr-scheduler states, every RNG state (python, numpy, torch CPU and CUDA, the trainer's noise
 generator), the data position and the config that made it. It is written under a temporary name and renamed
 into place, so a ``step-*`` folder is always complete; ``latest`` is the highest step.
+
+Resuming never runs code from a checkpoint: every ``.pt`` is read with ``torch.load(weights_only=True)``
+(tensors and plain values only), so the RNG states are stored as tensors, ints and tuples, not numpy
+objects. A file holding anything else is refused with a one-line CheckpointError.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
+import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -41,7 +47,6 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 def save(run_dir: Path, position: Position, *, models: dict[str, Any], optimizer, scheduler, generator,
          config_json: dict[str, Any], keep: int) -> Path:
-    import numpy as np
     import torch
     from safetensors.torch import save_file
 
@@ -53,10 +58,7 @@ def save(run_dir: Path, position: Position, *, models: dict[str, Any], optimizer
         save_file(trainable_state(models), str(tmp / "lora.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-               "generator": generator.get_state(),
-               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-        torch.save(rng, tmp / "rng.pt")
+        torch.save(_rng_state(generator), tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps({"position": asdict(position), "config": config_json},
                                                    indent=2, sort_keys=True, default=str))
         _fsync_tree(tmp)
@@ -121,29 +123,81 @@ def resolve(run_dir: Path, spec: str) -> Path:
 
 def load(path: Path, *, models: dict[str, Any], optimizer, scheduler, generator,
          config_json: dict[str, Any]) -> Position:
-    """Restore a checkpoint into live objects; refuses one made under incompatible settings."""
-    import numpy as np
+    """Restore a checkpoint into live objects; refuses one made under incompatible settings or holding
+    anything but tensors and plain values (nothing is restored then)."""
     import torch
     from safetensors.torch import load_file
 
     state = json.loads((path / "state.json").read_text())
     _check_compatible(path, state["config"], config_json)
     saved = load_file(str(path / "lora.safetensors"))
+    optimizer_state = load_plain(path / "optimizer.pt")  # every file is read before anything is restored
+    scheduler_state = load_plain(path / "scheduler.pt")
+    rng = load_plain(path / "rng.pt")
+    if not isinstance(rng, dict) or rng.get("format") != _RNG_FORMAT:
+        raise CheckpointError("holds RNG state in a layout this lorareg does not read (written by an older "
+                              "version?)", path=path / "rng.pt", hint="start a new run without --resume")
     with torch.no_grad():
         for component, model in models.items():
             for name, p in _unwrap(model).named_parameters():
                 if p.requires_grad:
                     p.copy_(saved[f"{component}/{name}"])
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    rng = torch.load(path / "rng.pt", weights_only=False)
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
+    optimizer.load_state_dict(optimizer_state)
+    scheduler.load_state_dict(scheduler_state)
+    _restore_rng(rng, generator)
+    return Position(**state["position"])
+
+
+# Version of the rng.pt layout: plain values and tensors only, so weights_only loading accepts it.
+_RNG_FORMAT = 2
+_UNSUPPORTED = re.compile(r"Unsupported global: GLOBAL ([\w.]{1,200})")
+
+
+def _rng_state(generator) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"format": _RNG_FORMAT, "python": random.getstate(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
+            "torch": torch.get_rng_state(), "generator": generator.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _restore_rng(rng: dict[str, Any], generator) -> None:
+    import numpy as np
+    import torch
+
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = rng["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(rng["torch"])
     generator.set_state(rng["generator"])
     if rng["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    return Position(**state["position"])
+
+
+def load_plain(path: Path) -> Any:
+    """``torch.load`` restricted to tensors and plain values (``weights_only=True``): a checkpoint can never
+    run code. Anything else is a one-line CheckpointError naming the file."""
+    import torch
+
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise CheckpointError("is missing from the checkpoint", path=path,
+                              hint="resume from a complete checkpoints/step-* folder") from None
+    except pickle.UnpicklingError as exc:
+        found = _UNSUPPORTED.search(str(exc))
+        what = f" ({found[1]})" if found else ""
+        raise CheckpointError(f"refused: it holds a pickled object outside the allowed types{what}; lorareg "
+                              "loads only tensors and plain values from checkpoints", path=path,
+                              hint="resume only from checkpoints lorareg wrote, or start without --resume") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot be read ({first})", path=path,
+                              hint="the checkpoint is damaged; resume from another one") from None
 
 
 def _check_compatible(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
