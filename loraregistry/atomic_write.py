@@ -1,9 +1,9 @@
 """Replace files so that no edit is lost and no reader ever sees half a file.
 
 * ``atomic_write``: write a temp file beside the target, fsync, check a precondition, rename over the target.
-  A symlink target is followed (the real file is replaced, the link stays a link). A target with other hard
-  links is refused unless ``break_hardlinks``: a rename would give this path a new file and leave the other
-  links holding the old content, silently.
+  A symlink target is followed (the real file is replaced, the link stays a link). Edits pass
+  ``break_hardlinks=False`` to refuse a target with other hard links: a rename would give this path a new
+  file and leave the other links holding the old content, silently (a new output may replace such a file).
 * Temp names are ``.<name>.lorareg-tmp-<pid>-<random>``: hidden, never ending in ``.safetensors`` (no tool
   takes one for an adapter), and carrying the writer's pid, so every write sweeps its folder of the leftovers
   of killed runs (owner gone, or older than ``STALE_AFTER_S``).
@@ -274,12 +274,13 @@ def fsync_folder(folder: str | os.PathLike[str]) -> None:
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], *, precondition: Callable[[], None] | None = None,
-                 break_hardlinks: bool = False) -> Iterator[IO[bytes]]:
+                 break_hardlinks: bool = True) -> Iterator[IO[bytes]]:
     """Write to a temp file beside the target, fsync, run ``precondition``, then rename over the target.
 
     The target is untouched unless the block and the precondition complete (an exception in either
     removes the temp file). An existing target keeps its mode; a new file gets the mode a plain ``open``
-    would give it. Stale lorareg temp files in the folder are swept first.
+    would give it. Stale lorareg temp files in the folder are swept first. ``break_hardlinks=False``:
+    HardLinkedFile when the target has other hard links (for edits of a file, where detaching loses them).
     """
     target = resolve_target(path)
     folder = target.parent if str(target.parent) else Path(".")

@@ -301,3 +301,17 @@ def test_convert_writes_through_a_lorareg_temp_name_and_sweeps_leftovers(tmp_pat
     assert code == 0, err
     assert verified and is_temp_name(verified[0]) and not verified[0].endswith(".safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.safetensors", "out.safetensors"]
+
+
+def test_a_new_output_may_replace_a_hard_linked_file_but_an_edit_may_not(tmp_path):
+    from loraregistry.atomic_write import HardLinkedFile, atomic_write
+
+    path, other = tmp_path / "out.jsonl", tmp_path / "other.jsonl"
+    path.write_bytes(b"old")
+    os.link(path, other)
+    with pytest.raises(HardLinkedFile, match="2 hard links"), atomic_write(path, break_hardlinks=False) as f:
+        f.write(b"edited")
+    assert path.read_bytes() == other.read_bytes() == b"old"
+    with atomic_write(path) as f:  # an output written afresh (export, junit, bake): the path gets the new file
+        f.write(b"new")
+    assert path.read_bytes() == b"new" and other.read_bytes() == b"old"
