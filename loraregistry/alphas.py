@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .canonical import COMPONENTS, ModuleKey
-from .peft_patterns import peft_pattern_matches
+from .peft_patterns import first_matching
 
 if TYPE_CHECKING:
     from .adapter import AdapterFile
@@ -110,8 +110,7 @@ def config_alpha(config: Mapping[str, Any], module: ModuleKey, rank: int) -> flo
         patterns = {}
     alpha = next((patterns[n] for n in names if n in patterns), None)
     if alpha is None:
-        alpha = next((value for key, value in patterns.items()
-                      if isinstance(key, str) and any(peft_pattern_matches(key, n) for n in names)), None)
+        alpha = first_matching(patterns, names)  # linear-time matcher: the keys come from the file
     if alpha is None:
         alpha = config.get("lora_alpha") or config.get("alpha")
     alpha = float(alpha) if isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and alpha > 0 \
