@@ -50,6 +50,45 @@ class TruncatedFileError(InvalidSafetensorsError):
     """The file ends before the data its header declares."""
 
 
+class EmptyFileError(InvalidSafetensorsError):
+    """The file has 0 bytes."""
+
+
+class TooManyTensorsError(InvalidSafetensorsError):
+    """The header lists more tensor entries than lorareg's cap."""
+
+
+class NumberOutOfRangeError(InvalidSafetensorsError):
+    """A number in the header that loaders cannot represent (over 64 bits, 4,300 digits, beyond a double)."""
+
+
+class LoneSurrogateError(InvalidSafetensorsError):
+    """A header string holds a lone UTF-16 surrogate escape, which the safetensors library refuses."""
+
+
+# What a file is instead, when it is not safetensors at all (see ``sniff``).
+
+
+class GitLfsPointerError(InvalidSafetensorsError):
+    """A Git LFS pointer file where the real file was expected."""
+
+
+class HtmlPageError(InvalidSafetensorsError):
+    """An HTML (or XML) page, typically a login or error page saved by a download."""
+
+
+class JsonDocumentError(InvalidSafetensorsError):
+    """A JSON document, typically an API error body saved by a download."""
+
+
+class CompressedFileError(InvalidSafetensorsError):
+    """A gzip or zip archive (not a PyTorch checkpoint)."""
+
+
+class TextFileError(InvalidSafetensorsError):
+    """A plain text file, typically an error message saved by a download."""
+
+
 # --- content ---------------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import stat
 import struct
 from collections.abc import Iterator, Mapping
@@ -25,18 +26,25 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .errors import (
+    EmptyFileError,
     FileAccessError,
     HeaderTooLarge,
     InvalidSafetensorsError,
-    PickleCheckpointError,
+    LoneSurrogateError,
+    NumberOutOfRangeError,
+    TooManyTensorsError,
     TruncatedFileError,
 )
+from .sniff import SNIFF_BYTES, sniff
 
 # The atomic writer lives in atomic_write.py; imported here so existing callers keep working.
 from .atomic_write import ConcurrentEditError, FileSnapshot, atomic_write, check_unchanged  # noqa: F401
 
 # Same cap as the safetensors library: a header larger than this is refused before it is read.
 DEFAULT_HEADER_CAP = 100_000_000
+# lorareg's own cap on tensor entries: a FLUX LoRA has under 2,000, a full SDXL LyCORIS about 10,000; past this
+# a header is refused before it is parsed (a 99 MB header of empty entries would hold ~900,000).
+MAX_TENSORS = 100_000
 METADATA_KEY = "__metadata__"
 _CHUNK = 1 << 20
 
@@ -99,33 +107,35 @@ def _fail(message: str, path: str | None, hint: str | None = None, cls=InvalidSa
     raise cls(message, path=path, hint=hint)
 
 
-def sniff_not_safetensors(prefix: bytes, path: str | None) -> None:
-    """Raise a specific error for well-known non-safetensors containers."""
-    if prefix.startswith(b"PK\x03\x04") or (prefix[:1] == b"\x80" and prefix[1:2] in b"\x02\x03\x04\x05"):
-        kind = "zip" if prefix.startswith(b"PK") else "pickle"
-        _fail(
-            f"this is a PyTorch {kind} checkpoint (torch.save), not safetensors",
-            path,
-            "lorareg never unpickles files: convert it where you trust its origin, e.g. "
-            "safetensors.torch.save_file(torch.load(f, weights_only=True), 'out.safetensors')",
-            PickleCheckpointError,
-        )
+def _short(value: Any, limit: int = 200) -> str:
+    """``repr`` of a value read from the file, cut short: a hostile header can make it megabytes long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def sniff_not_safetensors(prefix: bytes, path: str | None, file_size: int | None = None) -> None:
+    """Raise a specific error when ``prefix`` is a well-known non-safetensors file (see ``sniff``)."""
+    sniff(prefix, path=path, file_size=file_size)
 
 
 def header_length(prefix: bytes, *, path: str | None = None, file_size: int | None = None,
                   cap: int = DEFAULT_HEADER_CAP) -> int:
-    """Validate the 8-byte header length at the start of ``prefix`` and return it."""
+    """Validate the 8-byte header length at the start of ``prefix`` and return it.
+
+    When the length is implausible (or the header does not start with ``{``), the first bytes are sniffed
+    first: a Git LFS pointer, an HTML page, a JSON body, an archive or a pickle gets its own error."""
     if len(prefix) == 0:
-        _fail("empty file (0 bytes)", path, "the download or copy did not finish; fetch the file again")
+        _fail("empty file (0 bytes)", path, "the download or copy did not finish; fetch the file again",
+              EmptyFileError)
     if len(prefix) < 8:
-        sniff_not_safetensors(prefix, path)
+        sniff_not_safetensors(prefix, path, file_size)
         _fail(f"file is {len(prefix)} bytes, too short for the 8-byte header length", path,
               "the file is truncated or not safetensors", TruncatedFileError)
     (n,) = struct.unpack("<Q", prefix[:8])
     implausible = n > cap or n < 2 or (file_size is not None and 8 + n > file_size)
     if implausible or (len(prefix) > 8 and prefix[8:9] != b"{"):
-        # Only a failing safetensors reading is blamed on pickle: a valid header length can start with 0x80.
-        sniff_not_safetensors(prefix, path)
+        # Only a failing safetensors reading is sniffed: a valid header length can start with 0x80 or "PK".
+        sniff_not_safetensors(prefix, path, file_size)
     if n > cap:
         _fail(f"header length {n} bytes exceeds the cap of {cap} bytes", path,
               "the file is corrupt or not safetensors", HeaderTooLarge)
@@ -135,6 +145,40 @@ def header_length(prefix: bytes, *, path: str | None = None, file_size: int | No
         _fail(f"header length {n} points past the end of the file ({file_size} bytes)", path,
               "the file is truncated or not safetensors", TruncatedFileError)
     return n
+
+
+# --- JSON, read the way the safetensors library (serde_json) reads it --------------------------------------
+# Python's json accepts what serde_json refuses: repeated keys (last wins), lone surrogate escapes, NaN and
+# Infinity, integers of any size (up to 4,300 digits, then ValueError), floats beyond a double (as inf),
+# "-0" as an integer, nesting past serde's recursion limit. Each is refused here, so what the library cannot
+# load never passes verify. The hooks below run only on what is rare in a header (floats, constants, "-0").
+
+_MAX_DEPTH = 127  # serde_json's limit of 128 nested arrays/objects, counting the header object itself
+_MAX_INDEX = 2**63 - 1  # the largest size numpy and torch can index: dimensions, element counts, offsets
+_MAX_DIMENSIONS = 64  # numpy's and torch's limit on a tensor's number of dimensions
+_FAST_OFFSET_LIMIT = 2**56  # offsets below this cannot overflow any product checked in the fast path
+_NEGATIVE_ZERO = re.compile(r"[\[,:]\s*-0(?![0-9.eE])")  # a constant pattern: finds "-0" written as a number
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # the start of a \ud800-\udfff escape
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+class _NotJson(Exception):
+    """NaN / Infinity: Python's json reads them, JSON (and serde_json) does not."""
+
+
+class _OutOfRange(Exception):
+    """A float beyond a double's range: Python's json reads it as inf, serde_json refuses it."""
+
+
+class _NegativeZero(int):
+    """``-0`` written as an integer: serde_json reads it as the float -0.0, never as a size."""
+
+    def __repr__(self) -> str:
+        return "-0"
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -148,35 +192,49 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-class _DuplicateKey(Exception):
-    def __init__(self, key: str) -> None:
-        self.key = key
+def _refuse_constant(name: str) -> Any:
+    raise _NotJson(f"{name} is not a JSON number")
 
 
-def _surely_unique(text: str, obj: Any) -> bool:
-    """True when no key of the header can have been repeated, checked at C speed.
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _OutOfRange(f"the number {_short(text, 30)} is beyond the range of a double")
+    return value
 
-    A plain ``json.loads`` keeps the last of repeated keys. Every tensor entry spells ``"data_offsets"``
-    once, so as many occurrences as entries means no tensor name repeats; the metadata object is decoded
-    again on its own with the strict hook. Anything unusual falls back to the slow strict parse."""
-    if not isinstance(obj, dict):
-        return True
-    entries = len(obj) - (METADATA_KEY in obj)
-    if text.count('"data_offsets"') != entries:
+
+def _int_or_negative_zero(text: str) -> int:
+    return _NegativeZero(0) if text == "-0" else int(text)
+
+
+def _surrogate_place(obj: dict[str, Any]) -> str | None:
+    """Where the header holds a lone surrogate (a string that cannot be encoded as UTF-8), or None."""
+
+    def bad(text: Any) -> bool:
+        if not isinstance(text, str):
+            return False
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
         return False
-    if METADATA_KEY not in obj:
-        return text.count('"__metadata__"') == 0
-    if text.count('"__metadata__"') != 1:
-        return False
-    at = text.index('"__metadata__"') + len('"__metadata__"')
-    rest = text[at:].lstrip()
-    if not rest.startswith(":"):
-        return False
-    start = len(text) - len(rest[1:].lstrip())
-    if not text.startswith("{", start):
-        return True  # not an object at all: _parse_metadata says so
-    json.JSONDecoder(object_pairs_hook=_reject_duplicates).raw_decode(text, start)
-    return True
+
+    for key, value in obj.items():
+        if bad(key):
+            return f"the key {_short(key)}"
+        stack = [value]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, dict):
+                for inner_key, inner in item.items():
+                    if bad(inner_key):
+                        return f"a key inside {_short(key)}"
+                    stack.append(inner)
+            elif isinstance(item, list):
+                stack.extend(item)
+            elif bad(item):
+                return f"a value inside {_short(key)}"
+    return None
 
 
 def _decode_json(raw: bytes, path: str | None) -> dict[str, Any]:
@@ -187,20 +245,44 @@ def _decode_json(raw: bytes, path: str | None) -> dict[str, Any]:
     # safetensors pads the header with spaces; anything before '{' is not allowed.
     if not text.startswith("{"):
         _fail("header does not start with a JSON object '{'", path, "the file is corrupt or not safetensors")
+    # Refused before parsing, so a huge header costs a scan, not millions of Python objects.
+    # ('"data_offsets"' cannot occur inside a string value more than once per string; escaped spellings of
+    # the key are counted again after parsing.)
+    declared = text.count('"data_offsets"')
+    if declared > MAX_TENSORS:
+        _too_many(declared, path)
     try:
-        obj = json.loads(text)
-        if not _surely_unique(text, obj):  # rare: re-parse slowly to find the repeated key
-            obj = json.loads(text, object_pairs_hook=_reject_duplicates)
+        obj = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_refuse_constant,
+                         parse_float=_finite_float,
+                         parse_int=_int_or_negative_zero if _NEGATIVE_ZERO.search(text) else None)
     except _DuplicateKey as exc:
-        _fail(f"key {exc.key!r} appears more than once in the header", path, "the writer is broken; re-export the file")
+        _fail(f"key {_short(exc.key)} appears more than once in the header", path,
+              "the writer is broken; re-export the file")
+    except _NotJson as exc:
+        _fail(f"header is not valid JSON: {exc}", path, "the file is corrupt")
+    except _OutOfRange as exc:
+        _fail(f"header number out of range: {exc}", path, "the file is corrupt", NumberOutOfRangeError)
     except (json.JSONDecodeError, RecursionError) as exc:
         msg = getattr(exc, "msg", "too deeply nested")
         pos = getattr(exc, "pos", None)
         at = f" at byte {pos} of the header" if pos is not None else ""
         _fail(f"header is not valid JSON: {msg}{at}", path, "the file is corrupt or not safetensors")
+    except ValueError:  # Python's int-from-text limit (4,300 digits); no loader reads such a number either
+        _fail("header number out of range: an integer of more than 4,300 digits", path, "the file is corrupt",
+              NumberOutOfRangeError)
     if not isinstance(obj, dict):
         _fail(f"header is a JSON {type(obj).__name__}, expected an object", path, "the file is corrupt")
+    if _SURROGATE_ESCAPE.search(text) and (place := _surrogate_place(obj)) is not None:
+        _fail(f"header holds a lone UTF-16 surrogate escape (\\ud800-\\udfff) in {place}", path,
+              "the safetensors library refuses such headers; re-export the file with valid Unicode strings",
+              LoneSurrogateError)
     return obj
+
+
+def _too_many(count: int, path: str | None) -> None:
+    _fail(f"header lists {count:,} tensor entries, over lorareg's cap of {MAX_TENSORS:,}", path,
+          "no adapter has that many, a FLUX LoRA has under 2,000; the file is corrupt or hostile",
+          TooManyTensorsError)
 
 
 def _parse_metadata(raw: Any, path: str | None) -> dict[str, str]:
@@ -211,52 +293,106 @@ def _parse_metadata(raw: Any, path: str | None) -> dict[str, str]:
               "re-save the file with string metadata values")
     for key, value in raw.items():
         if not isinstance(value, str):
-            _fail(f"metadata value for {key!r} is a JSON {type(value).__name__}; metadata values must be strings",
-                  path, "re-save the file with string metadata values (json.dumps nested values)")
+            _fail(f"metadata value for {_short(key)} is a JSON {type(value).__name__}; metadata values must be "
+                  "strings", path, "re-save the file with string metadata values (json.dumps nested values)")
     return dict(raw)
 
 
 def _parse_entry(name: str, entry: Any, path: str | None) -> TensorInfo:
     """Validate one entry: a fast path for well-formed entries (headers hold thousands), and the careful
-    path, which names what is wrong, for anything else."""
+    path, which names what is wrong, for anything else (extra fields, empty tensors, big numbers)."""
     try:
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
         bits = DTYPE_BITS[dtype] if type(dtype) is str else 0
         start, end = offsets if type(offsets) is list and len(offsets) == 2 else (-1, -1)
         numel = 1
-        for d in shape if type(shape) is list else (-1,):
-            if type(d) is not int or d < 0:
+        for d in shape if type(shape) is list and len(shape) <= _MAX_DIMENSIONS else (-1,):
+            if type(d) is not int or d <= 0 or numel > _MAX_INDEX:  # stop early: no huge products
                 numel = -1
                 break
             numel *= d
     except (TypeError, KeyError, ValueError):
         return _parse_entry_carefully(name, entry, path)
-    if (bits and numel >= 0 and type(start) is int and type(end) is int and 0 <= start <= end
-            and numel * bits == 8 * (end - start)):
+    if (bits and numel > 0 and len(entry) == 3 and type(start) is int and type(end) is int
+            and 0 <= start <= end < _FAST_OFFSET_LIMIT and numel * bits == 8 * (end - start)):
         return TensorInfo(name, dtype, tuple(shape), start, end)
     return _parse_entry_carefully(name, entry, path)
 
 
+def _depth(value: Any, limit: int) -> int:
+    """How deeply ``value`` nests arrays/objects, counted up to ``limit + 1``; without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            if level > limit:
+                return deepest
+            stack.extend((inner, level + 1) for inner in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _extra_number_out_of_range(value: Any) -> bool:
+    """An integer beyond a double's range somewhere in ``value``: serde_json refuses to read it."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif type(item) is int and abs(item) > 2**1023:
+            try:
+                float(item)
+            except OverflowError:
+                return True
+    return False
+
+
 def _parse_entry_carefully(name: str, entry: Any, path: str | None) -> TensorInfo:
+    where = f"tensor {_short(name)}"
     if not isinstance(entry, dict):
-        _fail(f"tensor {name!r}: entry is a JSON {type(entry).__name__}, expected an object", path)
+        _fail(f"{where}: entry is a JSON {type(entry).__name__}, expected an object", path)
     missing = [k for k in ("dtype", "shape", "data_offsets") if k not in entry]
     if missing:
-        _fail(f"tensor {name!r}: entry lacks {', '.join(missing)}", path)
+        _fail(f"{where}: entry lacks {', '.join(missing)}", path)
+    for key, extra in entry.items():  # loaders ignore other fields, but still parse them
+        if key in ("dtype", "shape", "data_offsets"):
+            continue
+        if _depth(extra, _MAX_DEPTH - 2) > _MAX_DEPTH - 2:
+            _fail(f"{where}: field {_short(key)} nests arrays/objects over {_MAX_DEPTH} levels deep, past the "
+                  "limit of the safetensors library's JSON parser", path, "the file is corrupt")
+        if _extra_number_out_of_range(extra):
+            _fail(f"{where}: field {_short(key)} holds an integer beyond the range of a double", path,
+                  "the file is corrupt", NumberOutOfRangeError)
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
-        _fail(f"tensor {name!r} has unknown dtype {dtype!r}", path, f"known dtypes: {', '.join(DTYPE_BITS)}")
+        _fail(f"{where} has unknown dtype {_short(dtype)}", path, f"known dtypes: {', '.join(DTYPE_BITS)}")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        _fail(f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers", path)
+        _fail(f"{where}: shape {_short(shape)} is not a list of non-negative integers", path)
     if (not isinstance(offsets, list) or len(offsets) != 2
             or not all(type(o) is int and o >= 0 for o in offsets)):
-        _fail(f"tensor {name!r}: data_offsets {offsets!r} is not a pair of non-negative integers", path)
+        _fail(f"{where}: data_offsets {_short(offsets)} is not a pair of non-negative integers", path)
+    if len(shape) > _MAX_DIMENSIONS:
+        _fail(f"{where} has {len(shape)} dimensions; numpy and torch hold at most {_MAX_DIMENSIONS}", path,
+              "the file is corrupt", NumberOutOfRangeError)
+    big = next((v for v in (*shape, *offsets) if v > _MAX_INDEX), None)
+    if big is not None:
+        _fail(f"{where}: {_short(big)} in its shape or data_offsets is over 2^63-1, the largest size loaders "
+              "can index", path, "the file is corrupt", NumberOutOfRangeError)
+    nonzero = 1
+    for d in shape:
+        nonzero *= d or 1
+        if nonzero * DTYPE_BITS[dtype] > 8 * _MAX_INDEX:  # safetensors overflows, numpy says "too big"
+            _fail(f"{where}: shape {_short(shape)} x {dtype} overflows the largest byte size loaders can index",
+                  path, "the file is corrupt", NumberOutOfRangeError)
     start, end = offsets
     if end < start:
-        _fail(f"tensor {name!r}: data_offsets end {end} is before start {start}", path)
+        _fail(f"{where}: data_offsets end {end} is before start {start}", path)
     bits = math.prod(shape) * DTYPE_BITS[dtype]
     if bits % 8 or bits // 8 != end - start:
-        _fail(f"tensor {name!r}: shape {shape} x {dtype} = {bits / 8:g} bytes, but data_offsets "
+        _fail(f"{where}: shape {_short(shape)} x {dtype} = {bits / 8:g} bytes, but data_offsets "
               f"[{start}, {end}] span {end - start} bytes", path, "the header and the data disagree; re-export the file")
     return TensorInfo(name, dtype, tuple(shape), start, end)
 
@@ -266,7 +402,8 @@ def parse_header(header_bytes: bytes, *, path: str | None = None, cap: int = DEF
     """Parse and validate a header from the file's first ``8 + N`` bytes (or more).
 
     ``file_size`` (when known) must match the size the header describes exactly: a shorter file is
-    truncated, a longer one carries bytes no tensor accounts for.
+    truncated, a longer one carries bytes no tensor accounts for. Work and memory are linear in N, and
+    a header of over ``MAX_TENSORS`` entries is refused before it is parsed.
     """
     n = header_length(header_bytes, path=path, file_size=file_size, cap=cap)
     if len(header_bytes) < 8 + n:
@@ -274,6 +411,8 @@ def parse_header(header_bytes: bytes, *, path: str | None = None, cap: int = DEF
               "the file is truncated", TruncatedFileError)
     obj = _decode_json(header_bytes[8 : 8 + n], path)
     metadata = _parse_metadata(obj.pop(METADATA_KEY, None), path)
+    if len(obj) > MAX_TENSORS:
+        _too_many(len(obj), path)
     entries = sorted((_parse_entry(name, e, path) for name, e in obj.items()), key=lambda t: (t.start, t.end))
     expected = 0
     previous: TensorInfo | None = None
@@ -321,9 +460,9 @@ def read_header(path: str | os.PathLike[str], *, cap: int = DEFAULT_HEADER_CAP) 
     st = _check_regular_file(p)
     try:
         with p.open("rb") as f:
-            prefix = f.read(9)
+            prefix = f.read(SNIFF_BYTES)  # enough to say what a non-safetensors file is
             n = header_length(prefix, path=str(p), file_size=st.st_size, cap=cap)
-            raw = prefix + f.read(n - 1)
+            raw = prefix[: 8 + n] if len(prefix) >= 8 + n else prefix + f.read(8 + n - len(prefix))
     except OSError as exc:
         raise FileAccessError(f"cannot read: {exc.strerror}", path=p) from None
     return parse_header(raw, path=str(p), cap=cap, file_size=st.st_size)

@@ -7,6 +7,7 @@ import pytest
 from loraregistry.verify import verify
 from loraregistry.verify.findings import CODES
 from tests.adapters import KNOWN_BAD_ADAPTERS, BadAdapter
+from tests.known_bad import KNOWN_BAD
 from tests.test_verify_integrity import EXPECTED as CONTAINER_CODES
 
 # Codes no file in the libraries triggers, and why.
@@ -49,3 +50,32 @@ def test_healthy_small_adapters_are_clean(tmp_path):
         report = verify(path)
         assert report.findings == [], [f.message for f in report.findings]
         assert report.detected_architecture == expected
+
+
+# --- agreement with the safetensors library (issue 13, item 13) ----------------------------------------------
+
+
+def _library_loads(path) -> bool:
+    """Whether the safetensors library opens the file and reads every tensor (as numpy arrays)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            f.metadata()
+            for name in f.keys():
+                f.get_tensor(name)
+    except Exception:  # noqa: BLE001 - any refusal counts: SafetensorError, ValueError from numpy, ...
+        return False
+    return True
+
+
+@pytest.mark.parametrize("bad", KNOWN_BAD, ids=lambda b: b.name)
+def test_what_the_safetensors_library_refuses_verify_fails_with_its_code(bad, tmp_path):
+    path = tmp_path / f"{bad.name}.safetensors"
+    path.write_bytes(bad.content)
+    # Either side of the flag is checked: a case marked "the library loads it" must still load, so lorareg's
+    # extra strictness stays deliberate and listed.
+    assert _library_loads(path) is bad.library_loads
+    report = verify(path)
+    assert [f.code for f in report.findings] == [CONTAINER_CODES[bad.name]]
+    assert report.exit_code() == 1

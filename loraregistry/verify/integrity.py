@@ -4,13 +4,34 @@ from __future__ import annotations
 
 import re
 
-from ..errors import HeaderTooLarge, InvalidSafetensorsError, PickleCheckpointError, TruncatedFileError
+from ..errors import (
+    CompressedFileError,
+    GitLfsPointerError,
+    HeaderTooLarge,
+    HtmlPageError,
+    InvalidSafetensorsError,
+    JsonDocumentError,
+    LoneSurrogateError,
+    NumberOutOfRangeError,
+    PickleCheckpointError,
+    TextFileError,
+    TooManyTensorsError,
+    TruncatedFileError,
+)
 from ..safetensors_io import SafetensorsHeader
 from .findings import Finding, finding
 
 # (code name, error class, phrase of its message), first match wins; phrases are the reader's own wording.
 _RULES: tuple[tuple[str, type, str], ...] = (
     ("pickle-checkpoint", PickleCheckpointError, ""),
+    ("git-lfs-pointer", GitLfsPointerError, ""),
+    ("html-page", HtmlPageError, ""),
+    ("json-document", JsonDocumentError, ""),
+    ("compressed-file", CompressedFileError, ""),
+    ("text-file", TextFileError, ""),
+    ("too-many-tensors", TooManyTensorsError, ""),
+    ("number-out-of-range", NumberOutOfRangeError, ""),
+    ("lone-surrogate", LoneSurrogateError, ""),
     ("header-over-cap", HeaderTooLarge, ""),
     ("empty-file", InvalidSafetensorsError, "empty file"),
     ("header-length-past-eof", TruncatedFileError, "past the end of the"),
