@@ -315,3 +315,15 @@ def test_a_new_output_may_replace_a_hard_linked_file_but_an_edit_may_not(tmp_pat
     with atomic_write(path) as f:  # an output written afresh (export, junit, bake): the path gets the new file
         f.write(b"new")
     assert path.read_bytes() == b"new" and other.read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("leftover", [
+    ".model.safetensors.0123abcd.lorareg-tmp.safetensors",  # convert/merge/resize before this release
+    ".model.safetensors.89abcdef.lorareg-fix.safetensors",  # fix
+    ".t.0123456789ab.tmp.safetensors",  # train export
+])
+def test_verify_of_a_folder_skips_temp_leftovers_of_earlier_releases(tmp_path, leftover):
+    make_kohya(tmp_path / "model.safetensors")
+    (tmp_path / leftover).write_bytes(b"half a file")
+    code, err = run_cli("verify", str(tmp_path))
+    assert code == 0, err
