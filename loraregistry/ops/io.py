@@ -39,18 +39,20 @@ STALE_HEADER_KEYS = frozenset({PEFT_CONFIG_KEY, "lorareg", "sshs_model_hash", "s
 # --- reading ------------------------------------------------------------------------------------------
 
 
-def load_canonical(adapter: AdapterFile, *, with_alpha: bool = True) -> dict[CanonicalKey, np.ndarray]:
+def load_canonical(adapter: AdapterFile, *, with_alpha: bool = True,
+                   copy: bool = True) -> dict[CanonicalKey, np.ndarray]:
     """Every mapped tensor of ``adapter`` as an in-memory numpy array (stored dtype, stored bytes),
     keyed by canonical key; with ``with_alpha`` every module that has a rank also gets an ``alpha``
     (a 0-d float32 array when synthesized; see module docstring). Unknown keys are left out.
+    ``copy=False``: read-only views of one memory map of the file instead (no copy of the whole adapter).
 
     Which alphas were synthesized: those whose key is not in ``adapter.mapping.mapped.values()``.
     """
     from ..safetensors_io import memmap_tensors
 
     by_name = adapter.mapping.mapped
-    tensors = {by_name[info.name]: np.array(arr) for info, arr in memmap_tensors(adapter.path, adapter.header)
-               if info.name in by_name}
+    tensors = {by_name[info.name]: np.array(arr) if copy else arr
+               for info, arr in memmap_tensors(adapter.path, adapter.header) if info.name in by_name}
     if with_alpha:
         for module, alpha in module_alphas(adapter).items():
             key = CanonicalKey(module.component, module.path, "alpha")

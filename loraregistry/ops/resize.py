@@ -1,10 +1,15 @@
 """Resize an adapter's rank: fixed (``rank``) or kohya's dynamic rules, in factor space.
 
 Per module the delta ``up @ down`` (LoHa/LoKr/LoCon first written as exact low-rank factors) is
-decomposed by ``lowrank.factor_svd`` (QR of the factors + SVD of the small core; the dense matrix is never
-built), the rank is chosen (``lowrank.choose_rank``) and the top singular triplets are kept, which is the
-Eckart-Young optimum. As kohya's ``resize_lora.py`` does, the output keeps each module's scale:
-``alpha_new = alpha / rank * new_rank`` with the unscaled product in the factors.
+decomposed by ``lowrank.factor_svd`` (Cholesky of the small Gram matrices + SVD of the p x p core, QR
+where the factors are ill-conditioned; the dense matrix is never built), the rank is chosen
+(``lowrank.choose_rank``) and the top singular triplets are kept, which is the Eckart-Young optimum. As
+kohya's ``resize_lora.py`` does, the output keeps each module's scale: ``alpha_new = alpha / rank *
+new_rank`` with the unscaled product in the factors.
+
+Plain LoRA factors stored as fp16/bf16/fp32 are read straight from the file's memory map into float32
+(the Gram path's precision where it is safe); everything else goes through float64. The input's hashes
+(for the output's provenance) are computed on a second thread while the modules are resized.
 
 Rank policy: ``rank`` above every module's rank is an error (RankTooHigh: nothing would shrink, and it is
 almost always a typo); per module the rank is capped at what the module holds, and the report says so.
@@ -14,7 +19,8 @@ DoRA modules are refused (their delta needs the base weight).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,12 +32,15 @@ from ..canonical import CanonicalKey, ModuleKey
 from ..errors import UsageError
 from .common import alpha_array, by_module, flatten_modules, numpy_dtype, storage_dtype
 from .delta import DoraNeedsBase, exact_factors, module_scale
-from .errors import RankTooHigh
-from .lowrank import DYNAMIC_METHODS, choose_rank, exact_compress, factor_svd
+from .errors import RankTooHigh, UnsupportedModule
+from .lowrank import DYNAMIC_METHODS, FactorSVD, choose_rank, exact_compress, factor_svd, factor_svds, to_float32
 from .progress import progress
 from .targets import base_shapes, layout
 
 PASS_THROUGH = ("up_bias",)  # roles that are not part of the low-rank product and stay as they are
+_PLAIN_ROLES = frozenset({"down", "up", "alpha", *PASS_THROUGH})
+_SINGLE_DTYPES = frozenset({"float16", "bfloat16", "float32"})  # exact in float32
+_CHUNK_ELEMENTS = 8 << 20  # factor values per batch of modules (32 MB as float32)
 
 
 @dataclass(frozen=True)
@@ -108,34 +117,83 @@ def _histogram(values) -> dict[str, int]:
     return {str(k): counts[k] for k in sorted(counts)}
 
 
-def resize_module(roles: Mapping[str, np.ndarray], settings: ResizeSettings, *,
-                  base_shape: tuple[int, ...] | None = None) -> tuple[dict[str, np.ndarray], ModuleResize]:
-    """One module -> (fp64 plain-LoRA roles: down, up, alpha, + pass-through roles; its report row).
+def _factors(roles: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """(up, down, in_shape) as ``delta.exact_factors`` gives them; plain LoRA stored in 16/32-bit floats as
+    float32 (exact, half the bytes of float64, and what the Gram path computes in)."""
+    up, down = roles.get("up"), roles.get("down")
+    if (up is not None and down is not None and _PLAIN_ROLES.issuperset(roles)
+            and up.dtype.name in _SINGLE_DTYPES and down.dtype.name in _SINGLE_DTYPES):
+        return (to_float32(up).reshape(up.shape[0], -1), to_float32(down).reshape(down.shape[0], -1),
+                tuple(down.shape[1:]))
+    return exact_factors(roles)
 
-    ``base_shape``: the base weight's shape, used only where the factors lost the kernel (``targets.layout``).
-    """
+
+def _prepare(roles: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """(up, down, in_shape) of the unscaled delta, no wider than the matrix."""
     if "dora_scale" in roles:
         raise DoraNeedsBase("cannot resize a DoRA module: its delta depends on the base weight",
                             hint="resize the plain LoRA before DoRA, or bake it into the base")
-    up, down, in_shape = exact_factors(roles)
-    up, down = exact_compress(up, down)
-    svd = factor_svd(up, down)
+    up, down, in_shape = _factors(roles)
+    return (*exact_compress(up, down), in_shape)
+
+
+def _truncate(roles: Mapping[str, np.ndarray], out: int, in_shape: tuple[int, ...], svd: FactorSVD,
+              settings: ResizeSettings, base_shape: tuple[int, ...] | None,
+              name: str) -> tuple[dict[str, np.ndarray], ModuleResize]:
     available = svd.rank
     wanted = settings.rank
     capped = settings.method is None and wanted is not None and wanted > available
     rank = choose_rank(svd.s, rank=wanted, method=settings.method, param=settings.param)
     new_up, new_down = svd.factors(rank)
-    shape = layout((up.shape[0], *in_shape), base_shape, follow_base=False)
+    shape = layout((out, *in_shape), base_shape, follow_base=False)
     kernel = len(shape) - 2
-    out = {
+    new = {
         "down": new_down.reshape(rank, *shape[1:]),
         "up": new_up.reshape(shape[0], rank, *([1] * kernel)),
         "alpha": np.float64(module_scale(roles) * rank),
         **{role: roles[role] for role in PASS_THROUGH if role in roles},
     }
-    report = ModuleResize(module="", rank_before=available, rank_after=rank, retained_fro=svd.retained(rank),
+    report = ModuleResize(module=name, rank_before=available, rank_after=rank, retained_fro=svd.retained(rank),
                           rel_error=svd.error(rank)[1], capped=capped)
-    return out, report
+    return new, report
+
+
+def resize_module(roles: Mapping[str, np.ndarray], settings: ResizeSettings, *,
+                  base_shape: tuple[int, ...] | None = None,
+                  name: str = "") -> tuple[dict[str, np.ndarray], ModuleResize]:
+    """One module -> (plain-LoRA roles: down, up (float32 or float64), alpha, + pass-through roles; its report
+    row, ``module`` = ``name``).
+
+    ``base_shape``: the base weight's shape, used only where the factors lost the kernel (``targets.layout``).
+    """
+    up, down, in_shape = _prepare(roles)
+    return _truncate(roles, up.shape[0], in_shape, factor_svd(up, down), settings, base_shape, name)
+
+
+def _chunks(items: Iterable[tuple[ModuleKey, dict[str, np.ndarray]]]):
+    """Consecutive modules holding about ``_CHUNK_ELEMENTS`` factor values: they share LAPACK calls
+    (``lowrank.factor_svds``) while their float32 copies stay small."""
+    chunk, size = [], 0
+    for module, roles in items:
+        chunk.append((module, roles))
+        size += sum(a.size for a in roles.values())
+        if size >= _CHUNK_ELEMENTS:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def _chunk_svds(chunk, prepared) -> list[FactorSVD]:
+    try:
+        return factor_svds([(up, down) for up, down, _ in prepared])
+    except UnsupportedModule:  # say which module: one at a time
+        for (module, _), (up, down, _) in zip(chunk, prepared):
+            try:
+                factor_svd(up, down)
+            except UnsupportedModule as exc:
+                raise UnsupportedModule(f"{module}: {exc.message}", hint=exc.hint) from None
+        raise
 
 
 def resize_tensors(tensors: Mapping[CanonicalKey, np.ndarray], settings: ResizeSettings, *,
@@ -148,16 +206,24 @@ def resize_tensors(tensors: Mapping[CanonicalKey, np.ndarray], settings: ResizeS
     """
     modules = by_module(tensors)
     dtype = np.dtype(dtype) if dtype is not None else storage_dtype(tensors)
+    shapes = shapes or {}
     resized: dict[ModuleKey, dict[str, np.ndarray]] = {}
     rows: list[ModuleResize] = []
-    for module, roles in progress(modules.items(), total=len(modules), description="resize",
-                                  enabled=show_progress):
-        new, row = resize_module(roles, settings, base_shape=(shapes or {}).get(module))
-        new["down"] = new["down"].astype(dtype)
-        new["up"] = new["up"].astype(dtype)
-        new["alpha"] = alpha_array(float(new["alpha"]))
-        resized[module] = new
-        rows.append(ModuleResize(**{**asdict(row), "module": str(module)}))
+    items = progress(modules.items(), total=len(modules), description="resize", enabled=show_progress)
+    for chunk in _chunks(items):
+        prepared = []
+        for module, roles in chunk:
+            try:
+                prepared.append(_prepare(roles))
+            except UnsupportedModule as exc:
+                raise UnsupportedModule(f"{module}: {exc.message}", hint=exc.hint) from None
+        for (module, roles), (up, _, in_shape), svd in zip(chunk, prepared, _chunk_svds(chunk, prepared)):
+            new, row = _truncate(roles, up.shape[0], in_shape, svd, settings, shapes.get(module), str(module))
+            new["down"] = new["down"].astype(dtype, copy=False)
+            new["up"] = new["up"].astype(dtype, copy=False)
+            new["alpha"] = alpha_array(float(new["alpha"]))
+            resized[module] = new
+            rows.append(row)
     if settings.method is None and rows and all(r.capped for r in rows):
         top = max(r.rank_before for r in rows)
         raise RankTooHigh(f"rank {settings.rank} is above every module's rank (largest {top}); nothing to shrink",
@@ -173,9 +239,18 @@ def resize(input: str | os.PathLike[str], output: str | os.PathLike[str], settin
 
     check_output_path(output, [input])
     adapter = AdapterFile.open(input)
-    tensors = load_canonical(adapter)
-    new, rows = resize_tensors(tensors, settings, shapes=base_shapes(adapter, base), dtype=numpy_dtype(dtype),
-                               show_progress=show_progress)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # hashing (C, GIL released) overlaps the maths; parent_record reads the cached result
+        hashing = pool.submit(lambda: adapter.hashes)
+        tensors = load_canonical(adapter, copy=False)
+        try:
+            new, rows = resize_tensors(tensors, settings, shapes=base_shapes(adapter, base),
+                                       dtype=numpy_dtype(dtype), show_progress=show_progress)
+        except (UnsupportedModule, DoraNeedsBase) as exc:
+            exc.path = exc.path or str(input)  # a module's problem is the input file's
+            raise
+        del tensors  # the input's memory map
+        hashing.result()
     fmt = adapter.format if adapter.format in ("kohya", "peft", "diffusers", "attn_procs") else "kohya"
     params = {"rank": settings.rank, "dynamic": settings.method, "dynamic_param": settings.param, "dtype": dtype}
     record = op_metadata(adapter.metadata, operation="resize", params=params, parents=[parent_record(adapter)])
