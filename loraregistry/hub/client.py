@@ -45,6 +45,23 @@ def hub_api(endpoint: str, token: str | bool | None) -> HfApi:
 
 
 @contextlib.contextmanager
+def default_endpoint(endpoint: str) -> Iterator[None]:
+    """Make ``endpoint`` huggingface_hub's default while the block runs.
+
+    huggingface_hub before 1.0 parses some URLs it gets back against ``constants.ENDPOINT`` instead of the
+    ``HfApi``'s own endpoint (``CommitInfo.repo_url``): against any endpoint other than the default, every
+    ``create_commit`` then raised "Unable to retrieve user and repo ID". Restored afterwards."""
+    from huggingface_hub import constants
+
+    previous = constants.ENDPOINT
+    constants.ENDPOINT = endpoint
+    try:
+        yield
+    finally:
+        constants.ENDPOINT = previous
+
+
+@contextlib.contextmanager
 def hub_errors(*, endpoint: str, repo_id: str | None = None, revision: str | None = None,
                filename: str | None = None) -> Iterator[None]:
     """Re-raise anything huggingface_hub or the transport raises as a specific ``HubError``."""

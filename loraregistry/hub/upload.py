@@ -58,14 +58,14 @@ def push(path: str | os.PathLike[str], repo_id: str, *, private: bool = False, e
 
     from ..architectures import resolve
     from .card import CardInput, Sample, build_card
-    from .client import hub_api, hub_errors
+    from .client import default_endpoint, hub_api, hub_errors
 
     filename = check_file_name(source.name)
     sample_files = [(Path(s), f"{SAMPLES_FOLDER}/{check_file_name(Path(s).name)}") for s in samples]
     trigger_prompt = ", ".join(meta.trigger_words) or (meta.name or source.stem)
     card_samples = [Sample(in_repo, _prompt_for(p, trigger_prompt)) for p, in_repo in sample_files]
     api = hub_api(endpoint, token)
-    with hub_errors(endpoint=endpoint, repo_id=repo_id, revision=revision):
+    with hub_errors(endpoint=endpoint, repo_id=repo_id, revision=revision), default_endpoint(endpoint):
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         existing = _read_readme(endpoint, token, repo_id, revision)
         readme = build_card(CardInput(repo_id=repo_id, filename=filename, metadata=meta,
