@@ -162,7 +162,7 @@ def write_op_output(path: str | os.PathLike[str], tensors: Mapping[CanonicalKey,
     them, and no file, unless ``force``. Alpha is stored the way ``format`` stores it (``writer``).
     """
     from ..atomic_write import new_temp_path
-    from ..hashes import hash_file, tensor_sha256
+    from ..hashes import file_sha256, hash_file, tensor_sha256
     from ..safetensors_io import rewrite_metadata
     from ..schema import merge_projection
     from ..verify import verify
@@ -172,12 +172,11 @@ def write_op_output(path: str | os.PathLike[str], tensors: Mapping[CanonicalKey,
     temp = new_temp_path(out)  # not *.safetensors: a killed run's leftover is no adapter, and is swept
     try:
         write_adapter(temp, tensors, format=format, dialect=dialect, header=header)
+        data_sha256 = None  # rewrite_metadata keeps every tensor byte: hashed once, here
         if metadata is not None:
             written = AdapterFile.open(temp)
-            record = metadata.model_copy(update={
-                "network": _network_info(written),
-                "tensor_sha256": tensor_sha256(temp, written.header.data_offset),
-            })
+            data_sha256 = tensor_sha256(temp, written.header.data_offset)
+            record = metadata.model_copy(update={"network": _network_info(written), "tensor_sha256": data_sha256})
             rewrite_metadata(temp, merge_projection(written.header.metadata, record))
         report = verify(temp, base=base)
         errors = [f for f in report.findings if f.severity == "error"]
@@ -192,8 +191,11 @@ def write_op_output(path: str | os.PathLike[str], tensors: Mapping[CanonicalKey,
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
     _fsync_folder(out.parent)
-    hashes = hash_file(out)
-    return WrittenOutput(path=out, sha256=hashes.sha256, tensor_sha256=hashes.autov3 or "", report=report,
+    if data_sha256 is None:
+        hashes = hash_file(out)
+        return WrittenOutput(path=out, sha256=hashes.sha256, tensor_sha256=hashes.autov3 or "", report=report,
+                             forced=bool(errors))
+    return WrittenOutput(path=out, sha256=file_sha256(out), tensor_sha256=data_sha256, report=report,
                          forced=bool(errors))
 
 
