@@ -233,6 +233,16 @@ def test_cli_verify_hf_uri_with_an_env_token_is_redacted(hub, tmp_path, capsys, 
     assert code in (1, 2) and TOKEN not in out + err and "Traceback" not in err
 
 
+def test_a_redirect_to_another_origin_gets_no_token(hub, registry, tmp_path):
+    data = adapter_repo(hub, tmp_path)
+    other = hub.endpoint.replace("127.0.0.1", "localhost")  # another origin, same server
+    hub.state.hostile.redirect_downloads_to = other
+    pulled = pull("mallory/trap", endpoint=hub.endpoint, token=TOKEN, registry=registry)
+    assert Path(pulled.entry.path).read_bytes() == data
+    downloads = [(host, sent) for host, path, sent in hub.state.authorized if "/resolve/" in path]
+    assert downloads == [(hub.endpoint.split("//")[1], True), (other.split("//")[1], False)]
+
+
 # --- the download folder ------------------------------------------------------------------------------
 
 

@@ -87,6 +87,7 @@ class Hostile:
     model_info_bytes: int | None = None  # model_info answers with a JSON document of this size...
     model_info_declared: bool = True  # ...announced in Content-Length (else streamed until the client leaves)
     echo_authorization: bool = False  # every answer is a 400 whose message repeats the Authorization header
+    redirect_downloads_to: str | None = None  # resolve answers 302 to this origin (same path), like a CDN
     body_bytes_sent: int = 0  # what the endless bodies and huge JSON documents put on the wire
 
 
@@ -103,6 +104,7 @@ class HubState:
         self.bytes_served: list[tuple[str, str | None, int]] = []
         self.commits: list[str] = []
         self.requests: list[tuple[str, str]] = []
+        self.authorized: list[tuple[str, str, bool]] = []  # (Host, path, whether an Authorization header came)
 
     def add_files(self, repo_id: str, files: dict[str, bytes], message: str = "add files") -> str:
         """Commit files directly (test setup; no validation, so fixtures can hold hostile names)."""
@@ -230,6 +232,7 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         path, query = unquote(url.path), parse_qs(url.query)
         self.state.requests.append((method, path))
+        self.state.authorized.append((self.headers.get("Host", ""), path, "Authorization" in self.headers))
         write = method in ("POST", "PUT") and not path.endswith(("/paths-info", "/validate-yaml")) \
             and "/paths-info/" not in path
         body = self._body() if method in ("POST", "PUT") else b""
@@ -483,6 +486,11 @@ class _Handler(BaseHTTPRequestHandler):
         if file in self.state.corrupt:
             data = bytes(b ^ 0xFF for b in data)
         hostile = self.state.hostile
+        origin = f"{self.headers.get('Host', '')}"
+        if hostile.redirect_downloads_to and not hostile.redirect_downloads_to.endswith(origin):
+            self._send(302, headers={"Location": f"{hostile.redirect_downloads_to}{self.path}",
+                                     "X-Repo-Commit": hostile.repo_commit or commit.sha})
+            return
         headers = {"X-Repo-Commit": hostile.repo_commit or commit.sha, "Accept-Ranges": "bytes",
                    "ETag": f'"{stored.lfs_oid or stored.git_oid}"'}
         if stored.lfs_oid:
