@@ -237,20 +237,14 @@ def _surrogate_place(obj: dict[str, Any]) -> str | None:
     return None
 
 
-def _decode_json(raw: bytes, path: str | None) -> dict[str, Any]:
+def _decode_json(raw: bytes | memoryview, path: str | None) -> dict[str, Any]:
     try:
-        text = raw.decode("utf-8")
+        text = str(raw, "utf-8")
     except UnicodeDecodeError as exc:
         _fail(f"header is not valid UTF-8 (byte {exc.start} of the header)", path, "the file is corrupt")
     # safetensors pads the header with spaces; anything before '{' is not allowed.
     if not text.startswith("{"):
         _fail("header does not start with a JSON object '{'", path, "the file is corrupt or not safetensors")
-    # Refused before parsing, so a huge header costs a scan, not millions of Python objects.
-    # ('"data_offsets"' cannot occur inside a string value more than once per string; escaped spellings of
-    # the key are counted again after parsing.)
-    declared = text.count('"data_offsets"')
-    if declared > MAX_TENSORS:
-        _too_many(declared, path)
     try:
         obj = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_refuse_constant,
                          parse_float=_finite_float,
@@ -409,7 +403,13 @@ def parse_header(header_bytes: bytes, *, path: str | None = None, cap: int = DEF
     if len(header_bytes) < 8 + n:
         _fail(f"header length {n} points past the end of the data ({len(header_bytes)} bytes)", path,
               "the file is truncated", TruncatedFileError)
-    obj = _decode_json(header_bytes[8 : 8 + n], path)
+    # Too many entries are refused before decoding, so a huge header costs one scan, not millions of Python
+    # objects. ('"data_offsets"' occurs at most once per JSON string; escaped spellings of the key are
+    # counted again after parsing.)
+    declared = header_bytes.count(b'"data_offsets"', 8, 8 + n)
+    if declared > MAX_TENSORS:
+        _too_many(declared, path)
+    obj = _decode_json(memoryview(header_bytes)[8 : 8 + n], path)  # a view: no copy of a 100 MB header
     metadata = _parse_metadata(obj.pop(METADATA_KEY, None), path)
     if len(obj) > MAX_TENSORS:
         _too_many(len(obj), path)
@@ -462,7 +462,11 @@ def read_header(path: str | os.PathLike[str], *, cap: int = DEFAULT_HEADER_CAP) 
         with p.open("rb") as f:
             prefix = f.read(SNIFF_BYTES)  # enough to say what a non-safetensors file is
             n = header_length(prefix, path=str(p), file_size=st.st_size, cap=cap)
-            raw = prefix[: 8 + n] if len(prefix) >= 8 + n else prefix + f.read(8 + n - len(prefix))
+            if len(prefix) >= 8 + n:
+                raw = prefix[: 8 + n]
+            else:  # one read of the whole header: no second copy of up to 100 MB
+                f.seek(0)
+                raw = f.read(8 + n)
     except OSError as exc:
         raise FileAccessError(f"cannot read: {exc.strerror}", path=p) from None
     return parse_header(raw, path=str(p), cap=cap, file_size=st.st_size)

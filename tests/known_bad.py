@@ -131,7 +131,7 @@ JSON_ERROR_BODY = b'{"error":"Access to model acme/lora is restricted. You must 
 
 
 KNOWN_BAD: list[BadFile] = [
-    BadFile("empty_file", b"", errors.InvalidSafetensorsError, "empty file"),
+    BadFile("empty_file", b"", errors.EmptyFileError, "empty file"),
     BadFile("shorter_than_length_field", b"\x10\x00\x00", errors.TruncatedFileError, "too short"),
     BadFile("zip_checkpoint_renamed", _torch_zip(), errors.PickleCheckpointError, "never unpickles"),
     BadFile("pickle_checkpoint_renamed", b"\x80\x02}q\x00(X\x05\x00\x00\x00" + bytes(40),

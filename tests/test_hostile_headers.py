@@ -1,0 +1,166 @@
+"""Hostile files at the container level (issue 13 items 4, 13-15; issue 12 item 6), through the real commands.
+
+The known-bad library (tests/known_bad.py) covers each defect in the reader and in verify; here the commands a
+user runs get the same files and must answer in bounded time and memory with one line and exit 0/1/2.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from loraregistry import errors
+from loraregistry.cli import main
+from loraregistry.safetensors_io import MAX_TENSORS, header_length, read_header, rewrite_metadata
+from tests.known_bad import GIT_LFS_POINTER, HTML_LOGIN_PAGE, JSON_ERROR_BODY, KNOWN_BAD
+
+GOLDEN = Path(__file__).parent / "golden"
+
+# --- ReDoS: a pattern key from the file never reaches re (issue 13, item 4) -----------------------------------
+
+
+@pytest.fixture
+def redos_adapter(tmp_path) -> Path:
+    """A real diffusers/peft export whose lora_adapter_metadata carries backtracking bombs as pattern keys."""
+    path = tmp_path / "redos.safetensors"
+    path.write_bytes((GOLDEN / "sd1_diffusers_unet_te.safetensors").read_bytes())
+    meta = dict(read_header(path).metadata)
+    config = json.loads(meta["lora_adapter_metadata"])
+    bombs = {"(.|.)*Z": 8, "(a|aa)*(b|c)": 8, "((x*)*)*(y|z)": 8, "(\\w+\\.?)+(q|r)": 8}
+    for component in ("unet", "text_encoder"):
+        config[f"{component}.alpha_pattern"] = bombs
+        config[f"{component}.rank_pattern"] = {key: 2 for key in bombs}
+    meta["lora_adapter_metadata"] = json.dumps(config)
+    rewrite_metadata(path, meta)
+    return path
+
+
+@pytest.mark.parametrize("command", [["inspect"], ["verify"], ["meta", "show"]])
+def test_backtracking_patterns_do_not_hang_the_commands(redos_adapter, command, capsys):
+    start = time.perf_counter()
+    code = main([*command, str(redos_adapter)])
+    elapsed = time.perf_counter() - start
+    assert code in (0, 1)
+    assert elapsed < 20, f"{command} took {elapsed:.1f} s"  # with re: still running after 60 s
+
+
+# --- non-safetensors files say what they are (issue 12, item 6) ----------------------------------------------
+
+SNIFFED = [bad for bad in KNOWN_BAD if issubclass(bad.error, (
+    errors.GitLfsPointerError, errors.HtmlPageError, errors.JsonDocumentError, errors.CompressedFileError,
+    errors.TextFileError, errors.PickleCheckpointError, errors.EmptyFileError))]
+
+
+def test_every_kind_of_non_safetensors_file_is_in_the_library():
+    kinds = {bad.error for bad in SNIFFED}
+    assert kinds == {errors.GitLfsPointerError, errors.HtmlPageError, errors.JsonDocumentError,
+                     errors.CompressedFileError, errors.TextFileError, errors.PickleCheckpointError,
+                     errors.EmptyFileError}
+
+
+@pytest.mark.parametrize("bad", SNIFFED, ids=lambda b: b.name)
+def test_inspect_says_what_the_file_is_in_one_line(bad, tmp_path, capsys):
+    path = tmp_path / "downloaded.safetensors"
+    path.write_bytes(bad.content)
+    assert main(["inspect", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"lorareg: error: {path}: ")
+    assert bad.phrase in err
+    assert "exceeds the cap" not in err
+
+
+@pytest.mark.parametrize(("prefix", "error"), [
+    (GIT_LFS_POINTER[:8], errors.GitLfsPointerError),
+    (HTML_LOGIN_PAGE[:8], errors.HtmlPageError),
+    (JSON_ERROR_BODY[:8], errors.JsonDocumentError),
+    (b"<?xml ve", errors.HtmlPageError),
+    (b"\x1f\x8b\x08\x00\x00\x00\x00\x00", errors.CompressedFileError),
+    (b"Entry no", errors.TextFileError),
+])
+def test_eight_bytes_are_enough_to_name_the_file(prefix, error):
+    # A remote header read fetches the 8-byte length alone before anything else.
+    with pytest.raises(error):
+        header_length(prefix, path="hf://user/repo/x.safetensors", file_size=4096)
+
+
+def test_a_valid_header_is_never_sniffed(tmp_path):
+    # A header length whose bytes spell "PK\x03\x04" or start like gzip is still a plausible length here.
+    for first in (b"PK\x03\x04", b"\x1f\x8b"):
+        n = int.from_bytes(first.ljust(8, b"\x00"), "little")
+        if n > 2_000_000:
+            continue
+        body = b'{"t":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}'
+        raw = body + b" " * (n - len(body))
+        path = tmp_path / "x.safetensors"
+        path.write_bytes(struct.pack("<Q", n) + raw + b"\x07")
+        assert read_header(path).tensors["t"].shape == (1,)
+
+
+# --- bounded work for any header (issue 13, item 15) ---------------------------------------------------------
+
+
+def _empty_entries_header(path: Path, count: int, *, name_length: int = 50) -> int:
+    """A header of ``count`` zero-size entries (the 99 MB attack when count is ~950,000); returns its size."""
+    entry = '"{:0' + str(name_length) + 'd}":{{"dtype":"F32","shape":[0],"data_offsets":[0,0]}}'
+    raw = ("{" + ",".join(entry.format(i) for i in range(count)) + "}").encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    return len(raw)
+
+
+def test_a_99_mb_header_of_empty_entries_is_refused_in_seconds_and_little_memory(tmp_path):
+    path = tmp_path / "huge.safetensors"
+    size = _empty_entries_header(path, 950_000)
+    assert 90_000_000 < size < 100_000_000  # under the 100 MB header cap: the entry cap must catch it
+    probe = ("import resource, sys, time; from loraregistry.cli import main; t = time.perf_counter(); "
+             "code = main(['inspect', sys.argv[1]]); "
+             "print(code, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    done = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=120)
+    code, seconds, peak_kib = done.stdout.split()
+    assert code == "2"
+    assert f"over lorareg's cap of {MAX_TENSORS:,}" in done.stderr and done.stderr.count("\n") == 1
+    assert float(seconds) < 15  # 144 s before (and 173 s on a busy 2-core machine)
+    assert int(peak_kib) < 400_000  # 1.6 GB before
+
+
+def test_header_parsing_is_linear_in_the_entries(tmp_path):
+    small, large = tmp_path / "small.safetensors", tmp_path / "large.safetensors"
+    _empty_entries_header(small, MAX_TENSORS // 20)
+    _empty_entries_header(large, MAX_TENSORS // 2)
+
+    def seconds(path: Path) -> float:
+        best = float("inf")
+        for _ in range(2):
+            start = time.perf_counter()
+            assert len(read_header(path).tensors) in (MAX_TENSORS // 20, MAX_TENSORS // 2)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    ratio = seconds(large) / seconds(small)
+    assert ratio < 25, ratio  # 10x the entries: linear is ~10x; quadratic would be ~100x
+
+
+def test_escaped_spellings_cannot_slip_past_the_entry_cap(tmp_path):
+    # "data\u005foffsets" is not counted by the scan before parsing; the count after parsing catches it.
+    entry = '"{:07d}":{{"dtype":"F32","shape":[0],"data\\u005foffsets":[0,0]}}'
+    raw = ("{" + ",".join(entry.format(i) for i in range(MAX_TENSORS + 1)) + "}").encode()
+    path = tmp_path / "escaped.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    with pytest.raises(errors.TooManyTensorsError, match="100,001 tensor entries"):
+        read_header(path)
+
+
+def test_huge_values_in_messages_are_cut_short(tmp_path):
+    shape = "[" + ",".join(["-1"] * 200_000) + "]"
+    raw = ('{"a":{"dtype":"F32","shape":' + shape + ',"data_offsets":[0,0]}}').encode()
+    path = tmp_path / "long.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    with pytest.raises(errors.InvalidSafetensorsError) as info:
+        read_header(path)
+    assert len(str(info.value)) < 600
