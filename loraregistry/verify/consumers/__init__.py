@@ -1,8 +1,9 @@
-"""Per-consumer verdicts: will diffusers, peft, ComfyUI, A1111, Forge or kohya load this adapter?
+"""Per-consumer verdicts: will diffusers, peft, ComfyUI, InvokeAI, A1111, Forge or kohya load this adapter?
 
 Each consumer is one module of this package that defines ``CONSUMER`` (a ``Consumer``): its rules, written
 from that project's public loader code, turn ``AdapterFacts`` into an ``Assessment`` and from there into a
-``Verdict`` (loads / loads_partly / fails, with findings in the LRG6xx family). The registry is discovered
+``Verdict`` (loads / loads_partly / fails, with findings in the LRG6xx family; not_modelled where the rules
+do not cover the file's base family, an info that gates ``--target`` only under ``--strict``). The registry is discovered
 from the package, so a new loader is one new file.
 
 Kept light at import: no torch, and nothing from ``verify.findings`` at module level, so that
@@ -26,8 +27,10 @@ if TYPE_CHECKING:
     from ..findings import Finding
     from .facts import AdapterFacts
 
-Outcome = Literal["loads", "loads_partly", "fails"]
-OUTCOMES: tuple[Outcome, ...] = ("loads", "loads_partly", "fails")
+Outcome = Literal["loads", "loads_partly", "fails", "not_modelled"]
+OUTCOMES: tuple[Outcome, ...] = ("loads", "loads_partly", "fails", "not_modelled")
+# Every family a rule module may cover; a consumer lists the ones its rules model.
+ALL_FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux")
 _SHOWN = 3
 _NOT_CONSUMERS = frozenset({"codes", "facts", "cases", "table", "names"})
 
@@ -38,13 +41,17 @@ __all__ = ["CONSUMERS", "OUTCOMES", "Assessment", "Consumer", "Verdict", "consum
 
 @dataclass(frozen=True)
 class Verdict:
-    """What one consumer would do with the adapter. ``loaded``: modules it applies, per component."""
+    """What one consumer would do with the adapter. ``loaded``: modules it applies, per component;
+    ``applied``: those modules; ``unused_keys``: the file's keys it never applies (keys of skipped modules,
+    ignored keys, a DoRA magnitude it drops). ``not_modelled``: the rules do not cover the file's family."""
 
     consumer: str
     version_range: str
     outcome: Outcome
     findings: tuple[Finding, ...] = ()
     loaded: Mapping[str, int] = field(default_factory=dict)
+    applied: frozenset[ModuleKey] = frozenset()
+    unused_keys: frozenset[str] = frozenset()
 
     @property
     def ok(self) -> bool:
@@ -54,19 +61,41 @@ class Verdict:
         return {"consumer": self.consumer, "version_range": self.version_range, "outcome": self.outcome,
                 "loaded": dict(self.loaded), "findings": [f.to_dict() for f in self.findings]}
 
+    def gates(self, *, strict: bool = False) -> bool:
+        """Whether this verdict fails ``--target``: the loader does not fully load the file, or (under
+        ``--strict``) its rules do not model the file's family."""
+        return self.outcome in ("fails", "loads_partly") or (strict and self.outcome == "not_modelled")
+
 
 @dataclass(frozen=True)
 class Consumer:
-    """One loader. ``assess`` holds its rules; ``sources`` names the upstream files they were written from."""
+    """One loader. ``assess`` holds its rules; ``sources`` names the upstream files they were written from;
+    ``families`` the base families the rules model (any other known family answers "not modelled");
+    ``verified``: family -> the running code the rules are checked against in the test suite (the docs table)."""
 
     name: str
     title: str
     version_range: str
     sources: tuple[str, ...]
     assess: Callable[[AdapterFacts], Assessment]
+    families: tuple[str, ...] = ALL_FAMILIES
+    verified: Mapping[str, str] = field(default_factory=dict)
+
+    def models(self, family: str | None) -> bool:
+        """None (nothing tells the family) is assessed with the rules; "other" and unlisted families are not."""
+        return family is None or family in self.families
 
     def verdict(self, facts: AdapterFacts) -> Verdict:
+        if not self.models(facts.family):
+            return self.not_modelled(facts.family)
         return self.assess(facts).verdict(self, facts)
+
+    def not_modelled(self, family: str | None) -> Verdict:
+        modelled = ", ".join(self.families)
+        return Verdict(self.name, self.version_range, "not_modelled", (consumer_finding(
+            "consumer-not-modelled", f"{self.name}: its rules do not model {family or 'this'} adapters (they "
+            f"cover {modelled}): no claim is made whether it loads", hint="check the loader by hand; "
+            "`--strict` makes --target fail on this"),))
 
 
 class Assessment:
@@ -142,7 +171,15 @@ class Assessment:
         else:
             outcome = "loads"
         counts = {c: loaded.get(c, 0) for c in facts.components}
-        return Verdict(consumer.name, consumer.version_range, outcome, tuple(findings), counts)
+        applied = frozenset(m for m in facts.modules if m not in self.skipped) if not self.fatal else frozenset()
+        unused = set(facts.keys) - {k for m in applied for k in facts.modules[m].keys} | set(self.ignored)
+        unused |= {k for m in self.lossy for k in facts.modules[m].keys if _is_dora_key(k)}
+        return Verdict(consumer.name, consumer.version_range, outcome, tuple(findings), counts, applied,
+                       frozenset(unused))
+
+
+def _is_dora_key(key: str) -> bool:
+    return "dora_scale" in key or "lora_magnitude_vector" in key
 
 
 def _examples(items: Iterable[str]) -> str:
@@ -247,9 +284,10 @@ def verdict_findings(verdicts: Iterable[Verdict]) -> list[Finding]:
     return [f for v in verdicts for f in v.findings]
 
 
-def verdict_exit_code(verdicts: Iterable[Verdict]) -> int:
-    """1 when a chosen consumer cannot fully load the adapter, else 0."""
-    return 0 if all(v.ok for v in verdicts) else 1
+def verdict_exit_code(verdicts: Iterable[Verdict], *, strict: bool = False) -> int:
+    """1 when a chosen consumer cannot fully load the adapter (or, under ``strict``, its rules do not model
+    the adapter's family), else 0."""
+    return 1 if any(v.gates(strict=strict) for v in verdicts) else 0
 
 
 def target_option(func):
@@ -260,8 +298,9 @@ def target_option(func):
         return parse_targets(value) if value else ()
 
     return click.option("--target", "targets", callback=parse, metavar="NAMES",
-                        help="Also gate on these loaders (comma list: diffusers, peft, comfyui, a1111, forge, "
-                             "kohya, or all): exit 1 when one of them cannot fully load the file.")(func)
+                        help="Also gate on these loaders (comma list: diffusers, peft, comfyui, invokeai, a1111, "
+                             "forge, kohya, or all): exit 1 when one of them cannot fully load the file "
+                             "(with --strict also when its rules do not model the file's family).")(func)
 
 
 def loaders_table_markdown() -> str:

@@ -19,6 +19,8 @@ run here; these rules re-implement its matching:
   LoRA whose version differs from the loaded checkpoint is hidden from the Lora tab (a sidecar .json
   "sd version" overrides it).
 
+SD3/SD3.5 and FLUX.1 are not modelled (LRG608).
+
 Checked by tests/test_consumers_rules.py on files whose outcome this code determines (goldens and edits).
 """
 
@@ -124,4 +126,4 @@ CONSUMER = Consumer(
     sources=("AUTOMATIC1111/stable-diffusion-webui: extensions-builtin/Lora/networks.py",
              "AUTOMATIC1111/stable-diffusion-webui: extensions-builtin/Lora/network.py",
              "AUTOMATIC1111/stable-diffusion-webui: extensions-builtin/Lora/ui_extra_networks_lora.py"),
-    assess=assess)
+    assess=assess, families=("sd1", "sd2", "sdxl"))

@@ -7,7 +7,8 @@ import cycle. Until it does, ``consumer_finding`` builds the same ``Finding`` ob
 from __future__ import annotations
 
 FAMILY = "consumer"
-FAMILY_BLURB = "Whether a given tool (diffusers, peft, ComfyUI, A1111/Forge, kohya) loads the adapter (LRG6xx)."
+FAMILY_BLURB = ("Whether a given tool (diffusers, peft, ComfyUI, InvokeAI, A1111/Forge, kohya) loads the adapter "
+                "(LRG6xx).")
 
 # (code, name, severity, title, description): the row layout of ``findings._TABLE``.
 CONSUMER_ROWS: tuple[tuple[str, str, str, str, str], ...] = (
@@ -27,6 +28,8 @@ CONSUMER_ROWS: tuple[tuple[str, str, str, str, str], ...] = (
      "No base architecture was detected or given, so whether each module exists in the model is assumed."),
     ("LRG607", "consumer-version-outside-rules", "info", "Installed version outside the rules' range",
      "The installed tool's version is outside the range the consumer rules were written from."),
+    ("LRG608", "consumer-not-modelled", "info", "The tool's rules do not model this family",
+     "No rules for this loader and base family: no claim either way (fails --target only under --strict)."),
 )
 
 CONSUMER_CODES: dict[str, tuple[str, str, str, str, str]] = {row[1]: row for row in CONSUMER_ROWS}

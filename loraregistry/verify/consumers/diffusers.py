@@ -1,5 +1,5 @@
-"""diffusers ``pipe.load_lora_weights(file)`` for SD1/SD2 (``StableDiffusionLoraLoaderMixin``) and SDXL
-(``StableDiffusionXLLoraLoaderMixin``).
+"""diffusers ``pipe.load_lora_weights(file)`` for SD1/SD2 (``StableDiffusionLoraLoaderMixin``), SDXL
+(``StableDiffusionXLLoraLoaderMixin``), SD3/SD3.5 (``SD3LoraLoaderMixin``) and FLUX.1 (``FluxLoraLoaderMixin``).
 
 Written from huggingface/diffusers 0.42.1 (installed here), ``loaders/lora_pipeline.py`` (``lora_state_dict``,
 ``load_lora_weights``), ``loaders/lora_conversion_utils.py`` (``_maybe_map_sgm_blocks_to_diffusers``,
@@ -20,8 +20,17 @@ Written from huggingface/diffusers 0.42.1 (installed here), ``loaders/lora_pipel
    SD1's 1x1-conv projections, other sizes) raises ``RuntimeError: size mismatch`` for the whole file.
    CLIP paths without ``text_model.`` load only with transformers >= 5 (diffusers strips the level).
 
-Checked by oracle tests (tests/test_consumers_diffusers.py): the verdict and the per-component module counts
-equal what the installed diffusers does with tiny pipelines for every golden and for derived files.
+SD3 and Flux (same flow, other components and conversions):
+
+* SD3 pipelines load ``transformer.`` / ``text_encoder.`` / ``text_encoder_2.`` keys (CLIP-L, CLIP-G; never T5)
+  and convert nothing: a kohya file (sd-scripts ``lora_unet_joint_blocks_…``) matches no prefix and loads
+  NOTHING, silently;
+* Flux pipelines load ``transformer.`` / ``text_encoder.`` keys (no T5); a file with any ``.lora_down.weight``
+  key goes through ``_convert_kohya_flux_lora_to_diffusers`` (sd-scripts ``lora_flux`` names), which raises on
+  keys it cannot place (T5 ``lora_te3_``, LoHa/LoKr factors).
+
+Checked by oracle tests (tests/test_consumers_diffusers.py): the verdict (outcome, modules applied) equals what
+the installed diffusers does with tiny pipelines for every golden and for derived files.
 """
 
 from __future__ import annotations
@@ -37,7 +46,10 @@ KOHYA_PARTS = (".lora_down.weight", ".lora_up.weight", ".alpha")
 SGM_BLOCKS = ("input_blocks", "middle_block", "output_blocks")
 DIFFUSERS_BLOCKS = ("down_blocks", "mid_block", "up_blocks")
 PIPELINE_COMPONENTS = {"sd1": ("unet", "text_encoder"), "sd2": ("unet", "text_encoder"),
-                       "sdxl": ("unet", "text_encoder", "text_encoder_2")}
+                       "sdxl": ("unet", "text_encoder", "text_encoder_2"),
+                       "sd3": ("transformer", "text_encoder", "text_encoder_2"),
+                       "flux": ("transformer", "text_encoder")}
+_CONVERTS_KOHYA = ("sd1", "sd2", "sdxl")  # Flux has its own converter; SD3 has none
 _FIX = "run `lorareg fix --for diffusers`"
 
 
@@ -64,7 +76,9 @@ def assess(facts: AdapterFacts) -> Assessment:
                f"{VERSION_RANGE} range these rules were written from")
     keys = [k for k in facts.keys if "dora_scale" not in k]
     a.lose_dora(m.module for m in facts.modules.values() if m.dora and any("dora_scale" in k for k in m.keys))
-    if keys and all(k.startswith(KOHYA_PREFIXES) for k in keys):
+    if facts.family == "flux" and any(k.endswith(".lora_down.weight") for k in keys):
+        _kohya_flux(a, facts, keys)
+    elif keys and all(k.startswith(KOHYA_PREFIXES) for k in keys) and facts.family not in ("sd3", "flux"):
         _kohya(a, facts, keys)
     else:
         _prefixed(a, facts, keys)
@@ -90,6 +104,18 @@ def _kohya(a: Assessment, facts: AdapterFacts, keys: list[str]) -> None:
         a.skip(sgm, "SGM block names are mapped for SDXL pipelines only", hint=_FIX)
     elif sgm and facts.family == "sdxl" and any(b in k for k in keys for b in DIFFUSERS_BLOCKS):
         a.skip(sgm, "SGM names dropped because the file also uses diffusers block names", hint=_FIX)
+
+
+def _kohya_flux(a: Assessment, facts: AdapterFacts, keys: list[str]) -> None:
+    """``_convert_kohya_flux_lora_to_diffusers``: transformer (``lora_unet_``) and CLIP (``lora_te1_``) LoRA
+    modules convert; any other key is left over and raises."""
+    converts = [m for m in facts.modules.values() if m.key_format == "kohya" and m.algo == "lora" and not m.mid
+                and m.component in ("transformer", "text_encoder")]
+    done = {k for m in converts for k in m.keys}
+    leftovers = [k for k in keys if k not in done]
+    if leftovers:
+        a.refuse(f"ValueError: {len(leftovers)} keys are left after the kohya Flux conversion, e.g. "
+                 f"{leftovers[0]!r}", key=leftovers[0], hint=f"{_FIX} to write diffusers keys")
 
 
 def _prefixed(a: Assessment, facts: AdapterFacts, keys: list[str]) -> None:
@@ -132,6 +158,8 @@ def _components_and_shapes(a: Assessment, facts: AdapterFacts) -> None:
 
 CONSUMER = Consumer(
     name="diffusers", title="diffusers `load_lora_weights`", version_range=VERSION_RANGE,
+    verified={"sd1": "diffusers 0.42.1", "sd2": "diffusers 0.42.1", "sdxl": "diffusers 0.42.1",
+              "sd3": "diffusers 0.42.1", "flux": "diffusers 0.42.1"},
     sources=("huggingface/diffusers: src/diffusers/loaders/lora_pipeline.py",
              "huggingface/diffusers: src/diffusers/loaders/lora_conversion_utils.py",
              "huggingface/diffusers: src/diffusers/loaders/peft.py"),

@@ -16,7 +16,8 @@ from ...canonical import ModuleKey
 # How a module's delta sits in the base: loads as is, or the one reshaping some loaders do and others refuse.
 FITS, ABSENT, CONV_SHAPED_LINEAR, LINEAR_SHAPED_CONV, MISMATCH, UNCHECKED = (
     "fits", "absent", "conv-shaped-linear", "linear-shaped-conv", "mismatch", "unchecked")
-FAMILIES = ("sd1", "sd2", "sdxl")  # the families the consumer rules cover; anything else is "other"
+# The families consumer rules can cover (each consumer lists its own); anything else is "other".
+FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux")
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class AdapterFacts:
     format: str  # the file's format: one name, or "mixed"
     modules: Mapping[ModuleKey, ModuleFacts]
     unknown_keys: tuple[str, ...] = ()
-    family: str | None = None  # sd1 / sd2 / sdxl / other; None when nothing tells
+    family: str | None = None  # sd1 / sd2 / sdxl / sd3 / flux / other; None when nothing tells
     base_known: bool = False  # module existence and shapes were checked against a base
     metadata: Mapping[str, str] = field(default_factory=dict)
     dialect: Mapping[str, str] = field(default_factory=dict)
@@ -79,7 +80,7 @@ def _fit(ctx, module: ModuleKey, info) -> str:
 
 
 def family_of(ctx) -> str | None:
-    """sd1 / sd2 / sdxl / other from the requested base, the detected architecture, the base's modules, the
+    """sd1 / sd2 / sdxl / sd3 / flux / other from the requested base, the detected architecture, the base's modules, the
     declared architecture; None when nothing tells."""
     from ...architectures.ids import ARCHITECTURES
 
@@ -100,10 +101,14 @@ def _family(family: str) -> str:
 
 
 def _family_of_modules(fp) -> str:
-    """Tell SD1/SD2/SDXL from a base's modules alone (a model folder has no id): SDXL has a second text
-    encoder; SD1's transformer projections are 1x1 convs, SD2's are Linear."""
+    """Tell the family from a base's modules alone (a model folder has no id): Flux has single-stream
+    blocks, SD3 a joint transformer without them; SDXL has a second text encoder; SD1's transformer
+    projections are 1x1 convs, SD2's are Linear."""
     if "transformer" in fp.components:
-        return "other"
+        paths = [key.path for key in fp.modules if key.component == "transformer"]
+        if any(p.startswith("single_transformer_blocks.") for p in paths):
+            return "flux"
+        return "sd3" if any(".attn.add_q_proj" in p for p in paths) else "other"
     if "text_encoder_2" in fp.components:
         return "sdxl"
     proj = next((spec for key, spec in fp.modules.items() if key.path.endswith(".proj_in")), None)

@@ -10,6 +10,9 @@ here; these rules reuse ``comfyui.assess_keys`` for the key matching and add wha
   ``ss_base_model_version`` ``sdxl_…`` -> SDXL, ``ss_v2 == "True"`` -> SD2, ``modelspec.architecture``
   ``stable-diffusion-v1/lora`` -> SD1, else Unknown (Flux from its modelspec keys).
 
+FLUX.1 goes through the same ComfyUI key maps (the current ones, see ``comfyui.py``); SD3 is not modelled
+(LRG608).
+
 Checked by tests/test_consumers_rules.py on files whose outcome this code determines (goldens and edits).
 """
 
@@ -52,4 +55,4 @@ CONSUMER = Consumer(
     sources=("lllyasviel/stable-diffusion-webui-forge: extensions-builtin/sd_forge_lora/networks.py",
              "lllyasviel/stable-diffusion-webui-forge: extensions-builtin/sd_forge_lora/network.py",
              "lllyasviel/stable-diffusion-webui-forge: packages_3rdparty/comfyui_lora_collection/lora.py"),
-    assess=assess)
+    assess=assess, families=("sd1", "sd2", "sdxl", "flux"))

@@ -17,6 +17,9 @@ these rules re-implement what the code does:
   (``unet_use_linear_projection_in_v2=False``) and SDXL with Linear ones, so SD2 needs 4-D proj factors
   and 2-D ones fail; a LoCon Tucker ``lora_mid`` (3x3 conv whose down is 1x1) fails the same way.
 
+SD3/SD3.5 and FLUX.1 are trained with ``networks.lora_sd3`` / ``networks.lora_flux``, which these rules do not
+model: such files answer "not modelled" (LRG608).
+
 Checked by tests/test_consumers_rules.py on files whose outcome this code determines (goldens and edits).
 """
 
@@ -85,4 +88,4 @@ def assess(facts: AdapterFacts) -> Assessment:
 CONSUMER = Consumer(
     name="kohya", title="kohya sd-scripts `networks.lora`", version_range=VERSION_RANGE,
     sources=("kohya-ss/sd-scripts: networks/lora.py", "kohya-ss/sd-scripts: library/model_util.py"),
-    assess=assess)
+    assess=assess, families=("sd1", "sd2", "sdxl"))

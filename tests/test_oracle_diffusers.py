@@ -1,0 +1,115 @@
+"""Oracle: the diffusers and peft verdicts equal what the installed diffusers / peft do, module for module.
+
+Every case of tests/oracle_cases.py (goldens, derived edits, ``fix --for diffusers`` outputs) and SD3 / FLUX.1
+files written by diffusers' own ``save_lora_weights`` from peft-injected tiny transformers (plus those files
+converted to kohya keys and stripped of their prefixes) is loaded for real; the verdict's outcome, applied
+modules and unused keys must be exactly what happened. No recorded outcomes: the load runs every time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loraregistry.verify.consumers import consumer_verdicts
+from tests.oracle_cases import DERIVED, GOLDENS, arch_of, assert_agrees, fixed, modules_of, path_of
+from tests.oracle_diffusers import diffusers_load, peft_load, pipeline_dir, write_with_diffusers
+
+pytestmark = pytest.mark.slow
+
+# No kohya Flux case: diffusers' _convert_kohya_flux_lora_to_diffusers splits fused qkv/linear1 by FLUX.1-dev's
+# hard-coded widths (3072, 12288) and asserts on any other model, so a tiny Flux cannot stand in for it.
+MMDIT = ("sd3_diffusers", "flux_diffusers", "flux_diffusers_transformer_only", "sd3_kohya", "flux_peft_bare")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("oracle-diffusers")
+
+
+def mmdit_file(name: str, root: Path) -> Path:
+    """SD3/Flux files: diffusers-written, or derived from one by lorareg convert / a prefix strip."""
+    from safetensors.numpy import load_file, save_file
+
+    from loraregistry.ops.convert import convert
+
+    family = arch_of(name)
+    path = root / f"{name}.safetensors"
+    if path.exists():
+        return path
+    if name.endswith("_diffusers") or name.endswith("_transformer_only"):
+        return write_with_diffusers(family, path, text_encoders=not name.endswith("_transformer_only"))
+    source = mmdit_file(f"{family}_diffusers" if name.endswith("_kohya") else f"{family}_diffusers_transformer_only",
+                        root)
+    if name.endswith("_kohya"):
+        convert(source, path, to="kohya", base=str(pipeline_dir(family, str(root))),
+                dialect={"transformer_names": family})
+        return path
+    tensors = {k.removeprefix("transformer."): v for k, v in load_file(str(source)).items()}
+    save_file(tensors, str(path))
+    return path
+
+
+def case_path(name: str, tmp_path: Path, root: Path) -> Path:
+    return mmdit_file(name, root) if name in MMDIT else path_of(name, tmp_path)
+
+
+def verdict_of(path: Path, arch: str, root: Path, consumer: str = "diffusers"):
+    (verdict,) = consumer_verdicts(path, [consumer], base=str(pipeline_dir(arch, str(root))))
+    return verdict
+
+
+CASES = sorted(GOLDENS + list(DERIVED)) + list(MMDIT)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_diffusers_verdict_equals_a_real_load(name, tmp_path, root):
+    path = case_path(name, tmp_path, root)
+    arch = arch_of(name)
+    assert_agrees(verdict_of(path, arch, root), diffusers_load(path, arch))
+
+
+@pytest.mark.parametrize("name", sorted(GOLDENS))
+def test_fix_for_diffusers_output_loads(name, tmp_path, root):
+    arch = arch_of(name)
+    from loraregistry.fix import FixLosesInformation
+
+    try:
+        out = fixed(name, "diffusers", tmp_path, pipeline_dir(arch, str(root)))
+    except FixLosesInformation as exc:  # DoRA without the base weights: refused, nothing written
+        assert "DoRA" in str(exc) or "max-error" in str(exc)
+        return
+    if out is None:
+        assert diffusers_load(path_of(name, tmp_path), arch).outcome == "loads"
+        return
+    real = diffusers_load(out, arch)
+    assert_agrees(verdict_of(out, arch, root), real)
+    assert real.outcome == "loads"
+
+
+def single_component(name: str, tmp_path: Path, root: Path) -> str | None:
+    components = {m.component for m in modules_of(case_path(name, tmp_path, root)).values()}
+    return components.pop() if len(components) == 1 else None
+
+
+PEFT_CASES = [n for n in CASES if n not in ("sd1_mixed_kohya_te_peft_unet",)]
+
+
+@pytest.mark.parametrize("name", PEFT_CASES)
+def test_peft_verdict_equals_a_real_load(name, tmp_path, root):
+    """peft wraps one model: single-component files load into that component; for files with several
+    components, each component's share is loaded into its own model and the union compared."""
+    from tests.oracle_cases import RealLoad
+
+    path = case_path(name, tmp_path, root)
+    arch = arch_of(name)
+    components = sorted({m.component for m in modules_of(path).values()})
+    loads = [peft_load(path, arch, c) for c in components]
+    applied = frozenset().union(*(r.applied for r in loads))
+    unused = frozenset.intersection(*(r.unused_keys for r in loads))
+    refused = next((r.refused for r in loads if r.refused), None)
+    real = RealLoad(refused, applied, unused, loads[0].modules)
+    verdict = verdict_of(path, arch, root, "peft")
+    assert verdict.outcome == real.outcome, (verdict.outcome, real, [f.message for f in verdict.findings])
+    assert verdict.applied == real.applied
