@@ -112,3 +112,21 @@ def test_every_hub_error_is_redacted():
     remember_secret("s3cr3t-t0ken")
     error = HubError("server said s3cr3t-t0ken", path="http://h/?t=s3cr3t-t0ken", hint="Bearer s3cr3t-t0ken")
     assert "s3cr3t-t0ken" not in error.one_line() and "s3cr3t-t0ken" not in str(error)
+
+
+@pytest.mark.parametrize(("uri", "url"), [
+    ("hf://user/repo/f.safetensors", "E/user/repo/resolve/main/f.safetensors"),
+    ("hf://user/repo@refs/pr/3/f.safetensors", "E/user/repo/resolve/refs%2Fpr%2F3/f.safetensors"),
+    ("hf://datasets/user/repo@v1/d/f.safetensors", "E/datasets/user/repo/resolve/v1/d/f.safetensors"),
+    ("hf://spaces/user/repo/f g.safetensors", "E/spaces/user/repo/resolve/main/f%20g.safetensors"),
+])
+def test_resolve_urls(uri, url):
+    """huggingface_hub's hf_hub_url layout: type prefix, revision url-encoded as one segment."""
+    from huggingface_hub import hf_hub_url
+
+    from loraregistry.hub.remote import resolve_url
+
+    spec = parse_hf_uri(uri)
+    assert resolve_url(uri, endpoint="E") == url
+    assert hf_hub_url(spec.repo_id, spec.filename, repo_type=spec.repo_type, revision=spec.revision or "main",
+                      endpoint="E") == url

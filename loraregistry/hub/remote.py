@@ -97,7 +97,8 @@ def verify_remote(uri: str, *, base: str | None = None, endpoint: str | None = N
 
 def verify_remote_targets(uri: str, targets, *, base: str | None = None, endpoint: str | None = None,
                           token: str | None = None, revision: str | None = None):
-    """(report, verdicts): header-level verify of a remote file (integrity, format, architecture, compatibility, metadata).
+    """(report, verdicts): header-level verify of a remote file (integrity, format, architecture,
+    compatibility, metadata).
 
     Fetches only the 8 + N header bytes and runs ``loraregistry.verify.verify_header`` on them; tensor checks
     need the data and never run here (``tensors_checked`` is False), and stored alpha values count as unknown.

@@ -258,7 +258,8 @@ def _http_error(response: _Raw, *, what: str, endpoint: str, not_found: NotFound
     if code == "EntryNotFound":
         name = f"{where.filename!r} does not exist in {repo} at {where.revision or 'main'}" if where and \
             where.filename else f"{what} does not exist"
-        return RemoteFileNotFound(f"{name} on {endpoint}", hint="list the repo's files on the Hub, or omit the file name")
+        return RemoteFileNotFound(f"{name} on {endpoint}",
+                                  hint="list the repo's files on the Hub, or omit the file name")
     if code == "GatedRepo":
         return HubAuthError(f"{repo} is gated on {endpoint}: accept its conditions on the repo page", hint=LOGIN_HINT)
     if status == 404 and code == "RepoNotFound":
