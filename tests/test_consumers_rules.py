@@ -144,3 +144,49 @@ def test_importing_the_consumers_leaves_torch_out():
     code = ("import sys, loraregistry.verify.consumers as c; list(c.CONSUMERS); c.loaders_table_markdown();"
             "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_verified_cells_in_the_loaders_doc_are_current():
+    from loraregistry.verify.consumers.table import verified_cells
+
+    assert verified_cells() in DOC.read_text(), "regenerate the verified-cells table in docs/loaders.md"
+
+
+def _mmdit_facts(family: str, key_format: str):
+    from loraregistry.canonical import ModuleKey
+    from loraregistry.formats.mmdit import to_native
+    from loraregistry.verify.consumers.facts import FITS, AdapterFacts, ModuleFacts
+
+    path = "transformer_blocks.0.attn.{to_q,to_k,to_v}" if key_format == "kohya" else "transformer_blocks.0.attn.to_q"
+    if key_format == "kohya":
+        stem = "lora_unet_" + to_native(path, family).replace(".", "_")
+        keys = (f"{stem}.alpha", f"{stem}.lora_down.weight", f"{stem}.lora_up.weight")
+    else:
+        keys = (f"transformer.{path}.lora_A.weight", f"transformer.{path}.lora_B.weight")
+    module = ModuleKey("transformer", path)
+    return AdapterFacts(format=key_format, modules={module: ModuleFacts(module, keys, key_format, "lora", FITS)},
+                        family=family, base_known=True)
+
+
+# (family, key format, consumer) -> outcome: SD3/FLUX rules; loaders whose rules do not cover a family say so.
+MMDIT_EXPECTED = {
+    ("flux", "kohya", "comfyui"): "loads",  # sd-scripts lora_flux names: ComfyUI maps every lora_unet_* Flux key
+    ("sd3", "kohya", "comfyui"): "loads",
+    ("flux", "peft", "comfyui"): "loads",  # transformer.<diffusers path>
+    ("sd3", "peft", "comfyui"): "loads",
+    ("flux", "kohya", "forge"): "loads",
+    ("sd3", "kohya", "forge"): "not_modelled",
+    ("flux", "kohya", "a1111"): "not_modelled", ("sd3", "kohya", "a1111"): "not_modelled",
+    ("flux", "kohya", "kohya"): "not_modelled", ("sd3", "kohya", "kohya"): "not_modelled",
+    ("sd3", "kohya", "diffusers"): "fails",  # SD3LoraLoaderMixin converts no kohya keys: nothing loads
+    ("flux", "peft", "diffusers"): "loads", ("sd3", "peft", "diffusers"): "loads",
+}
+
+
+@pytest.mark.parametrize(("family", "key_format", "consumer"), sorted(MMDIT_EXPECTED))
+def test_sd3_and_flux_rules(family, key_format, consumer):
+    verdict = CONSUMERS[consumer].verdict(_mmdit_facts(family, key_format))
+    assert verdict.outcome == MMDIT_EXPECTED[family, key_format, consumer], [f.message for f in verdict.findings]
+    if verdict.outcome == "not_modelled":
+        assert [f.code for f in verdict.findings] == ["LRG608"] and verdict_exit_code([verdict]) == 0
+        assert verdict_exit_code([verdict], strict=True) == 1

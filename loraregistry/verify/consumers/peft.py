@@ -13,7 +13,8 @@ keys relative to the model, ``base_model.model.`` prefixed or not; adapter names
   2-D factors on a 1x1 Conv2d) raises ``RuntimeError: size mismatch``;
 * LoHa/LoKr in kohya keys are not peft's ``hada_``/``lokr_`` parameters (peft needs its own config for them).
 
-Checked by tests/test_consumers_rules.py (goldens written by peft itself load; the edits do not).
+Checked by tests/test_oracle_diffusers.py: the verdict's outcome and applied modules equal what peft's
+``set_peft_model_state_dict`` does on tiny models for every oracle case (SD1/SD2/SDXL/SD3/FLUX).
 """
 
 from __future__ import annotations
@@ -49,4 +50,5 @@ def assess(facts: AdapterFacts) -> Assessment:
 CONSUMER = Consumer(
     name="peft", title="peft `set_peft_model_state_dict`", version_range=VERSION_RANGE,
     sources=("huggingface/peft: src/peft/utils/save_and_load.py", "huggingface/peft: src/peft/tuners/lora/layer.py"),
-    assess=assess)
+    assess=assess,
+    verified={f: "peft 0.21.2 (set_peft_model_state_dict)" for f in ("sd1", "sd2", "sdxl", "sd3", "flux")})
