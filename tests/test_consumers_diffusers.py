@@ -5,9 +5,44 @@ No recorded outcomes here: every outcome claim is checked by loading the file in
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 from loraregistry.verify.consumers import consumer_verdicts
-from tests.oracle_cases import DERIVED, GOLDEN, GOLDENS, arch_of, derive  # noqa: F401 - shared with other tests
+from tests.oracle_cases import (  # noqa: F401 - shared with other tests
+    DERIVED,
+    GOLDEN,
+    GOLDENS,
+    add_kohya_dora,
+    arch_of,
+    derive,
+)
 from tests.tiny_models import tiny_pipeline_dir  # noqa: F401 - fixture
+
+ADAPTER = "oracle"
+
+
+def diffusers_load(path: Path, arch: str) -> dict:
+    """Load ``path`` into a fresh tiny pipeline: the exception class it raised (or None), how many modules each
+    component patched, and the pipeline (tests/test_fix.py compares weights with it)."""
+    from diffusers.utils import logging as dlogging
+
+    from tests.tiny_models import tiny_pipeline
+
+    pipe = tiny_pipeline(arch)
+    dlogging.get_logger("diffusers").setLevel(logging.ERROR)
+    error = None
+    try:
+        pipe.load_lora_weights(str(path), adapter_name=ADAPTER)
+    except (ValueError, RuntimeError, KeyError) as exc:
+        error = type(exc).__name__
+    patched = {}
+    for component in ("unet", "text_encoder", "text_encoder_2"):
+        model = getattr(pipe, component, None)
+        if model is not None:
+            patched[component] = sum(1 for _, m in model.named_modules()
+                                     if hasattr(m, "lora_A") and ADAPTER in m.lora_A)
+    return {"error": error, "patched": patched, "pipe": pipe}
 
 
 def verdict_of(path, arch: str, pipeline_dir):
