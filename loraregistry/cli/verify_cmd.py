@@ -47,7 +47,8 @@ def expand_paths(specs: tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(found))  # once each, in order
 
 
-def verify_one(spec: str, base: str | None, tensors: bool, targets, *, raise_errors: bool = False):
+def verify_one(spec: str, base: str | None, tensors: bool, targets, *, raise_errors: bool = False,
+               strict: bool = False):
     """(report, gated by --target, error line): one file, local or remote."""
     from ..verify import verify as verify_file
     from ..verify.consumers import target_verdicts, verdict_exit_code, verdict_findings
@@ -58,13 +59,13 @@ def verify_one(spec: str, base: str | None, tensors: bool, targets, *, raise_err
 
             report, verdicts = verify_remote_targets(spec, targets, base=base)
             report.findings += verdict_findings(verdicts)
-            return report, verdict_exit_code(verdicts), None
+            return report, verdict_exit_code(verdicts, strict=strict), None
         report = verify_file(spec, base=base, tensors=tensors)
         gated = 0
         if targets:
             verdicts = target_verdicts(spec, targets, base=base)
             report.findings += verdict_findings(verdicts)
-            gated = verdict_exit_code(verdicts)
+            gated = verdict_exit_code(verdicts, strict=strict)  # strict: "not modelled" gates too
         return report, gated, None
     except LoraregError as exc:
         if raise_errors:
@@ -76,13 +77,13 @@ def verify_one(spec: str, base: str | None, tensors: bool, targets, *, raise_err
 _PARALLEL_FROM = 16
 
 
-def verify_many(files: list[str], base: str | None, tensors: bool, targets) -> list[tuple]:
+def verify_many(files: list[str], base: str | None, tensors: bool, targets, strict: bool = False) -> list[tuple]:
     """Verify files in order; local ones in worker processes (forked: they inherit the loaded modules, so a
     worker starts in milliseconds) when there are enough of them and more than one CPU."""
     local = [f for f in files if not f.startswith(("hf://", "http://", "https://"))]
     workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
     if len(local) < _PARALLEL_FROM or workers < 2 or len(local) != len(files):
-        return [verify_one(spec, base, tensors, targets) for spec in files]
+        return [verify_one(spec, base, tensors, targets, strict=strict) for spec in files]
     import functools
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -90,11 +91,11 @@ def verify_many(files: list[str], base: str | None, tensors: bool, targets) -> l
     try:
         context = multiprocessing.get_context("fork")
     except ValueError:  # no fork (Windows, some macOS setups): stay in this process
-        return [verify_one(spec, base, tensors, targets) for spec in files]
+        return [verify_one(spec, base, tensors, targets, strict=strict) for spec in files]
     # The first file runs here: it loads the fingerprints, key indexes and imports that the forked workers
     # then inherit instead of each building them again.
-    first = verify_one(files[0], base, tensors, targets)
-    job = functools.partial(verify_one, base=base, tensors=tensors, targets=targets)
+    first = verify_one(files[0], base, tensors, targets, strict=strict)
+    job = functools.partial(verify_one, base=base, tensors=tensors, targets=targets, strict=strict)
     rest = files[1:]
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         return [first, *pool.map(job, rest, chunksize=max(1, len(rest) // (4 * workers)))]
@@ -164,10 +165,11 @@ def verify(paths, base, strict, no_tensors, as_json, fmt, junit, quiet, targets)
 
         load_base(base)  # a bad --base is a usage error before any file is read
     if len(files) == 1:  # one file: its usage/IO error is the command's error (exit 2, one line)
-        report, gated, error = verify_one(files[0], base, not no_tensors, targets, raise_errors=True)
+        report, gated, error = verify_one(files[0], base, not no_tensors, targets, raise_errors=True,
+                                          strict=strict)
         outcomes = [(report, gated, error)]
     else:
-        outcomes = verify_many(files, base, not no_tensors, targets)
+        outcomes = verify_many(files, base, not no_tensors, targets, strict)
     reports = [report for report, _, _ in outcomes if report is not None]
     gated = sum(g for _, g, _ in outcomes)
     io_errors = 0
