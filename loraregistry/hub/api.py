@@ -59,8 +59,8 @@ def repo_at(endpoint: str, headers: Mapping[str, str], repo_id: str, revision: s
         raise UntrustedServerData(f"{endpoint} answered {what} with no JSON object", hint=HOSTILE_HINT)
     commit = info.get("sha")
     if not is_commit_sha(commit):
-        raise UntrustedServerData(f"{endpoint} names the commit in {what} {_shown(commit)}, which is no commit sha "
-                                  "(40 lowercase hex digits)", hint=HOSTILE_HINT)
+        raise UntrustedServerData(f"{endpoint} gives {_shown(commit)} as the commit of {repo_id!r} at {revision!r}, "
+                                  "which is no commit sha (40 lowercase hex digits)", hint=HOSTILE_HINT)
     if is_commit_sha(revision) and commit != revision:
         raise UntrustedServerData(f"{endpoint} answered for commit {revision} with commit {commit}", hint=HOSTILE_HINT)
     files: list[str] = []
