@@ -1,4 +1,4 @@
-"""``lorareg registry add | list | show | rm | export | check | rebuild``: the embedded local registry."""
+"""``lorareg registry add | scan | list | show | rm | export | check | rebuild``: the embedded local registry."""
 
 from __future__ import annotations
 
@@ -43,21 +43,59 @@ def add(files: tuple[Path, ...], run_verify: bool, as_json: bool) -> int:
     return 0
 
 
+@registry.command()
+@click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--verify/--no-verify", "run_verify", default=True, show_default=True,
+              help="Verify new files and record verify and per-loader verdicts.")
+@_json
+def scan(folders: tuple[Path, ...], run_verify: bool, as_json: bool) -> int:
+    """Index LoRA folders in place (ComfyUI models/loras, A1111/Forge models/Lora): no copy.
+
+    Records every hash (cached: unchanged files are not read again), verdicts, sidecars (name.json,
+    name.civitai.info) and previews; reports new, changed, moved and removed files and duplicates."""
+    from ..registry import Registry
+
+    with Registry.open() as reg:
+        result = reg.scan(list(folders), verify_files=run_verify)
+    if as_json:
+        emit_json(result.to_dict())
+        return 0
+    for path in result.new:
+        click.echo(f"new      {path}")
+    for path in result.changed:
+        click.echo(f"changed  {path}")
+    for old, new in result.moved:
+        click.echo(f"moved    {old} -> {new}")
+    for path in result.removed:
+        click.echo(f"removed  {path}")
+    for group in result.duplicates:
+        click.echo(f"duplicate weights (tensor sha256 {group['tensor_sha256'][:12]}): " + ", ".join(group["paths"]))
+    for path, reason in result.skipped:
+        status(f"skipped {path}: {reason}")
+    for path, problem in result.sidecar_problems:
+        status(f"sidecar of {path}: {problem}")
+    status(f"scanned {result.files} file(s) in {result.seconds:.2f} s: {result.hashed} read, "
+           f"{result.cached} from the hash cache, {result.unchanged} unchanged")
+    return 0
+
+
 @registry.command(name="list")
 @click.argument("query", required=False)
-@click.option("--base", "architecture", help="Architecture id or alias.")
+@click.option("--base", "architecture", help="Architecture id or alias, or a finer base (Pony, Illustrious, NoobAI).")
+@click.option("--loads-in", "loader", help="Only entries this loader loads fully (comfyui, a1111, forge, ...).")
 @click.option("--trigger", help="Trigger word or phrase.")
 @click.option("--tag", help="Tag (exact, case-insensitive).")
 @click.option("--rating", type=click.Choice(["general", "mature", "adult"]), help="Content rating.")
 @click.option("--limit", type=click.IntRange(1), help="At most this many entries.")
 @_json
-def list_entries(query: str | None, architecture: str | None, trigger: str | None, tag: str | None,
-                 rating: str | None, limit: int | None, as_json: bool) -> int:
+def list_entries(query: str | None, architecture: str | None, loader: str | None, trigger: str | None,
+                 tag: str | None, rating: str | None, limit: int | None, as_json: bool) -> int:
     """List entries, newest first; QUERY searches names, descriptions, trigger words and tags."""
     from ..registry import Registry
 
     with Registry.open() as reg:
-        entries = reg.search(query, architecture=architecture, trigger=trigger, tag=tag, rating=rating, limit=limit)
+        entries = reg.search(query, architecture=architecture, trigger=trigger, tag=tag, rating=rating,
+                             loader=loader, limit=limit)
     if as_json:
         emit_json([e.to_dict() for e in entries])
         return 0
@@ -67,12 +105,15 @@ def list_entries(query: str | None, architecture: str | None, trigger: str | Non
     for column in ("id", "name", "base", "trigger words", "tags", "rating", "verify"):
         table.add_column(column)
     for e in entries:
-        table.add_row(e.id, e.title, e.architecture or "", ", ".join(e.trigger_words), ", ".join(e.tags),
+        base = e.architecture or ""
+        if e.sub_base:
+            base = f"{base} ({e.sub_base})" if base else e.sub_base
+        table.add_row(e.id, e.title, base, ", ".join(e.all_trigger_words), ", ".join(e.tags),
                       e.content_rating, _verdict(e))
     console().print(table)
     if not entries:
         status("no entries")
-    damaged = [e for e in entries if e.blob != "ok"]
+    damaged = [e for e in entries if e.blob not in ("ok", "in_place", "gone")]
     if damaged:
         status(f"{len(damaged)} stored file(s) missing or changed: run `lorareg registry check`")
     return 0
@@ -99,6 +140,18 @@ def show(ref: str, as_json: bool) -> int:
     click.echo(f"{'stored file':15} {_blob_line(entry)}")
     for origin in entry.origins:
         click.echo(f"{'origin':15} {origin.describe()}")
+    if entry.sub_base:
+        click.echo(f"{'finer base':15} {entry.sub_base}")
+    for name, outcome in sorted(entry.loaders.items()):
+        click.echo(f"{'loader':15} {name}: {outcome}")
+    for location in entry.locations:
+        moved = f" -> {location['moved_to']}" if location.get("moved_to") else ""
+        click.echo(f"{'location':15} {location['path']} ({location['state']}{moved})")
+    for fact in entry.imported.get("facts", ()):
+        click.echo(f"{'imported':15} {fact['field']} = {fact['value']} (from {fact['source']}: {fact['file']})")
+    for conflict in entry.imported.get("conflicts", ()):
+        click.echo(f"{'conflict':15} {conflict['field']}: the file declares {conflict['declared']!r}, "
+                   f"{conflict['source']} says {conflict['imported']!r} (the file's value is kept)")
     return 0
 
 
@@ -181,6 +234,10 @@ def rebuild(as_json: bool) -> int:
 
 
 def _blob_line(entry) -> str:
+    if entry.blob == "in_place":
+        return "indexed in place (no stored copy; `lorareg registry scan` re-checks it)"
+    if entry.blob == "gone":
+        return "indexed in place, but no scanned location holds it any more"
     if entry.blob == "ok":
         return "ok (size and mtime as stored; `lorareg registry check` re-hashes)"
     if entry.blob == "missing":
@@ -189,7 +246,9 @@ def _blob_line(entry) -> str:
 
 
 def _verdict(entry) -> str:
-    if entry.blob != "ok":  # a verdict about bytes the registry no longer holds means nothing
+    if entry.blob == "gone":
+        return "FILE GONE"
+    if entry.blob not in ("ok", "in_place"):  # a verdict about bytes the registry no longer holds means nothing
         return f"STORED FILE {entry.blob.upper()}"
     if entry.verdict is None:
         return "not verified"

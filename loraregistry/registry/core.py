@@ -28,8 +28,9 @@ from typing import Any, TextIO
 
 from ..errors import UsageError
 from .db import connect, sqlite_errors, transaction
-from .entry import Entry, Origin, Verdict
+from .entry import BLOB_GONE, BLOB_IN_PLACE, Entry, Origin, Verdict
 from .errors import AmbiguousEntry, BlobIntegrityError, EntryNotFound, RegistryNotWritable
+from .civitai_bases import finer_base
 from .paths import default_root
 from ..hashes import file_sha256
 from .store import BLOB_CHANGED, BLOB_MISSING, BLOB_OK, Store, hash_blob
@@ -133,6 +134,17 @@ class Registry:
             _insert(conn, facts, event, blob)
         return self.show(facts["sha256"])
 
+    def scan(self, roots: list[str | os.PathLike[str]], *, verify_files: bool = True) -> Any:
+        """Index folders in place (no copy): see ``registry.scan``. Returns a ``ScanResult``."""
+        from .scan import scan
+
+        return scan(self, list(roots), verify_files=verify_files)
+
+    def roots(self) -> list[str]:
+        """The folders ``scan`` has indexed: previews and files are served only from under these."""
+        with sqlite_errors(self.db_path):
+            return [row["path"] for row in self._conn.execute("SELECT path FROM scan_roots ORDER BY path")]
+
     def remove(self, ref: str) -> Entry:
         """Remove an entry (by id, sha256 prefix or name) and its stored file."""
         entry = self.show(ref)
@@ -141,16 +153,21 @@ class Registry:
             if row is not None:
                 conn.execute("DELETE FROM entries_fts WHERE rowid = ?", (row["rowid"],))
                 conn.execute("DELETE FROM entries WHERE sha256 = ?", (entry.sha256,))
-        self.store.remove(entry.sha256)
+                conn.execute("DELETE FROM locations WHERE sha256 = ?", (entry.sha256,))
+        self.store.remove(entry.sha256)  # an entry indexed in place has no stored copy; its file stays
         return entry
 
     # --- reading -------------------------------------------------------------------------------
 
     def search(self, query: str | None = None, *, architecture: str | None = None, trigger: str | None = None,
-               tag: str | None = None, rating: str | None = None, limit: int | None = None) -> list[Entry]:
+               tag: str | None = None, rating: str | None = None, loader: str | None = None,
+               outcome: str = "loads", limit: int | None = None, offset: int = 0) -> list[Entry]:
         """Entries matching every filter given. ``query`` searches name, description, trigger words and tags
-        (FTS5, prefix match per word); ``trigger`` matches a trigger word or phrase; ``architecture`` takes
-        any alias (``sdxl``, ``SD 1.5``); ``tag`` matches a tag exactly (case-insensitive)."""
+        (FTS5, prefix match per word; trigger words and names from sidecars too); ``trigger`` matches a
+        trigger word or phrase; ``architecture`` takes any alias (``sdxl``, ``SD 1.5``) or a finer base
+        (``Pony``, ``Illustrious``: entries a sidecar or Civitai says are for it); ``tag`` matches a tag
+        exactly (case-insensitive); ``loader`` (a loader name) keeps entries whose recorded verdict for that
+        loader is ``outcome`` (default: loads fully)."""
         sql = ["SELECT e.* FROM entries e"]
         where: list[str] = []
         params: list[Any] = []
@@ -160,8 +177,16 @@ class Registry:
             where.append("entries_fts MATCH ?")
             params.append(match)
         if architecture:
-            where.append("e.architecture = ?")
-            params.append(_architecture_id(architecture))
+            finer = finer_base(architecture)
+            if finer is not None:
+                where.append("lower(e.sub_base) = lower(?)")
+                params.append(finer.label)
+            else:
+                where.append("e.architecture = ?")
+                params.append(_architecture_id(architecture))
+        if loader:
+            where.append("json_extract(e.loaders, ?) = ?")
+            params += [f"$.{_loader_name(loader)}", _outcome(outcome)]
         if tag:
             where.append("EXISTS (SELECT 1 FROM json_each(e.tags) WHERE lower(json_each.value) = lower(?))")
             params.append(tag.strip())
@@ -173,9 +198,9 @@ class Registry:
         if where:
             sql.append("WHERE " + " AND ".join(where))
         sql.append("ORDER BY bm25(entries_fts), e.added_at DESC" if match else "ORDER BY e.added_at DESC, e.sha256")
-        if limit is not None:
-            sql.append("LIMIT ?")
-            params.append(int(limit))
+        if limit is not None or offset:
+            sql.append("LIMIT ? OFFSET ?")
+            params += [-1 if limit is None else int(limit), int(offset)]
         with sqlite_errors(self.db_path):
             rows = self._conn.execute(" ".join(sql), params).fetchall()
             return [self._entry(row) for row in rows]
@@ -211,7 +236,7 @@ class Registry:
         with sqlite_errors(self.db_path):
             rows = self._conn.execute("SELECT * FROM entries ORDER BY added_at, sha256").fetchall()
             entries = [self._entry(row) for row in rows]
-        damaged = [e for e in entries if e.blob != BLOB_OK]
+        damaged = [e for e in entries if e.blob not in (BLOB_OK, BLOB_IN_PLACE, BLOB_GONE)]
         if damaged:
             listed = "; ".join(f"{e.id} ({e.title}): stored file {e.blob}" for e in damaged[:3])
             more = f" and {len(damaged) - 3} more" if len(damaged) > 3 else ""
@@ -227,7 +252,7 @@ class Registry:
         ``list`` stops flagging it."""
         with sqlite_errors(self.db_path):
             rows = self._conn.execute("SELECT sha256, name, file_name, size, blob_mtime_ns FROM entries "
-                                      "ORDER BY added_at, sha256").fetchall()
+                                      "WHERE stored IS NOT 0 ORDER BY added_at, sha256").fetchall()
         found: list[BlobCheck] = []
         refresh: list[tuple[int, int, str]] = []
         for row in rows:
@@ -276,18 +301,36 @@ class Registry:
         origins = self._conn.execute(
             "SELECT kind, path, endpoint, repo, revision, file FROM origins WHERE sha256 = ? ORDER BY added_at",
             (row["sha256"],)).fetchall()
+        locations = tuple({"path": r["path"], "state": r["state"], "preview": r["preview"], "moved_to": r["moved_to"],
+                           "root": r["root"]}
+                          for r in self._conn.execute("SELECT path, root, state, preview, moved_to FROM locations "
+                                                      "WHERE sha256 = ? ORDER BY state != 'present', path",
+                                                      (row["sha256"],)))
         verdict = json.loads(row["verdict"]) if row["verdict"] else None
+        if row["stored"] == 0:  # indexed in place: the file the user keeps is the entry's file
+            present = [loc["path"] for loc in locations if loc["state"] == "present"]
+            path = present[0] if present else (locations[0]["path"] if locations else "")
+            blob = BLOB_IN_PLACE if present else BLOB_GONE
+        else:
+            path = str(self.store.blob_path(row["sha256"]))
+            blob = self.store.blob_state(row["sha256"], row["size"], row["blob_mtime_ns"])
         return Entry(
-            sha256=row["sha256"], path=str(self.store.blob_path(row["sha256"])), file_name=row["file_name"],
+            sha256=row["sha256"], path=path, file_name=row["file_name"],
             size=row["size"], added_at=row["added_at"], name=row["name"], description=row["description"],
             architecture=row["architecture"], format=row["format"], network_type=row["network_type"],
             rank=row["rank"], content_rating=row["content_rating"],
             trigger_words=tuple(json.loads(row["trigger_words"])), tags=tuple(json.loads(row["tags"])),
             tensor_sha256=row["tensor_sha256"],
             verdict=Verdict(ok=verdict["ok"], error_codes=tuple(verdict["error_codes"])) if verdict else None,
-            blob=self.store.blob_state(row["sha256"], row["size"], row["blob_mtime_ns"]),
+            blob=blob,
             metadata=json.loads(row["metadata"]),
             origins=tuple(Origin.from_dict({k: (o[k] or None) for k in o.keys()}) for o in origins),
+            sub_base=row["sub_base"],
+            hashes=json.loads(row["hashes"]) if row["hashes"] else {},
+            loaders=json.loads(row["loaders"]) if row["loaders"] else {},
+            findings=json.loads(row["findings"]) if row["findings"] else {},
+            imported=json.loads(row["imported"]) if row["imported"] else {},
+            locations=locations,
         )
 
 
@@ -316,13 +359,18 @@ def _read_facts(path: Path) -> dict[str, Any]:
         stat = path.stat()
     except FileNotFoundError:
         raise FileAccessError("no such file", path=path, hint="check the path") from None
-    adapter = AdapterFile.open(path)
+    return adapter_facts(AdapterFile.open(path), stat)
+
+
+def adapter_facts(adapter: Any, stat: os.stat_result) -> dict[str, Any]:
+    """The index's facts from an open ``AdapterFile`` (hashes it: one read of the file)."""
     meta = adapter.metadata
     hashes = adapter.hashes
     return {
         "stat": stat,
         "sha256": hashes.sha256,
         "tensor_sha256": hashes.autov3,
+        "hashes": hashes.as_dict(),
         "name": meta.name,
         "description": meta.description,
         "size": stat.st_size,
@@ -365,8 +413,13 @@ def _insert(conn: sqlite3.Connection, facts: dict[str, Any], event: dict[str, An
         conn.execute("UPDATE entries SET verdict = ? WHERE sha256 = ?",
                      (json.dumps(event["verdict"], sort_keys=True), facts["sha256"]))
     if facts.get("blob_mtime_ns") is not None:  # the blob as stored now (a re-add may have replaced it)
-        conn.execute("UPDATE entries SET size = ?, blob_mtime_ns = ? WHERE sha256 = ?",
+        conn.execute("UPDATE entries SET size = ?, blob_mtime_ns = ?, stored = 1 WHERE sha256 = ?",
                      (facts["size"], facts["blob_mtime_ns"], facts["sha256"]))
+    elif cur.rowcount == 1:  # indexed in place (``registry scan``): the store holds no copy
+        conn.execute("UPDATE entries SET stored = 0 WHERE sha256 = ?", (facts["sha256"],))
+    if facts.get("hashes") is not None:
+        conn.execute("UPDATE entries SET hashes = ? WHERE sha256 = ?",
+                     (json.dumps(facts["hashes"], sort_keys=True), facts["sha256"]))
 
 
 def _fts_match(query: str | None, trigger: str | None) -> str | None:
@@ -383,6 +436,24 @@ def _fts_match(query: str | None, trigger: str | None) -> str | None:
 
 def _words(text: str | None) -> list[str]:
     return re.findall(r"\w+", text or "")
+
+
+def _loader_name(name: str) -> str:
+    """A known loader name (validated: it becomes part of a JSON path)."""
+    from ..verify.consumers import parse_targets
+
+    names = parse_targets(name)
+    if len(names) != 1:
+        raise UsageError(f"give one loader, got {name!r}", hint="e.g. comfyui, a1111, forge, diffusers")
+    return names[0]
+
+
+def _outcome(outcome: str) -> str:
+    from ..verify.consumers import OUTCOMES
+
+    if outcome not in OUTCOMES:
+        raise UsageError(f"unknown loader outcome {outcome!r}", hint=f"use one of {', '.join(OUTCOMES)}")
+    return outcome
 
 
 def _architecture_id(name: str) -> str:
@@ -443,23 +514,34 @@ def rebuild(root: str | os.PathLike[str] | None = None) -> RebuildResult:
                 names = [e.get("file_name") for e in registry.store.read_journal(sha) if e.get("file_name")]
                 result.dropped.append((sha, names[-1] if names else sha[:12], "its stored file is missing"))
                 reported.add(sha)
-    for sha, title in _old_index_entries(result.moved_aside):
+    for sha, title, stored in _old_index_entries(result.moved_aside):
         if sha not in reported:
-            result.dropped.append((sha, title, "listed in the old index, but its stored file is missing"))
+            reason = ("listed in the old index, but its stored file is missing" if stored else
+                      "indexed in place: run `lorareg registry scan` on its folder again")
+            result.dropped.append((sha, title, reason))
             reported.add(sha)
     return result
 
 
-def _old_index_entries(db_path: str | None) -> list[tuple[str, str]]:
-    """(sha256, title) of every entry the old database lists, read-only and best-effort: it may be corrupt."""
+def _old_index_entries(db_path: str | None) -> list[tuple[str, str, bool]]:
+    """(sha256, title, stored) of every entry the old database lists, read-only and best-effort: it may be
+    corrupt, or older than the ``stored`` column (then every entry had a stored copy)."""
     if db_path is None:
         return []
+    rows: list[Any] = []
     try:
         conn = sqlite3.connect(Path(db_path).resolve().as_uri() + "?mode=ro", uri=True, timeout=1.0)
         try:
-            rows = conn.execute("SELECT sha256, name, file_name FROM entries").fetchall()
+            for sql in ("SELECT sha256, name, file_name, stored IS NOT 0 FROM entries",
+                        "SELECT sha256, name, file_name, 1 FROM entries"):
+                try:
+                    rows = conn.execute(sql).fetchall()
+                    break
+                except sqlite3.OperationalError:  # no such column: an index from before ``scan``
+                    continue
         finally:
             conn.close()
     except sqlite3.Error:
         return []
-    return [(str(sha), str(name or file_name or sha)) for sha, name, file_name in rows if isinstance(sha, str)]
+    return [(str(sha), str(name or file_name or sha), bool(stored)) for sha, name, file_name, stored in rows
+            if isinstance(sha, str)]

@@ -51,6 +51,33 @@ CREATE TABLE IF NOT EXISTS origins (
     UNIQUE (sha256, kind, path, endpoint, repo, revision, file)
 );
 CREATE VIRTUAL TABLE IF NOT EXISTS entries_fts USING fts5 (name, description, trigger_words, tags);
+CREATE TABLE IF NOT EXISTS locations (   -- files indexed in place by `registry scan`, one row per path
+    path TEXT PRIMARY KEY,
+    root TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    dev INTEGER NOT NULL,
+    inode INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    state TEXT NOT NULL,          -- present, moved, removed
+    moved_to TEXT,
+    sidecars TEXT NOT NULL,       -- JSON: signature of the sidecar files and what they said
+    preview TEXT,                 -- path of the preview image next to the file
+    first_seen TEXT NOT NULL,
+    last_seen TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS locations_root ON locations (root);
+CREATE INDEX IF NOT EXISTS locations_sha256 ON locations (sha256);
+CREATE TABLE IF NOT EXISTS file_hashes (  -- the scan's hash cache: a file unchanged on disk is not read again
+    dev INTEGER NOT NULL,
+    inode INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    hashes TEXT NOT NULL,         -- JSON FileHashes
+    PRIMARY KEY (dev, inode, size, mtime_ns)
+);
+CREATE TABLE IF NOT EXISTS scan_roots (path TEXT PRIMARY KEY, scanned_at TEXT NOT NULL);
 """
 
 _CORRUPT = ("file is not a database", "malformed", "database corrupt")
@@ -98,7 +125,10 @@ def connect(db_path: Path) -> sqlite3.Connection:
 
 
 # Columns added after schema version 1 shipped: older databases gain them on open (NULL = not recorded).
-_ADDED_COLUMNS = {"entries": (("blob_mtime_ns", "INTEGER"),)}
+# ``stored``: NULL or 1 when the store holds a copy, 0 for an entry indexed in place only (``registry scan``).
+_ADDED_COLUMNS = {"entries": (("blob_mtime_ns", "INTEGER"), ("stored", "INTEGER"), ("sub_base", "TEXT"),
+                              ("hashes", "TEXT"), ("loaders", "TEXT"), ("findings", "TEXT"),
+                              ("imported", "TEXT"))}
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:

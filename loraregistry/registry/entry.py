@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 ENTRY_SCHEMA_VERSION = "1"
+BLOB_IN_PLACE, BLOB_GONE = "in_place", "gone"
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,38 @@ class Entry:
     verdict: Verdict | None = None
     metadata: dict[str, Any] = field(default_factory=dict)  # the canonical record (AdapterMetadata as JSON)
     origins: tuple[Origin, ...] = ()
-    blob: str = "ok"  # the stored file by the cheap check: ok, missing, or changed (size/mtime differ)
+    blob: str = "ok"  # the stored file by the cheap check: ok, missing, or changed (size/mtime differ);
+    # for an entry indexed in place (no stored copy): in_place while a scanned location holds it, else gone
+    sub_base: str | None = None  # the finer base a sidecar or Civitai names (Pony, Illustrious, ...)
+    hashes: dict[str, Any] = field(default_factory=dict)  # sha256, autov1/2/3, crc32, blake3
+    loaders: dict[str, str] = field(default_factory=dict)  # loader -> loads / loads_partly / fails / not_modelled
+    findings: dict[str, Any] = field(default_factory=dict)  # {"verify": [...], "loaders": {name: [...]}}
+    imported: dict[str, Any] = field(default_factory=dict)  # sidecar facts with sources, and conflicts
+    locations: tuple[dict[str, Any], ...] = ()  # files indexed in place: path, state, preview, moved_to
+
+    @property
+    def in_place(self) -> bool:
+        return self.blob in (BLOB_IN_PLACE, BLOB_GONE)
+
+    def imported_values(self, name: str) -> list[tuple[Any, str]]:
+        """(value, source) of each imported fact for the field ``name``."""
+        return [(f["value"], f["source"]) for f in self.imported.get("facts", ()) if f.get("field") == name]
+
+    @property
+    def all_trigger_words(self) -> tuple[str, ...]:
+        """Declared trigger words, then those sidecars and Civitai add, once each."""
+        words = list(self.trigger_words)
+        for value, _ in self.imported_values("trigger_words"):
+            words += value
+        seen: dict[str, str] = {}
+        for word in words:
+            seen.setdefault(word.lower(), word)
+        return tuple(seen.values())
+
+    @property
+    def preview(self) -> str | None:
+        return next((loc["preview"] for loc in self.locations if loc["state"] == "present" and loc.get("preview")),
+                    None)
 
     @property
     def id(self) -> str:
@@ -112,4 +144,10 @@ class Entry:
             "blob": self.blob,
             "metadata": self.metadata,
             "origins": [o.to_dict() for o in self.origins],
+            "sub_base": self.sub_base,
+            "hashes": self.hashes,
+            "loaders": self.loaders,
+            "findings": self.findings,
+            "imported": self.imported,
+            "locations": list(self.locations),
         }

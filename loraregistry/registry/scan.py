@@ -1,0 +1,313 @@
+"""``scan``: index folders of adapters in place (ComfyUI ``models/loras``, A1111/Forge ``models/Lora``), no copy.
+
+For each ``*.safetensors`` under a root the registry records its path, size, mtime and every hash, the verify
+verdict and each loader's verdict, and what its sidecars and preview say (``sidecars.py``). Re-scanning is
+cheap: a file whose (device, inode, size, mtime) the hash cache knows is never read again, and one whose path
+row is unchanged is not even looked up, so an unchanged folder costs one ``stat`` per file. A file renamed or
+moved within the filesystem keeps its inode, so its hashes come from the cache too.
+
+Between two scans of a root, a path that is gone is ``moved`` when its content (sha256) is present at another
+indexed path, else ``removed``. Duplicates are adapters whose tensor data hash (AutoV3) is the same under two
+or more present paths (same weights, possibly different metadata).
+
+Hidden files and folders (names starting with ``.``, lorareg's own temp files among them) are skipped, and
+symlinked folders are not followed (no loops).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..errors import FileAccessError, LoraregError
+from .db import sqlite_errors, transaction
+from .entry import Verdict
+from .sidecars import Sidecars, merge_facts, read_sidecars, signature
+
+ADAPTER_SUFFIX = ".safetensors"
+STATE_PRESENT, STATE_MOVED, STATE_REMOVED = "present", "moved", "removed"
+
+
+@dataclass
+class ScanResult:
+    """What one scan found. ``hashed``: files read and hashed; ``cached``: new or changed paths whose hashes
+    came from the cache (a move, a rename); ``unchanged``: paths as they were. Lists hold paths."""
+
+    roots: list[str]
+    files: int = 0
+    hashed: int = 0
+    cached: int = 0
+    unchanged: int = 0
+    new: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    moved: list[tuple[str, str]] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    sidecar_problems: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"roots": self.roots, "files": self.files, "hashed": self.hashed, "cached": self.cached,
+                "unchanged": self.unchanged, "new": self.new, "changed": self.changed,
+                "moved": [{"from": a, "to": b} for a, b in self.moved], "removed": self.removed,
+                "duplicates": self.duplicates,
+                "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+                "sidecar_problems": [{"path": p, "problem": r} for p, r in self.sidecar_problems],
+                "seconds": round(self.seconds, 3)}
+
+
+@dataclass(frozen=True)
+class _Seen:
+    path: str
+    folder: Path
+    name: str
+    stat: os.stat_result
+    names: frozenset[str]  # the folder's listing, for sidecar lookups without more system calls
+
+    @property
+    def key(self) -> tuple[int, int, int, int]:
+        return (self.stat.st_dev, self.stat.st_ino, self.stat.st_size, self.stat.st_mtime_ns)
+
+
+def scan(registry: Any, roots: list[str | os.PathLike[str]], *, verify_files: bool = True) -> ScanResult:
+    """Index every adapter under ``roots`` in place; returns what changed since the last scan of each root.
+
+    ``verify_files=False`` records hashes and facts but no verify or loader verdicts (faster on huge folders).
+    Raises FileAccessError (exit 2) for a root that is not a readable folder, before anything is written.
+    """
+    started = time.perf_counter()
+    resolved = [_root(r) for r in roots]
+    result = ScanResult(roots=[str(r) for r in resolved])
+    touched: set[str] = set()
+    # Every root is indexed before any path is called gone, so a file moved from one root to another
+    # scanned together is reported as moved, not removed.
+    gone = [row for root in resolved for row in _scan_root(registry, root, result, touched, verify_files)]
+    _mark_gone(registry, gone, result, touched)
+    _refresh_imported(registry, touched)
+    result.duplicates = _duplicates(registry, resolved)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _root(path: str | os.PathLike[str]) -> Path:
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise FileAccessError("no such folder", path=root, hint="give the folder that holds your LoRA files")
+    if not root.is_dir():
+        raise FileAccessError("is a file, expected a folder", path=root,
+                              hint="`lorareg registry add FILE` stores single files")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise FileAccessError("cannot read this folder (permission denied)", path=root, hint="fix its permissions")
+    return root.resolve()
+
+
+def _walk(root: Path, result: ScanResult) -> list[_Seen]:
+    found: list[_Seen] = []
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                items = [e for e in it if not e.name.startswith(".")]
+        except OSError as exc:
+            result.skipped.append((str(folder), f"cannot list this folder ({exc.strerror or exc})"))
+            continue
+        names = frozenset(e.name for e in items)
+        for item in sorted(items, key=lambda e: e.name):
+            try:
+                if item.is_dir(follow_symlinks=False):
+                    stack.append(Path(item.path))
+                elif item.name.lower().endswith(ADAPTER_SUFFIX) and item.is_file():
+                    found.append(_Seen(item.path, folder, item.name, item.stat(), names))
+            except OSError as exc:
+                result.skipped.append((item.path, f"cannot read ({exc.strerror or exc})"))
+    return found
+
+
+def _scan_root(registry: Any, root: Path, result: ScanResult, touched: set[str], verify_files: bool) -> list[Any]:
+    """Index the files under ``root``; returns the location rows of paths that were present and are gone."""
+    conn = registry._conn
+    with sqlite_errors(registry.db_path):
+        known = {row["path"]: row for row in conn.execute("SELECT * FROM locations WHERE root = ?", (str(root),))}
+    seen = _walk(root, result)
+    result.files += len(seen)
+    now = _now()
+    here: set[str] = set()
+    for item in seen:
+        here.add(item.path)
+        row = known.get(item.path)
+        sig = signature(item.folder, item.name, set(item.names))
+        if row is not None and row["state"] == STATE_PRESENT and \
+                (row["dev"], row["inode"], row["size"], row["mtime_ns"]) == item.key:
+            result.unchanged += 1
+            if json.loads(row["sidecars"]).get("signature") != sig:  # a sidecar or preview changed
+                cars = _sidecars(item, sig, result)
+                with sqlite_errors(registry.db_path), transaction(conn):
+                    conn.execute("UPDATE locations SET sidecars = ?, preview = ?, last_seen = ? WHERE path = ?",
+                                 (json.dumps(cars.to_dict(), sort_keys=True), cars.preview, now, item.path))
+                touched.add(row["sha256"])
+            continue
+        try:
+            sha256 = _content(registry, item, result, verify_files)
+        except LoraregError as exc:
+            result.skipped.append((item.path, exc.one_line()))
+            continue
+        cars = _sidecars(item, sig, result)
+        (result.changed if row is not None and row["state"] == STATE_PRESENT else result.new).append(item.path)
+        touched.add(sha256)
+        if row is not None:
+            touched.add(row["sha256"])
+        with sqlite_errors(registry.db_path), transaction(conn):
+            conn.execute(
+                "INSERT INTO locations (path, root, sha256, dev, inode, size, mtime_ns, state, moved_to, sidecars, "
+                "preview, first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?) "
+                "ON CONFLICT (path) DO UPDATE SET root = excluded.root, sha256 = excluded.sha256, dev = excluded.dev, "
+                "inode = excluded.inode, size = excluded.size, mtime_ns = excluded.mtime_ns, state = excluded.state, "
+                "moved_to = NULL, sidecars = excluded.sidecars, preview = excluded.preview, "
+                "last_seen = excluded.last_seen",
+                (item.path, str(root), sha256, *item.key, STATE_PRESENT, json.dumps(cars.to_dict(), sort_keys=True),
+                 cars.preview, now, now))
+    with sqlite_errors(registry.db_path), transaction(conn):
+        conn.execute("INSERT INTO scan_roots (path, scanned_at) VALUES (?, ?) "
+                     "ON CONFLICT (path) DO UPDATE SET scanned_at = excluded.scanned_at", (str(root), now))
+    return [row for path, row in known.items() if path not in here and row["state"] == STATE_PRESENT]
+
+
+def _mark_gone(registry: Any, gone: list[Any], result: ScanResult, touched: set[str]) -> None:
+    conn, now = registry._conn, _now()
+    with sqlite_errors(registry.db_path), transaction(conn):
+        for row in gone:
+            other = conn.execute("SELECT path FROM locations WHERE sha256 = ? AND state = ? AND path != ? "
+                                 "ORDER BY path LIMIT 1", (row["sha256"], STATE_PRESENT, row["path"])).fetchone()
+            if other is not None:
+                conn.execute("UPDATE locations SET state = ?, moved_to = ?, last_seen = ? WHERE path = ?",
+                             (STATE_MOVED, other["path"], now, row["path"]))
+                result.moved.append((row["path"], other["path"]))
+            else:
+                conn.execute("UPDATE locations SET state = ?, last_seen = ? WHERE path = ?",
+                             (STATE_REMOVED, now, row["path"]))
+                result.removed.append(row["path"])
+            touched.add(row["sha256"])
+
+
+def _sidecars(item: _Seen, sig: list[list[Any]], result: ScanResult) -> Sidecars:
+    cars = read_sidecars(Path(item.path), set(item.names), sig)
+    result.sidecar_problems += [(item.path, problem) for problem in cars.problems]
+    return cars
+
+
+def _content(registry: Any, item: _Seen, result: ScanResult, verify_files: bool) -> str:
+    """The sha256 of the file at ``item``: from the hash cache when its (device, inode, size, mtime) is known,
+    else by reading it; makes sure the registry has an entry (with verdicts) for that content."""
+    conn = registry._conn
+    with sqlite_errors(registry.db_path):
+        cached = conn.execute("SELECT sha256 FROM file_hashes WHERE dev = ? AND inode = ? AND size = ? AND "
+                              "mtime_ns = ?", item.key).fetchone()
+        entry = None
+        if cached is not None:
+            entry = conn.execute("SELECT loaders, findings FROM entries WHERE sha256 = ?",
+                                 (cached["sha256"],)).fetchone()
+    if cached is not None and entry is not None and (entry["findings"] or not verify_files):
+        result.cached += 1
+        return cached["sha256"]
+    return _analyse(registry, item, result, verify_files)
+
+
+def _analyse(registry: Any, item: _Seen, result: ScanResult, verify_files: bool) -> str:
+    """Read, hash and (unless told not to) verify one file, then index it as an in-place entry."""
+    from ..adapter import AdapterFile
+    from .core import _insert, _now as now, adapter_facts
+
+    adapter = AdapterFile.open(item.path)
+    facts = adapter_facts(adapter, item.stat)
+    result.hashed += 1
+    after = os.stat(item.path)
+    if (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns) != item.key:
+        raise FileAccessError("changed while it was being scanned", path=item.path, hint="scan again")
+    verdict = loaders = findings = None
+    if verify_files:
+        from ..verify import verify
+        from ..verify.consumers import consumer_verdicts
+
+        report = verify(item.path)
+        verdicts = consumer_verdicts(adapter)
+        verdict = Verdict.from_report(report).to_dict()
+        loaders = {v.consumer: v.outcome for v in verdicts}
+        findings = {"verify": [f.to_dict() for f in report.findings],
+                    "loaders": {v.consumer: [f.to_dict() for f in v.findings] for v in verdicts}}
+        if not facts["architecture"]:
+            facts["architecture"] = report.detected_architecture
+    facts.pop("stat")
+    event = {"added_at": now(), "file_name": item.name, "verdict": verdict}
+    conn = registry._conn
+    with sqlite_errors(registry.db_path), transaction(conn):
+        _insert(conn, facts, event, Path(item.path))
+        if loaders is not None:
+            conn.execute("UPDATE entries SET loaders = ?, findings = ?, architecture = coalesce(architecture, ?) "
+                         "WHERE sha256 = ?", (json.dumps(loaders, sort_keys=True), json.dumps(findings),
+                                              facts["architecture"], facts["sha256"]))
+        conn.execute("INSERT OR REPLACE INTO file_hashes (dev, inode, size, mtime_ns, sha256, hashes) "
+                     "VALUES (?, ?, ?, ?, ?, ?)", (*item.key, facts["sha256"],
+                                                   json.dumps(facts["hashes"], sort_keys=True)))
+    return facts["sha256"]
+
+
+def _refresh_imported(registry: Any, shas: set[str]) -> None:
+    """Recompute each touched entry's imported facts from the sidecars of its present locations, its finer
+    base, and its full-text row (so sidecar trigger words and names are searchable)."""
+    conn = registry._conn
+    for sha in sorted(shas):
+        with sqlite_errors(registry.db_path), transaction(conn):
+            entry = conn.execute("SELECT rowid, * FROM entries WHERE sha256 = ?", (sha,)).fetchone()
+            if entry is None:
+                continue
+            facts: list[dict[str, Any]] = []
+            for row in conn.execute("SELECT path, sidecars FROM locations WHERE sha256 = ? AND state = ? "
+                                    "ORDER BY path", (sha, STATE_PRESENT)):
+                for fact in json.loads(row["sidecars"]).get("facts", []):
+                    facts.append({**fact, "file": str(Path(row["path"]).with_name(fact["file"]))})
+            metadata = json.loads(entry["metadata"])
+            declared = {"trigger_words": json.loads(entry["trigger_words"]), "name": entry["name"],
+                        "description": entry["description"], "architecture": entry["architecture"],
+                        "recommended_weight": metadata.get("recommended_weight")}
+            imported = merge_facts(facts, declared)
+            sub_base = next((f["value"] for f in facts if f["field"] == "sub_base"), None)
+            words = list(json.loads(entry["trigger_words"]))
+            names = [entry["name"] or "", entry["file_name"]]
+            for fact in facts:
+                if fact["field"] == "trigger_words":
+                    words += fact["value"]
+                elif fact["field"] in ("name", "base_model"):
+                    names.append(fact["value"])
+            conn.execute("UPDATE entries SET imported = ?, sub_base = ? WHERE sha256 = ?",
+                         (json.dumps(imported, sort_keys=True) if facts else None, sub_base, sha))
+            conn.execute("DELETE FROM entries_fts WHERE rowid = ?", (entry["rowid"],))
+            conn.execute("INSERT INTO entries_fts (rowid, name, description, trigger_words, tags) "
+                         "VALUES (?, ?, ?, ?, ?)", (entry["rowid"], "\n".join(dict.fromkeys(names)),
+                                                    entry["description"] or "", "\n".join(dict.fromkeys(words)),
+                                                    "\n".join(json.loads(entry["tags"]))))
+
+
+def _duplicates(registry: Any, roots: list[Path]) -> list[dict[str, Any]]:
+    """Groups of present paths sharing a tensor hash, where at least one path lies under a scanned root."""
+    with sqlite_errors(registry.db_path):
+        rows = registry._conn.execute(
+            "SELECT e.tensor_sha256 AS t, l.path AS path, l.root AS root FROM locations l "
+            "JOIN entries e ON e.sha256 = l.sha256 WHERE l.state = ? AND e.tensor_sha256 IS NOT NULL "
+            "ORDER BY e.tensor_sha256, l.path", (STATE_PRESENT,)).fetchall()
+    groups: dict[str, list[Any]] = {}
+    for row in rows:
+        groups.setdefault(row["t"], []).append(row)
+    scanned = {str(r) for r in roots}
+    return [{"tensor_sha256": t, "paths": [r["path"] for r in rows]} for t, rows in groups.items()
+            if len(rows) > 1 and any(r["root"] in scanned for r in rows)]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
