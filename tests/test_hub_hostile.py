@@ -23,7 +23,7 @@ import pytest
 
 from loraregistry import cli
 from loraregistry.hub import pull, push, search, verify_remote
-from loraregistry.hub.errors import HubError, ResponseTooLarge, UntrustedServerData
+from loraregistry.hub.errors import HubError, ResponseTooLarge, UnsafeFileName, UntrustedServerData
 from loraregistry.hub.staging import PREFIX
 from loraregistry.hub.transport import JSON_CAP
 from loraregistry.registry import Registry
@@ -241,6 +241,35 @@ def test_a_redirect_to_another_origin_gets_no_token(hub, registry, tmp_path):
     assert Path(pulled.entry.path).read_bytes() == data
     downloads = [(host, sent) for host, path, sent in hub.state.authorized if "/resolve/" in path]
     assert downloads == [(hub.endpoint.split("//")[1], True), (other.split("//")[1], False)]
+
+
+# --- what reaches the terminal ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["a\x1b[2J.safetensors", "b\r.safetensors", "..\\..\\evil.safetensors"])
+def test_listed_file_names_with_escapes_or_backslashes_are_refused(hub, registry, tmp_path, name):
+    hub.state.add_files("mallory/names", {name: make_adapter(tmp_path).read_bytes()})
+    before = snapshot(tmp_path)
+    with pytest.raises(UnsafeFileName, match="unsafe file name"):
+        pull("mallory/names", endpoint=hub.endpoint, registry=registry, dest=tmp_path / "out")
+    assert_nothing_kept(tmp_path, before, registry)
+
+
+def test_a_commit_oid_that_is_no_sha_is_refused(hub, tmp_path):
+    hub.state.hostile.commit_oid = "\x1b[2J../../x"
+    with pytest.raises(UntrustedServerData, match="no commit sha") as info:
+        push(make_adapter(tmp_path), "mallory/pushed", endpoint=hub.endpoint)
+    assert "\x1b" not in str(info.value)
+
+
+def test_search_shows_server_strings_as_text(hub, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LORAREG_HOME", str(tmp_path / "home"))
+    card = '---\ntags:\n- lora\ninstance_prompt: "\\e[2Jwiped, [/bold]"\n---\n# x\n'
+    hub.state.add_files("mallory/card", {"README.md": card.encode()})
+    code = cli.main(["search", "--hub", "--endpoint", hub.endpoint])
+    out, err = capsys.readouterr()
+    assert code == 0 and "Traceback" not in err
+    assert "\x1b" not in out and "[/bold]" in out and "\\x1b[2Jwiped" in out
 
 
 # --- the download folder ------------------------------------------------------------------------------

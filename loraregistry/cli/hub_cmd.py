@@ -108,14 +108,16 @@ def search(query: str | None, base: str | None, trigger: str | None, tag: str | 
     if as_json:
         emit_json([h.to_dict() for h in hits])
         return 0
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
     for column in ("source", "id", "name", "base", "trigger words", "rating"):
         table.add_column(column)
-    for h in hits:
-        table.add_row(h.source, h.id, h.name or "", h.architecture or h.base_model or "", ", ".join(h.trigger_words),
-                      h.content_rating or "")
+    for h in hits:  # servers and files chose these strings: shown as text, never as rich markup
+        cells = (h.source, h.id, h.name or "", h.architecture or h.base_model or "", ", ".join(h.trigger_words),
+                 h.content_rating or "")
+        table.add_row(*(escape(cell) for cell in cells))
     console().print(table)
     if not hits:
         status("no adapters found")

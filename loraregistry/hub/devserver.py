@@ -89,6 +89,7 @@ class Hostile:
     model_info_declared: bool = True  # ...announced in Content-Length (else streamed until the client leaves)
     echo_authorization: bool = False  # every answer is a 400 whose message repeats the Authorization header
     redirect_downloads_to: str | None = None  # resolve answers 302 to this origin (same path), like a CDN
+    commit_oid: str | None = None  # the commitOid a commit POST answers with
     body_bytes_sent: int = 0  # what the endless bodies and huge JSON documents put on the wire
 
 
@@ -369,7 +370,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             sha = self.state._commit(target, branch, regular, lfs, header["summary"], tuple(deleted))
             self.state.commits.append(sha)
-        self._json({"commitOid": sha, "commitUrl": f"{self.base}/{repo}/commit/{sha}", "pullRequestUrl": None})
+        oid = self.state.hostile.commit_oid or sha
+        self._json({"commitOid": oid, "commitUrl": f"{self.base}/{repo}/commit/{sha}", "pullRequestUrl": None})
 
     # --- reads ---------------------------------------------------------------------------------------
 

@@ -89,8 +89,8 @@ def _single_adapter(files: tuple[str, ...], unsafe: tuple[str, ...], repo_id: st
     top = sorted(f for f in files if "/" not in f and f.endswith(".safetensors"))
     hostile = [f for f in unsafe if f.endswith(".safetensors")]
     if hostile:
-        raise UnsafeFileName(f"{repo_id!r} lists the file name {server_text(repr(hostile[0]), 120)}, which would "
-                             "leave the target folder", hint=HOSTILE_HINT)
+        raise UnsafeFileName(f"{repo_id!r} lists the unsafe file name {server_text(repr(hostile[0]), 120)} (it would "
+                             "leave the target folder, or holds control characters)", hint=HOSTILE_HINT)
     if len(top) == 1:
         return top[0]
     if not top:

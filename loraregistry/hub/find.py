@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import env
-from .errors import HOSTILE_HINT, HubError, InvalidRepoId
+from .errors import HOSTILE_HINT, HubError, InvalidRepoId, server_text
 from .uri import check_repo_id
 
 LORA_TAG = "lora"
@@ -106,17 +106,22 @@ def _hub_hit(model: Any) -> SearchHit | None:
     except InvalidRepoId:
         return None
     card = model.get("cardData") if isinstance(model.get("cardData"), dict) else {}
-    tags = [t for t in model.get("tags") or [] if isinstance(t, str)] if isinstance(model.get("tags"), list) else []
+    tags = [_text(t) for t in model.get("tags") if isinstance(t, str)] if isinstance(model.get("tags"), list) else []
     siblings = model.get("siblings") if isinstance(model.get("siblings"), list) else []
     files = {s.get("rfilename") for s in siblings if isinstance(s, dict)}
     prompt = card.get("instance_prompt")
     base_model = card.get("base_model")
     return SearchHit(source="hub", id=repo_id, name=repo_id.split("/")[-1],
-                     trigger_words=[w.strip() for w in prompt.split(",")] if isinstance(prompt, str) else [],
+                     trigger_words=[_text(w.strip()) for w in prompt.split(",")] if isinstance(prompt, str) else [],
                      tags=tags, downloads=_count(model.get("downloads")), likes=_count(model.get("likes")),
-                     base_model=base_model if isinstance(base_model, str) else None,
+                     base_model=_text(base_model) if isinstance(base_model, str) else None,
                      content_rating="adult" if "not-for-all-audiences" in tags else None,
                      has_lorareg_metadata="lorareg.json" in files)
+
+
+def _text(value: str) -> str:
+    """A string a server chose, as shown: control characters visible (no terminal escapes), bounded."""
+    return server_text(value, 200)
 
 
 def _count(value: Any) -> int | None:
@@ -135,12 +140,12 @@ def _add_lorareg_json(endpoint: str, headers, hit: SearchHit) -> None:
     if isinstance(record, dict):
         name, words = record.get("name"), record.get("trigger_words")
         arch, rating = (record.get("base") or {}), record.get("content_rating")
-        hit.name = name if isinstance(name, str) and name else hit.name
+        hit.name = _text(name) if isinstance(name, str) and name else hit.name
         if isinstance(words, list) and all(isinstance(w, str) for w in words):
-            hit.trigger_words = list(words) or hit.trigger_words
+            hit.trigger_words = [_text(w) for w in words] or hit.trigger_words
         architecture = arch.get("architecture") if isinstance(arch, dict) else None
-        hit.architecture = architecture if isinstance(architecture, str) else None
-        hit.content_rating = rating if isinstance(rating, str) and rating else hit.content_rating
+        hit.architecture = _text(architecture) if isinstance(architecture, str) else None
+        hit.content_rating = _text(rating) if isinstance(rating, str) and rating else hit.content_rating
 
 
 def _same_family(arch_id: str, arch) -> bool:

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from . import env
-from .errors import PushRefused
-from .uri import check_file_name, check_repo_id
+from .errors import HOSTILE_HINT, PushRefused, UntrustedServerData, server_text
+from .uri import check_file_name, check_repo_id, is_commit_sha
 
 METADATA_FILE = "lorareg.json"
 SAMPLES_FOLDER = "samples"
@@ -79,7 +79,11 @@ def push(path: str | os.PathLike[str], repo_id: str, *, private: bool = False, e
         ]
         info = api.create_commit(repo_id, operations=operations, revision=revision,
                                  commit_message=commit_message or f"Upload {filename} with lorareg")
-    return PushResult(repo_id=repo_id, endpoint=endpoint, commit=info.oid, commit_url=info.commit_url,
+    if not is_commit_sha(info.oid):  # it is printed and recorded: no escape sequences, no paths
+        raise UntrustedServerData(f"{endpoint} acknowledged the commit with {server_text(repr(info.oid), 80)}, which is "
+                                  "no commit sha (40 lowercase hex digits); the upload may or may not have landed",
+                                  hint=HOSTILE_HINT)
+    return PushResult(repo_id=repo_id, endpoint=endpoint, commit=info.oid, commit_url=server_text(str(info.commit_url)),
                       files=[op.path_in_repo for op in operations], report=report)
 
 

@@ -26,13 +26,22 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def check_file_name(name: str) -> str:
-    """A path inside a repo that stays inside any folder it is joined to; returned normalized."""
-    bad = (not name or "\\" in name or "\x00" in name or name.startswith("/") or re.match(r"^[A-Za-z]:", name)
+    """A path inside a repo that stays inside any folder it is joined to; returned normalized.
+
+    Control characters are refused too: a name is printed and becomes a local file name, and a server
+    could otherwise send terminal escape sequences in it."""
+    bad = (not name or "\\" in name or name.startswith("/") or re.match(r"^[A-Za-z]:", name)
            or any(part in ("", ".", "..") for part in name.split("/")))
     if bad:
         raise UnsafeFileName(f"file name {name!r} would leave the target folder",
                              hint="file names must be relative paths without '..', '\\' or empty parts")
+    if _CONTROL.search(name):
+        raise UnsafeFileName(f"file name {name!r} holds control characters",
+                             hint="file names must be printable text")
     return str(PurePosixPath(name))
 
 
