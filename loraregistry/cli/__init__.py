@@ -9,6 +9,7 @@ Errors become messages here and nowhere else: one line on stderr, exit 2 for usa
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 
@@ -63,22 +64,23 @@ def _configure_threads(args: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``lorareg``; every outcome is exit 0 (ok), 1 (a check failed) or 2 (usage or input error) with one
+    line on stderr, except an interrupt (130) and a bug of lorareg itself (70, "internal error")."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
-    _configure_threads(args)
     try:
-        result = cli.main(args=args, prog_name="lorareg", standalone_mode=False)
+        with warnings.catch_warnings():
+            if not debug:  # numpy's overflow/invalid-value warnings on odd inputs are noise, not messages
+                warnings.simplefilter("ignore", RuntimeWarning)
+            result = cli.main(args=args, prog_name="lorareg", standalone_mode=False)
         return result if isinstance(result, int) else 0
-    except LoraregError as exc:
-        if debug:
-            raise
-        click.echo(f"lorareg: error: {exc.one_line()}", err=True)
-        return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
+    except click.UsageError as exc:
+        return _usage_error(exc)
+    except click.ClickException as exc:  # click.FileError and the like: an input error
+        _error_line(exc.format_message())
+        return 2
     except click.Abort:
         click.echo("lorareg: aborted", err=True)
         return 130
@@ -87,9 +89,46 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
-    except Exception as exc:  # a bug: say so plainly, keep the traceback for --debug
+    except Exception as exc:
         if debug:
             raise
-        click.echo(f"lorareg: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback "
-                   "and report it)", err=True)
-        return 70
+        error = _as_lorareg_error(exc)
+        if error is None:  # a bug: say so plainly, keep the traceback for --debug
+            _error_line(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback and "
+                        "report it)", prefix="lorareg: ")
+            return 70
+        _error_line(error.one_line())
+        return error.exit_code
+
+
+def _as_lorareg_error(exc: BaseException) -> LoraregError | None:
+    """The one-line error for what a command let through: OS errors (a full disk, a symlink loop, an unreadable
+    file), and memory or nesting an absurd input exhausted; None for anything else (a bug)."""
+    if isinstance(exc, LoraregError):
+        return exc
+    from ..ops.errors import InputTooLarge, os_error
+
+    if isinstance(exc, OSError):
+        return os_error(exc)
+    if isinstance(exc, MemoryError):
+        return InputTooLarge("not enough memory to process the input", hint="`lorareg verify` tells what is wrong")
+    if isinstance(exc, RecursionError):
+        return InputTooLarge("the input is nested too deeply to process", hint="`lorareg verify` tells what is wrong")
+    return None
+
+
+def _error_line(text: str, prefix: str = "lorareg: error: ") -> None:
+    from .output import safe_line
+
+    click.echo(prefix + safe_line(text), err=True)
+
+
+def _usage_error(exc: click.UsageError) -> int:
+    """One line saying what is wrong, and one saying where the help is (click prints four)."""
+    command = exc.ctx.command_path if exc.ctx is not None else "lorareg"
+    _error_line(exc.format_message())
+    about_a_file = (isinstance(exc, click.BadParameter) and not isinstance(exc, click.MissingParameter)
+                    and isinstance(getattr(exc.param, "type", None), click.Path))
+    if not about_a_file:  # a bad file needs no pointer to the help
+        click.echo(f"try '{command} --help'", err=True)
+    return 2

@@ -8,7 +8,7 @@ import click
 
 from .output import emit_json, status
 
-_path = click.Path(path_type=Path)
+_path = click.Path(path_type=Path, readable=False)
 
 
 @click.command()

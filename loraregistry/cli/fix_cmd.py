@@ -10,8 +10,8 @@ from .output import emit_json, status
 
 
 @click.command()
-@click.argument("input", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.argument("input", type=click.Path(path_type=Path, readable=False))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path, readable=False),
               help="Where to write the fixed adapter (never the input).")
 @click.option("--for", "targets", default="all", show_default=True, metavar="TARGET",
               help="diffusers, comfyui, a1111, forge (comma list) or all.")
@@ -25,9 +25,11 @@ def fix(input, output, targets, rank, max_error, strip_bloat, base, as_json) -> 
     SD-version metadata. The output is verified for the target before it is written; exit 0 also when
     nothing needs fixing (no output is written then)."""
     from ..fix import fix as fix_file
+    from ..ops.errors import about
 
-    result = fix_file(input, output, targets=targets, rank=rank, max_error=max_error, strip_bloat=strip_bloat,
-                      base=base)
+    with about(input):
+        result = fix_file(input, output, targets=targets, rank=rank, max_error=max_error, strip_bloat=strip_bloat,
+                          base=base)
     if as_json:
         emit_json(result.summary())
     elif not result.needed:

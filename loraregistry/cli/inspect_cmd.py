@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ..errors import LoraregError
-from .output import console, emit_json
+from .output import cell, console, emit_json, status
 
 
 def _fmt_counts(counts: dict[str, int], limit: int = 6) -> str:
@@ -29,33 +29,37 @@ def _render(report: dict[str, Any]) -> None:
     from rich.table import Table
 
     out = console()
-    table = Table(title=report["path"], show_header=False, box=None, title_justify="left", pad_edge=False)
+    table = Table(title=cell(report["path"]), show_header=False, box=None, title_justify="left", pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
+
+    def add_row(name: object, value: object) -> None:  # every cell literal: values come from the file
+        table.add_row(cell(name), cell(value))
+
     fmt = report["format"] + (f" ({', '.join(f'{k}={v}' for k, v in report['dialect'].items())})"
                               if report["dialect"] else "")
-    table.add_row("format", fmt)
-    table.add_row("network", report["network_type"])
-    table.add_row("components", _fmt_counts(report["components"]))
-    table.add_row("modules", f"{report['module_count']} ({report['conv_module_count']} conv)")
-    table.add_row("rank", _fmt_counts(report["ranks"]))
-    table.add_row("alpha", _fmt_counts(report["alphas"]) if report["alphas"] else "not stored (alpha = rank)")
-    table.add_row("dtypes", _fmt_counts(report["dtypes"]))
-    table.add_row("size", f"{_size(report['file_size'])} (header {_size(report['header_size'])}, "
-                          f"{report['tensor_count']} tensors)")
+    add_row("format", fmt)
+    add_row("network", report["network_type"])
+    add_row("components", _fmt_counts(report["components"]))
+    add_row("modules", f"{report['module_count']} ({report['conv_module_count']} conv)")
+    add_row("rank", _fmt_counts(report["ranks"]))
+    add_row("alpha", _fmt_counts(report["alphas"]) if report["alphas"] else "not stored (alpha = rank)")
+    add_row("dtypes", _fmt_counts(report["dtypes"]))
+    add_row("size", f"{_size(report['file_size'])} (header {_size(report['header_size'])}, "
+                    f"{report['tensor_count']} tensors)")
     if report["unknown_keys"]:
-        table.add_row("unknown keys", f"{len(report['unknown_keys'])}: {', '.join(report['unknown_keys'][:3])}"
-                                      + (" ..." if len(report["unknown_keys"]) > 3 else ""))
+        add_row("unknown keys", f"{len(report['unknown_keys'])}: {', '.join(report['unknown_keys'][:3])}"
+                + (" ..." if len(report["unknown_keys"]) > 3 else ""))
     for name, value in (report.get("hashes") or {}).items():
         if value:
-            table.add_row(name, value)
-    table.add_row("metadata from", ", ".join(report["metadata_sources"]) or "nothing (inferred from weights)")
+            add_row(name, value)
+    add_row("metadata from", ", ".join(report["metadata_sources"]) or "nothing (inferred from weights)")
     inferred = set(report["inferred"])
     for field, value in _flatten(report["metadata"]):
         mark = " (inferred)" if field in inferred else ""
-        table.add_row(f"  {field}", f"{value}{mark}")
+        add_row(f"  {field}", f"{value}{mark}")
     for warning in report["warnings"]:
-        table.add_row("warning", warning)
+        add_row("warning", warning)
     out.print(table)
 
 
@@ -72,7 +76,7 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 
 
 @click.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, readable=False))
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per file (see README).")
 @click.option("--no-hashes", is_flag=True, help="Skip the hashes (they read the whole file).")
 def inspect(files: tuple[Path, ...], as_json: bool, no_hashes: bool) -> int:
@@ -90,7 +94,7 @@ def inspect(files: tuple[Path, ...], as_json: bool, no_hashes: bool) -> int:
                 raise
             reports.append({"path": str(path), "error": exc.one_line()})
             if not as_json:
-                click.echo(f"lorareg: error: {exc.one_line()}", err=True)
+                status(f"lorareg: error: {exc.one_line()}")
     if as_json:
         emit_json(reports)
     else:

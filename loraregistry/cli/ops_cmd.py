@@ -12,10 +12,11 @@ from typing import Any
 import click
 
 from ..errors import UsageError
+from ..ops.errors import about
 from .output import emit_json, status
 
 _common = [
-    click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+    click.option("-o", "--output", required=True, type=click.Path(path_type=Path, readable=False),
                  help="Where to write the result."),
     click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), help="Storage dtype (default: the input's)."),
     click.option("--base", help="Verify the output against this base: architecture id, diffusers folder or checkpoint."),
@@ -52,7 +53,7 @@ def _render(summary: dict[str, Any], lines: list[str], as_json: bool) -> int:
 
 
 @click.command()
-@click.argument("input", type=click.Path(path_type=Path))
+@click.argument("input", type=click.Path(path_type=Path, readable=False))
 @click.option("--to", "to", required=True, type=click.Choice(["kohya", "peft", "diffusers"]), help="Target format.")
 @click.option("--rank", type=click.IntRange(min=1), help="Rank for LyCORIS/LoCon modules that must become plain LoRA "
               "(SVD where the exact rank is higher; the error is reported per module).")
@@ -63,8 +64,9 @@ def convert(input: Path, to: str, rank: int | None, dialect: tuple[str, ...], ou
     """Convert an adapter to kohya, peft or diffusers keys (tensors kept bit for bit where possible)."""
     from ..ops.convert import convert as run
 
-    result = run(input, output, to=to, dtype=dtype, rank=rank, dialect=_parse_dialect(dialect), force=force,
-                 base=base)
+    with about(input):
+        result = run(input, output, to=to, dtype=dtype, rank=rank, dialect=_parse_dialect(dialect), force=force,
+                     base=base)
     summary = result.summary()
     lines = [f"{input} ({result.format_from}) -> {output} ({to}): {result.modules} modules"]
     if summary["lowered"]:
@@ -90,7 +92,8 @@ def merge(adapters: tuple[str, ...], rank: int | None, to: str | None, output: P
     from ..ops.merge import merge as run
 
     inputs = [MergeInput.parse(text) for text in adapters]
-    result = run(inputs, output, rank=rank, to=to, dtype=dtype, force=force, base=base)
+    with about(output):  # errors about one input name it themselves (ops.merge)
+        result = run(inputs, output, rank=rank, to=to, dtype=dtype, force=force, base=base)
     summary = result.summary()
     ranks = sorted({m.rank for m in result.modules})
     lines = [f"merged {len(inputs)} adapters -> {output}: {len(result.modules)} modules, rank "
@@ -101,7 +104,7 @@ def merge(adapters: tuple[str, ...], rank: int | None, to: str | None, output: P
 
 
 @click.command()
-@click.argument("input", type=click.Path(path_type=Path))
+@click.argument("input", type=click.Path(path_type=Path, readable=False))
 @click.option("--rank", type=click.IntRange(min=1), help="New rank (with --dynamic: the largest rank allowed).")
 @click.option("--dynamic", metavar="METHOD=VALUE",
               help="kohya's dynamic rank: sv_ratio=X, sv_fro=X or sv_cumulative=X.")
@@ -114,7 +117,8 @@ def resize(input: Path, rank: int | None, dynamic: str | None, verbose: bool, ou
     from ..ops.resize import resize as run
 
     settings = ResizeSettings.parse_dynamic(dynamic, rank) if dynamic else ResizeSettings(rank=rank)
-    result = run(input, output, settings, dtype=dtype, force=force, base=base)
+    with about(input):
+        result = run(input, output, settings, dtype=dtype, force=force, base=base)
     summary = result.summary()
     lines = [f"{input} -> {output}: {summary['modules']} modules, rank {summary['rank_before']} -> "
              f"{summary['rank_after']}; Frobenius norm retained: mean {summary['retained_fro_mean']:.2%}, "

@@ -29,7 +29,9 @@ from ..adapter import AdapterFile
 from ..alphas import PEFT_CONFIG_KEY, module_alphas, peft_configs  # noqa: F401 (re-exported)
 from ..canonical import CanonicalKey, ModuleKey
 from ..errors import FileAccessError
-from .errors import OutputFailsVerify, OutputIsInput
+from .common import by_module
+from .errors import OutputFailsVerify, OutputIsInput, about
+from .validate import check_alpha, check_modules
 
 # Header keys that describe the old tensors or the old format: never carried into an op's output.
 STALE_HEADER_KEYS = frozenset({PEFT_CONFIG_KEY, "lorareg", "sshs_model_hash", "sshs_legacy_hash",
@@ -53,11 +55,15 @@ def load_canonical(adapter: AdapterFile, *, with_alpha: bool = True,
     by_name = adapter.mapping.mapped
     tensors = {by_name[info.name]: np.array(arr) if copy else arr
                for info, arr in memmap_tensors(adapter.path, adapter.header) if info.name in by_name}
+    check_modules(by_module(tensors), adapter.path)  # bad shapes/values: one error naming file and module
+    for key, value in tensors.items():
+        if key.role == "alpha" and value.ndim:  # [1] or [1, 1]: the 0-d scalar every loader reads
+            tensors[key] = value.reshape(())
     if with_alpha:
         for module, alpha in module_alphas(adapter).items():
             key = CanonicalKey(module.component, module.path, "alpha")
             if key not in tensors:
-                tensors[key] = np.array(alpha, dtype=np.float32)
+                tensors[key] = np.array(check_alpha(module, alpha, adapter.path), dtype=np.float32)
     return tensors
 
 
@@ -105,15 +111,18 @@ def _network_info(adapter: AdapterFile):
         values = [alphas[m] for m, info in adapter.modules.items() if info.kind == kind and m in alphas]
         return Counter(values).most_common(1)[0][0] if values else None
 
+    def stated(value: float | None) -> float | None:  # an alpha of 0 means alpha = rank (kohya): none stated
+        return value if value else None
+
     alpha = facts.alpha if facts.alpha is not None else common("linear")
     conv_alpha = facts.conv_alpha if facts.conv_alpha is not None else common("conv")
     known_type = facts.network_type in ("lora", "locon", "loha", "lokr", "dora", "full")
     return NetworkInfo(
         type=facts.network_type if known_type else None,
-        rank=facts.rank, alpha=alpha if facts.rank is not None else None,
-        conv_rank=facts.conv_rank, conv_alpha=conv_alpha if facts.conv_rank is not None else None,
+        rank=facts.rank, alpha=stated(alpha) if facts.rank is not None else None,
+        conv_rank=facts.conv_rank, conv_alpha=stated(conv_alpha) if facts.conv_rank is not None else None,
         rank_pattern=dict(facts.rank_pattern) if facts.rank is not None else {},
-        alpha_pattern=dict(facts.alpha_pattern) if facts.rank is not None else {},
+        alpha_pattern={k: v for k, v in facts.alpha_pattern.items() if v} if facts.rank is not None else {},
         components=list(facts.components), target_modules=list(facts.target_modules),
     )
 
@@ -137,7 +146,7 @@ def check_output_path(output: str | os.PathLike[str], inputs: Iterable[str | os.
     out = Path(output)
     for item in inputs:
         src = Path(item)
-        same = out.resolve() == src.resolve()
+        same = os.path.realpath(out) == os.path.realpath(src)  # Path.resolve raises on a symlink loop
         if not same and out.exists() and src.exists():
             with contextlib.suppress(OSError):
                 same = os.path.samefile(out, src)
@@ -171,22 +180,23 @@ def write_op_output(path: str | os.PathLike[str], tensors: Mapping[CanonicalKey,
     out = check_output_path(path, inputs)
     temp = new_temp_path(out)  # not *.safetensors: a killed run's leftover is no adapter, and is swept
     try:
-        write_adapter(temp, tensors, format=format, dialect=dialect, header=header)
-        data_sha256 = None  # rewrite_metadata keeps every tensor byte: hashed once, here
-        if metadata is not None:
-            written = AdapterFile.open(temp)
-            data_sha256 = tensor_sha256(temp, written.header.data_offset)
-            record = metadata.model_copy(update={"network": _network_info(written), "tensor_sha256": data_sha256})
-            rewrite_metadata(temp, merge_projection(written.header.metadata, record))
-        report = verify(temp, base=base)
-        errors = [f for f in report.findings if f.severity == "error"]
-        if errors and not force:
-            listed = "; ".join(f"{f.code} {f.message}" for f in errors[:5])
-            more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-            raise OutputFailsVerify(f"the output fails verify, not written: {listed}{more}", path=out,
-                                    hint="fix the inputs, pass a real base to check against, or --force")
-        report.path = str(out)
-        os.replace(temp, out)
+        with about(out):  # a full disk or a vanished folder: one line naming the output
+            write_adapter(temp, tensors, format=format, dialect=dialect, header=header)
+            data_sha256 = None  # rewrite_metadata keeps every tensor byte: hashed once, here
+            if metadata is not None:
+                written = AdapterFile.open(temp)
+                data_sha256 = tensor_sha256(temp, written.header.data_offset)
+                record = metadata.model_copy(update={"network": _network_info(written), "tensor_sha256": data_sha256})
+                rewrite_metadata(temp, merge_projection(written.header.metadata, record))
+            report = verify(temp, base=base)
+            errors = [f for f in report.findings if f.severity == "error"]
+            if errors and not force:
+                listed = "; ".join(f"{f.code} {f.message}" for f in errors[:5])
+                more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+                raise OutputFailsVerify(f"the output fails verify, not written: {listed}{more}", path=out,
+                                        hint="fix the inputs, pass a real base to check against, or --force")
+            report.path = str(out)
+            os.replace(temp, out)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
