@@ -117,6 +117,24 @@ def hash_file(path: str | os.PathLike[str], *, data_offset: int | None = None) -
     return hasher.result()
 
 
+def content_hashes(path: str | os.PathLike[str], data_offset: int) -> tuple[str, str]:
+    """(sha256, AutoV3) of a safetensors file in one read pass: what a provenance parent records, without the
+    CRC32, BLAKE3 and AutoV1 that ``hash_file`` adds (a third of its time on a large file)."""
+    whole, data = hashlib.sha256(), hashlib.sha256()
+    pos = 0
+    try:
+        with Path(path).open("rb") as f:
+            while chunk := f.read(_CHUNK):
+                whole.update(chunk)
+                end = pos + len(chunk)
+                if end > data_offset:
+                    data.update(memoryview(chunk)[max(0, data_offset - pos):])
+                pos = end
+    except OSError as exc:
+        raise FileAccessError(f"cannot read: {exc.strerror}", path=Path(path)) from None
+    return whole.hexdigest(), data.hexdigest()
+
+
 def tensor_sha256(path: str | os.PathLike[str], data_offset: int) -> str:
     """AutoV3 alone: sha256 of the bytes from ``data_offset`` to the end."""
     h = hashlib.sha256()

@@ -288,3 +288,26 @@ def test_merge_rank_reduction_is_optimal_and_bounded():
     assert np.linalg.norm(got - exact) == pytest.approx(np.sqrt(np.sum(s[5:] ** 2)), rel=1e-6)
     with pytest.raises(RankTooHigh):
         merge_modules([(a, 0.8), (b, 0.5)], rank=9)
+
+
+def test_fp16_merge_equals_the_float64_merge_within_fp16_storage():
+    """fp16 LoRA parents take the float32 path (down stacked as stored); the float64 merge is the reference."""
+    rng = _rng(7)
+
+    def half(modules):
+        return {k: v.astype(np.float16) for k, v in _adapter(rng, modules).items()}
+
+    a = half({"x": lora(rng, 40, 30, 4, 4.0), "conv": lora(rng, 8, 6, 2, 1.0, (3, 3))})
+    b = half({"x": lora(rng, 40, 30, 2, 2.0), "h": loha(rng, 6, 6, 2, 1.0)})
+    wide = {k: v.astype(np.float64) for k, v in a.items()}, {k: v.astype(np.float64) for k, v in b.items()}
+    for rank in (None, 3):
+        fast, _ = merge_modules([(a, 0.8), (b, -0.5)], rank=rank)  # storage dtype: the parents' fp16
+        exact, _ = merge_modules([(wide[0], 0.8), (wide[1], -0.5)], rank=rank, dtype=np.float64)
+        for path in ("x", "conv", "h"):
+            got = module_delta({k.role: v for k, v in fast.items() if k.path == path})
+            want = module_delta({k.role: v for k, v in exact.items() if k.path == path})
+            assert np.linalg.norm(got - want) <= 2e-3 * np.linalg.norm(want), (rank, path)
+        assert fast[CanonicalKey("unet", "x", "up")].dtype == np.float16
+    exact_merge, _ = merge_modules([(a, 0.8), (b, -0.5)])
+    stacked = np.concatenate([a[CanonicalKey("unet", "x", "down")], b[CanonicalKey("unet", "x", "down")]])
+    assert np.array_equal(exact_merge[CanonicalKey("unet", "x", "down")].view(np.uint16), stacked.view(np.uint16))

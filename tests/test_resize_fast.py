@@ -214,5 +214,41 @@ def test_cli_refuses_a_nan_factor_naming_the_file(tmp_path, capsys, _ops_command
     write_safetensors(src, tensors)
     assert main(["resize", str(src), "--rank", "2", "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and str(src) in err and "infinite or NaN" in err
+    assert len(err.splitlines()) == 1 and str(src) in err and "NaN" in err and "infinite" in err
     assert not out.exists() and not list(tmp_path.glob(".*tmp*"))
+
+
+@pytest.mark.parametrize("dynamic", ["sv_fro=0.9", "sv_ratio=4", "sv_cumulative=0.6", "sv_fro=0.5"])
+def test_kohya_dynamic_ranks_are_the_same_on_the_fast_path(dynamic):
+    """fp16 factors take the float32 Gram path; their float64 copies the float64 one: same kohya ranks."""
+    rng = _rng(9)
+    modules = {}
+    for i, (out, inn, r) in enumerate([(320, 320, 16), (640, 2048, 32), (1280, 320, 64), (64, 32, 8)]):
+        roles = _fp16_lora(rng, out, inn, r, alpha=r / 2)
+        decay = np.geomspace(1, 10.0 ** -(i + 1), r).astype(np.float32)  # a different spectrum per module
+        roles["up"] = (roles["up"].astype(np.float32) * decay).astype(np.float16)
+        modules[f"m{i}"] = roles
+    half = {CanonicalKey("unet", p, role): a for p, roles in modules.items() for role, a in roles.items()}
+    double = {k: a.astype(np.float64) for k, a in half.items()}
+    settings = ResizeSettings.parse_dynamic(dynamic)
+    _, fast = resize_tensors(half, settings)
+    _, exact = resize_tensors(double, settings)
+    assert [r.rank_after for r in fast] == [r.rank_after for r in exact]
+    assert len({r.rank_after for r in exact}) > 1  # the spectra really differ
+    for a, b in zip(fast, exact):
+        assert a.retained_fro == pytest.approx(b.retained_fro, rel=1e-5)
+
+
+def test_the_parent_record_holds_the_input_hashes(tmp_path):
+    from loraregistry.adapter import AdapterFile
+    from loraregistry.hashes import content_hashes, hash_file
+    from loraregistry.ops.resize import resize
+
+    src, out = tmp_path / "in.safetensors", tmp_path / "out.safetensors"
+    write_safetensors(src, lora_tensors("sd1", rank=4, alpha=2.0, seed=1), {"ss_network_dim": "4"})
+    expected = hash_file(src)
+    assert content_hashes(src, AdapterFile.open(src).header.data_offset) == (expected.sha256, expected.autov3)
+    result = resize(src, out, ResizeSettings(rank=2))
+    (parent,) = AdapterFile.open(out).metadata.provenance.parents
+    assert (parent.sha256, parent.tensor_sha256, parent.name) == (expected.sha256, expected.autov3, src.name)
+    assert result.output.sha256 == hash_file(out).sha256 and result.output.tensor_sha256 == hash_file(out).autov3

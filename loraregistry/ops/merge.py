@@ -25,13 +25,15 @@ import numpy as np
 from ..adapter import AdapterFile
 from ..canonical import CanonicalKey, ModuleKey
 from .common import alpha_array, by_module, flatten_modules, numpy_dtype, storage_dtype
-from .delta import lowrank_factors
+from .delta import lowrank_factors, module_scale
 from .errors import BadMergeWeight, MixedArchitectures, RankTooHigh, UnsupportedModule
-from .lowrank import factor_svd
+from .lowrank import factor_svd, to_float32
 from .progress import progress
 from .targets import base_shapes, layout, peft_text_model_defaults
 
 _RATINGS = ("general", "mature", "adult")
+_PLAIN_ROLES = frozenset({"down", "up", "alpha"})
+_SINGLE_DTYPES = frozenset({"float16", "bfloat16", "float32"})  # exact in float32
 
 
 @dataclass(frozen=True)
@@ -81,12 +83,28 @@ class MergeResult:
         return data
 
 
+def _weighted_factors(roles: Mapping[str, np.ndarray],
+                      weight: float) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """(weight * scale * up, down, delta shape) of one parent's module. Plain LoRA stored as 16/32-bit floats:
+    ``up`` in float32 (exact reads), ``down`` as stored (stacking needs no arithmetic, and the output keeps
+    the bytes); anything else through ``delta.lowrank_factors`` in float64."""
+    up, down = roles.get("up"), roles.get("down")
+    if (up is not None and down is not None and _PLAIN_ROLES.issuperset(roles)
+            and up.dtype.name in _SINGLE_DTYPES and down.dtype.name in _SINGLE_DTYPES
+            and down.shape[0] <= min(up.shape[0], math.prod(down.shape[1:]))):  # else exact_compress first
+        scaled = to_float32(up).reshape(up.shape[0], -1) * np.float32(weight * module_scale(roles))
+        return scaled, down.reshape(down.shape[0], -1), (up.shape[0], *down.shape[1:])
+    lr = lowrank_factors(roles)
+    return lr.up * weight, lr.down, lr.shape
+
+
 def merge_modules(parents: Sequence[tuple[dict[CanonicalKey, np.ndarray], float]], *, rank: int | None = None,
                   dtype=None, shapes: Mapping[ModuleKey, tuple[int, ...]] | None = None,
                   show_progress: bool | None = None) -> tuple[dict[CanonicalKey, np.ndarray], list[ModuleMerge]]:
     """Merge canonical tensor sets (each with its weight) into plain-LoRA canonical tensors (alpha = rank).
 
-    fp64 throughout; ``dtype`` is the storage dtype (default: the first parent's). ``shapes``: base weight
+    Plain LoRA stored as fp16/bf16/fp32 is computed in float32 (its values exactly), everything else in fp64
+    (``_weighted_factors``); ``dtype`` is the storage dtype (default: the first parent's). ``shapes``: base weight
     shapes, used where factors lost a conv kernel (``targets.layout``).
     """
     dtype = np.dtype(dtype) if dtype is not None else storage_dtype(parents[0][0]) if parents else np.float32
@@ -102,14 +120,14 @@ def merge_modules(parents: Sequence[tuple[dict[CanonicalKey, np.ndarray], float]
                 continue
             if "up_bias" in group[module]:
                 raise UnsupportedModule(f"{module}: a LoRA bias (peft lora_B.bias) cannot be merged by factors")
-            lr = lowrank_factors(group[module])
+            up, down, natural = _weighted_factors(group[module], weight)
             if shape is None:
-                shape = layout(lr.shape, (shapes or {}).get(module), follow_base=False)
-            if shape is not None and (lr.shape[0], math.prod(lr.shape[1:])) != (shape[0], math.prod(shape[1:])):
-                raise UnsupportedModule(f"{module}: parents disagree on its shape ({shape} vs {lr.shape})",
+                shape = layout(natural, (shapes or {}).get(module), follow_base=False)
+            if shape is not None and (natural[0], math.prod(natural[1:])) != (shape[0], math.prod(shape[1:])):
+                raise UnsupportedModule(f"{module}: parents disagree on its shape ({shape} vs {natural})",
                                         hint="merge adapters made for the same base")
-            ups.append(lr.up * weight)
-            downs.append(lr.down)
+            ups.append(up)
+            downs.append(down)
         pieces[module] = (np.concatenate(ups, axis=1), np.concatenate(downs, axis=0), shape, len(ups))
     if rank is not None and pieces and rank > max(p[0].shape[1] for p in pieces.values()):
         top = max(p[0].shape[1] for p in pieces.values())
@@ -118,13 +136,13 @@ def merge_modules(parents: Sequence[tuple[dict[CanonicalKey, np.ndarray], float]
     for module, (up, down, shape, count) in pieces.items():
         merged_rank, error = up.shape[1], 0.0
         if rank is not None and merged_rank > rank:
-            svd = factor_svd(up, down)
+            svd = factor_svd(up, to_float32(down) if down.dtype.name in _SINGLE_DTYPES else down)
             up, down = svd.factors(rank)
             error = svd.error(rank)[1]
         r = up.shape[1]
         merged[module] = {
-            "down": down.reshape(r, *shape[1:]).astype(dtype),
-            "up": up.reshape(shape[0], r, *([1] * (len(shape) - 2))).astype(dtype),
+            "down": down.reshape(r, *shape[1:]).astype(dtype, copy=False),
+            "up": up.reshape(shape[0], r, *([1] * (len(shape) - 2))).astype(dtype, copy=False),
             "alpha": alpha_array(r),
         }
         rows.append(ModuleMerge(module=str(module), parents=count, rank=r, merged_rank=merged_rank, rel_error=error))
@@ -188,7 +206,7 @@ def merge(inputs: Sequence[MergeInput], output: str | os.PathLike[str], *, rank:
     check_output_path(output, [i.path for i in inputs])
     adapters = [AdapterFile.open(i.path) for i in inputs]
     architecture = check_same_architecture([(i.path, a) for i, a in zip(inputs, adapters)])
-    tensors = [(load_canonical(a), i.weight) for i, a in zip(inputs, adapters)]
+    tensors = [(load_canonical(a, copy=False), i.weight) for i, a in zip(inputs, adapters)]
     shapes = {m: s for a in adapters for m, s in base_shapes(a, base).items()}
     merged, rows = merge_modules(tensors, rank=rank, dtype=numpy_dtype(dtype), shapes=shapes,
                                  show_progress=show_progress)

@@ -8,8 +8,8 @@ kohya's ``resize_lora.py`` does, the output keeps each module's scale: ``alpha_n
 new_rank`` with the unscaled product in the factors.
 
 Plain LoRA factors stored as fp16/bf16/fp32 are read straight from the file's memory map into float32
-(the Gram path's precision where it is safe); everything else goes through float64. The input's hashes
-(for the output's provenance) are computed on a second thread while the modules are resized.
+(the Gram path's precision where it is safe); everything else goes through float64. The input's sha256
+and AutoV3 (the output's provenance) are computed on a second thread while the modules are resized.
 
 Rank policy: ``rank`` above every module's rank is an error (RankTooHigh: nothing would shrink, and it is
 almost always a typo); per module the rank is capped at what the module holds, and the report says so.
@@ -235,13 +235,12 @@ def resize(input: str | os.PathLike[str], output: str | os.PathLike[str], settin
            dtype: str | None = None, force: bool = False, base: str | None = None,
            show_progress: bool | None = None) -> ResizeResult:
     """Resize the adapter at ``input`` and write it (same key format and dialect) to ``output``."""
-    from .io import carried_header, check_output_path, load_canonical, op_metadata, parent_record, write_op_output
+    from .io import carried_header, check_output_path, load_canonical, op_metadata, write_op_output
 
     check_output_path(output, [input])
     adapter = AdapterFile.open(input)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        # hashing (C, GIL released) overlaps the maths; parent_record reads the cached result
-        hashing = pool.submit(lambda: adapter.hashes)
+        parent = pool.submit(_parent_record, adapter)  # hashing (C, GIL released) overlaps the maths
         tensors = load_canonical(adapter, copy=False)
         try:
             new, rows = resize_tensors(tensors, settings, shapes=base_shapes(adapter, base),
@@ -250,10 +249,19 @@ def resize(input: str | os.PathLike[str], output: str | os.PathLike[str], settin
             exc.path = exc.path or str(input)  # a module's problem is the input file's
             raise
         del tensors  # the input's memory map
-        hashing.result()
+        parents = [parent.result()]
     fmt = adapter.format if adapter.format in ("kohya", "peft", "diffusers", "attn_procs") else "kohya"
     params = {"rank": settings.rank, "dynamic": settings.method, "dynamic_param": settings.param, "dtype": dtype}
-    record = op_metadata(adapter.metadata, operation="resize", params=params, parents=[parent_record(adapter)])
+    record = op_metadata(adapter.metadata, operation="resize", params=params, parents=parents)
     written = write_op_output(output, new, format=fmt, dialect=adapter.mapping.dialect, metadata=record,
                               header=carried_header(adapter), inputs=[Path(input)], force=force, base=base)
     return ResizeResult(modules=rows, output=written)
+
+
+def _parent_record(adapter: AdapterFile):
+    """``io.parent_record`` from the only two hashes a parent keeps, read in one pass (``hashes.content_hashes``)."""
+    from ..hashes import content_hashes
+    from ..schema import Parent
+
+    sha256, tensor_sha256 = content_hashes(adapter.path, adapter.header.data_offset)
+    return Parent(sha256=sha256, tensor_sha256=tensor_sha256, name=adapter.path.name[:500])
