@@ -102,3 +102,45 @@ def test_show_json_lists_sources_and_raw(kohya_file, capsys):
     info = json.loads(out)
     assert "kohya" in info["sources"]
     assert info["raw"]["ss_network_dim"] == "4"
+
+
+# --- meta unset -------------------------------------------------------------------------------------
+
+
+def test_unset_removes_fields_and_header_keys_in_one_edit(kohya_file, capsys):
+    assert run(capsys, "meta", "set", str(kohya_file), "--license", "cc0-1.0", "--tags", "a,b")[0] == 0
+    autov3 = hash_file(kohya_file).autov3
+    code, _, _ = run(capsys, "meta", "unset", str(kohya_file), "license", "tags", "ss_tag_frequency")
+    assert code == 0
+    header = read_header(kohya_file).metadata
+    record = json.loads(header["lorareg"])
+    assert "license" not in record and "tags" not in record and "ss_tag_frequency" not in header
+    assert "modelspec.license" not in header and "modelspec.tags" not in header  # projections follow the record
+    assert header["ss_network_dim"] == "4"  # untouched keys stay
+    assert hash_file(kohya_file).autov3 == autov3
+
+
+@pytest.mark.parametrize("names, phrase", [
+    (["no_such_key"], "no record field or header key 'no_such_key'"),
+    (["license", "no_such_key"], "no_such_key"),
+    (["lorareg", "license"], "alone"),
+])
+def test_failed_unset_leaves_file_untouched(kohya_file, capsys, names, phrase):
+    before = kohya_file.read_bytes()
+    code, _, err = run(capsys, "meta", "unset", str(kohya_file), *names)
+    assert code == 2 and phrase in err and "Traceback" not in err
+    assert kohya_file.read_bytes() == before
+
+
+def test_unset_lorareg_drops_an_invalid_record_and_import_rebuilds_it(kohya_file, capsys):
+    header = dict(read_header(kohya_file).metadata)
+    header["lorareg"] = json.dumps({"schema_version": "1", "bogus_field": 1})
+    from loraregistry.safetensors_io import rewrite_metadata
+
+    rewrite_metadata(kohya_file, header)
+    assert run(capsys, "meta", "set", str(kohya_file), "--license", "x")[0] == 2  # the record does not validate
+    assert run(capsys, "meta", "unset", str(kohya_file), "lorareg")[0] == 0
+    assert "lorareg" not in read_header(kohya_file).metadata
+    assert run(capsys, "meta", "import", str(kohya_file))[0] == 0
+    record = json.loads(read_header(kohya_file).metadata["lorareg"])
+    assert record["network"]["rank"] == 4 and "bogus_field" not in record

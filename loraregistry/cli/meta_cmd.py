@@ -1,4 +1,4 @@
-"""``lorareg meta show|set|import``: the canonical metadata record of an adapter."""
+"""``lorareg meta show|set|import|unset``: the canonical metadata record of an adapter."""
 
 from __future__ import annotations
 
@@ -59,7 +59,8 @@ def show(file: Path, as_json: bool, raw: bool) -> None:
 @click.option("--content-rating", type=click.Choice(["general", "mature", "adult"]))
 @click.option("--trigger-words", help="Comma-separated trigger words (replaces the list).")
 @click.option("--tags", help="Comma-separated tags (replaces the list).")
-@click.option("--base", help="Base architecture id or alias (e.g. sd1, sdxl-base); `lorareg schema` lists them.")
+@click.option("--base", help="Base architecture id or alias (e.g. sd1, sdxl-base); an unknown one is refused with "
+              "the list of ids.")
 @click.option("--recommended-weight", type=float)
 @click.option("--set", "assignments", multiple=True, metavar="FIELD=VALUE",
               help="Any field by dotted path; VALUE is JSON or a string (repeatable), e.g. training.seed=42.")
@@ -111,3 +112,23 @@ def import_(file: Path, output: Path | None, as_json: bool, break_hardlinks: boo
     else:
         _render(info)
         status(f"wrote the lorareg record into {info['path']}")
+
+
+@meta.command("unset")
+@click.argument("file", type=_path)
+@click.argument("names", nargs=-1, required=True, metavar="FIELD|HEADER_KEY...")
+@click.option("-o", "--output", type=_path, help="Write a copy here instead of editing FILE in place.")
+@click.option("--json", "as_json", is_flag=True)
+@_break_hardlinks
+def unset(file: Path, names: tuple[str, ...], output: Path | None, as_json: bool, break_hardlinks: bool) -> None:
+    """Remove record fields (e.g. license, network.conv_rank) or header keys (e.g. ss_tag_frequency).
+
+    `lorareg` alone removes the whole record without reading it (for a record that no longer validates;
+    `lorareg meta import FILE` builds a new one). Tensor bytes stay identical."""
+    from ..meta import unset_metadata
+
+    info = unset_metadata(file, names, out=output, break_hardlinks=break_hardlinks)
+    if as_json:
+        emit_json(info)
+    else:
+        status(f"updated {info['path']}: removed {', '.join(names)}")

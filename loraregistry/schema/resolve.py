@@ -339,16 +339,41 @@ def owned_keys(meta: AdapterMetadata) -> frozenset[str]:
 
 def merge_projection(existing: Mapping[str, str], meta: AdapterMetadata) -> dict[str, str]:
     """``existing`` header metadata with the keys we own replaced by the projection of ``meta``; every
-    other key (``ss_tag_frequency``, ``modelspec.thumbnail``, a tool's own keys, ...) is kept as is."""
+    other key (``ss_tag_frequency``, ``modelspec.thumbnail``, a tool's own keys, ...) is kept as is.
+
+    A kept foreign key that declares a value for an inferred field stays if it says what the weights say, and
+    goes if they contradict it (a stale ``sshs_model_hash``, an ``ss_network_dim`` the factors do not have): we
+    write no inferred value, and keep no false one."""
     owned = owned_keys(meta)
     kept = {key: value for key, value in existing.items() if key not in owned}
     projected = project_metadata(meta)
+    for key in [key for key in kept if _contradicted(key, kept[key], meta)]:
+        del kept[key]
     for group in _key_groups(projected.keys() & existing.keys() - {HEADER_KEY}):
         old = {key: existing[key] for key in group if key in existing}
         new = {key: projected[key] for key in group if key in projected}
         if old != new and _meaning(old) == _meaning(new):
             projected.update(old)  # same facts in the writer's own spelling ('1.0', a LyCORIS preset): keep its bytes
     return dict(sorted({**kept, **projected}.items()))
+
+
+def _contradicted(key: str, value: str, meta: AdapterMetadata) -> bool:
+    """Whether a foreign key declares a value for an inferred field that differs from what the weights hold."""
+    if not meta.inferred:
+        return False
+    inferred = set(meta.inferred)
+    for read in (modelspec.read_modelspec, kohya.read_kohya):
+        for path, found in read({key: value}).values.items():
+            head, _, name = path.partition(".")
+            record_value = getattr(getattr(meta, head), name) if name else getattr(meta, head)
+            if path == "network.type" and {found.value, record_value} <= _ONE_KOHYA_MODULE:
+                continue  # networks.lora trains both; only its conv args tell them apart
+            if path in inferred and not _same(path, found.value, record_value):
+                return True
+    return False
+
+
+_ONE_KOHYA_MODULE = frozenset({"lora", "locon"})
 
 
 # Keys read together: the network module and its args, kohya's two ways of naming the base.

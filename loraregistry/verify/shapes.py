@@ -209,15 +209,16 @@ def fit_problems(info: ModuleInfo, delta: Shape, spec: ModuleSpec) -> list[Probl
             return []  # LoHa/LoKr store conv deltas flattened to in * kh * kw
         if want_kernel == (1, 1):
             return [Problem("linear-shaped-conv", f"got 2-D factors, expected 1x1 conv factors for this Conv2d "
-                     f"({_dims(spec.weight_shape)})", "convert with `lorareg convert` to reshape them to "
-                     "[r, in, 1, 1] / [out, r, 1, 1]")]
+                     f"({_dims(spec.weight_shape)})", "for peft/diffusers, `lorareg convert FILE --to peft -o OUT` "
+                     "writes them as [r, in, 1, 1] / [out, r, 1, 1]")]
         return [Problem("conv-kernel-mismatch", f"got Linear-shaped factors, expected a {_dims(want_kernel)} kernel "
                  f"(conv {_dims(spec.weight_shape)})", "the adapter was made for another base model")]
     if kernel is not None and want_kernel is None:
         if kernel == (1, 1):
             return [Problem("conv-shaped-linear", f"got 1x1 conv factors, expected Linear factors "
                      f"({_dims(spec.weight_shape)}): A1111/ComfyUI load them, diffusers/peft refuse",
-                     "convert with `lorareg convert` to squeeze them to [r, in] / [out, r]")]
+                     "for peft/diffusers, `lorareg convert FILE --to peft -o OUT` squeezes them to "
+                     "[r, in] / [out, r]")]
         return [Problem("conv-kernel-mismatch", f"got a {_dims(kernel)} kernel, expected a Linear module "
                  f"({_dims(spec.weight_shape)})", "the adapter was made for another base model")]
     if kernel is not None and kernel != want_kernel:

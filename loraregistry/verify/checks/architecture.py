@@ -68,8 +68,8 @@ def check_declared(ctx: Context) -> list[Finding]:
     total = detection.best.total
     return [finding("declared-architecture-mismatch",
                     f"declared {declared} ({source}), but {what_it_is(detection)}; {_fit_phrase(fit, declared, total)}",
-                    key=source, hint="fix the metadata with `lorareg meta set base.architecture=<id>`, or check "
-                                     "that this is the file you meant")]
+                    key=source, hint="declare the base the weights fit with `lorareg meta set FILE --base <id>`, "
+                                     "or check that this is the file you meant")]
 
 
 def check_requested(ctx: Context) -> list[Finding]:

@@ -36,7 +36,8 @@ def check_keys(ctx: Context) -> list[Finding]:
         counts = detect_format(list(adapter.header.tensors)).counts
         spelled = ", ".join(f"{n} {name}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1]))
         findings.append(finding("mixed-formats", f"got keys in {len(counts)} formats ({spelled}), expected one",
-                                hint="diffusers refuses mixed files; convert with `lorareg convert --to <format>`"))
+                                hint="diffusers refuses mixed files; convert with "
+                                     "`lorareg convert FILE --to <format> -o OUT`"))
     bundled = [k for k in adapter.unknown_keys if k.startswith(BUNDLED_EMBEDDING_PREFIX)]
     unknown = [k for k in adapter.unknown_keys if not k.startswith(BUNDLED_EMBEDDING_PREFIX)]
     if bundled:
@@ -52,7 +53,8 @@ def check_keys(ctx: Context) -> list[Finding]:
         findings.append(finding("no-component-prefix", f"got {adapter.format} keys without a component prefix "
                                 f"(e.g. {next(iter(adapter.header.tensors))!r}), expected 'unet.' / 'text_encoder.'",
                                 hint="diffusers' load_lora_weights loads nothing from it; convert with "
-                                     "`lorareg convert --to peft` to add the prefixes"))
+                                     "`lorareg convert FILE --to peft --dialect component_prefix=yes -o OUT` to add "
+                                     "the prefixes"))
     lycoris = sorted({m.algo for m in adapter.modules.values()} & _NOT_IN_DIFFUSERS)
     if lycoris:
         findings.append(finding("algorithm-not-in-diffusers", f"got {'/'.join(lycoris)} modules, which diffusers "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 from ...errors import MetadataError
 from ...schema import HEADER_KEY, import_metadata, read_header_value
 from ..context import Context
@@ -42,7 +44,8 @@ def check_record(ctx: Context) -> list[Finding]:
         read_header_value(raw)
     except MetadataError as exc:
         return [finding("record-invalid", exc.message, key=HEADER_KEY,
-                        hint="fix it with `lorareg meta set`, or rewrite it with `lorareg fix`")]
+                        hint="drop it with `lorareg meta unset FILE lorareg`, then rebuild it with "
+                             "`lorareg meta import FILE`")]
     return []
 
 
@@ -53,7 +56,7 @@ def check_declared_sources(ctx: Context) -> list[Finding]:
     spelled = ", ".join(f"{key} = {arch}" for key, arch in sources.items())
     return [finding("declared-architectures-conflict", f"got {spelled}, expected one base architecture",
                     key=next(iter(sources)),
-                    hint="rewrite the metadata with `lorareg meta set base.architecture=<id>`")]
+                    hint="declare the one base with `lorareg meta set FILE --base <id>`")]
 
 
 def _imported(ctx: Context):
@@ -73,7 +76,8 @@ def check_imported(ctx: Context) -> list[Finding]:
     if imported is None:
         return []
     findings: list[Finding] = []
-    hints = {"declared-network-mismatch": "the weights are right; rewrite the metadata with `lorareg fix`",
+    hints = {"declared-network-mismatch": "the weights are right; rewrite the metadata from them with "
+                                          "`lorareg meta import FILE`",
              "metadata-import-warning": "fix or remove the metadata key"}
     for warning in imported.warnings:
         name = _import_warning_code(warning, ctx.adapter.alphas_unknown)
@@ -82,10 +86,11 @@ def check_imported(ctx: Context) -> list[Finding]:
     meta = imported.metadata
     if not meta.trigger_words:
         findings.append(finding("missing-trigger-words", "got no trigger words, expected the words that activate "
-                                "the adapter", hint="`lorareg meta set trigger_words=...` (or none if it needs none)"))
+                                "the adapter", hint="declare them with `lorareg meta set FILE --trigger-words <words>` "
+                                "(comma-separated), or none if it needs none"))
     if not meta.license:
         findings.append(finding("missing-license", "got no license, expected a license id such as 'openrail++'",
-                                hint="`lorareg meta set license=<id>`"))
+                                hint="declare it with `lorareg meta set FILE --license <id>`"))
     return findings
 
 
@@ -101,11 +106,12 @@ def check_size(ctx: Context) -> list[Finding]:
     if tags is not None and _size(tags) > TAG_FREQUENCY_LIMIT:
         findings.append(finding("tag-frequency-bloat", f"got {TAG_FREQUENCY_KEY} of {_size(tags):,} "
                                 f"bytes, expected at most {TAG_FREQUENCY_LIMIT:,}", key=TAG_FREQUENCY_KEY,
-                                hint="drop it with `lorareg meta unset ss_tag_frequency`"))
+                                hint=f"drop it with `lorareg meta unset FILE {TAG_FREQUENCY_KEY}`"))
     total = sum(_size(k) + _size(v) for k, v in metadata.items())
     if total > METADATA_LIMIT:
         largest = max(metadata, key=lambda k: len(metadata[k]))
+        hint = (f"drop it with `lorareg meta unset FILE {shlex.quote(largest)}`" if largest != HEADER_KEY else
+                "the lorareg record is the largest: drop its biggest field with `lorareg meta unset FILE <field>`")
         findings.append(finding("header-bloat", f"got {total:,} bytes of metadata, expected at most "
-                                f"{METADATA_LIMIT:,}; the largest key is {largest!r}", key=largest,
-                                hint=f"drop or shorten it with `lorareg meta unset {largest}`"))
+                                f"{METADATA_LIMIT:,}; the largest key is {largest!r}", key=largest, hint=hint))
     return findings

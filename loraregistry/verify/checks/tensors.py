@@ -91,5 +91,5 @@ def check_hashes(ctx: Context) -> list[Finding]:
     actual = tensor_sha256(ctx.adapter.path, ctx.adapter.header.data_offset)
     return [finding(name, f"got {key} = {value[:16]}…, expected {actual[:16]}… (the tensor data's sha256)", key=key,
                     hint="the tensors changed after the hash was written; if that is intended, update it with "
-                         "`lorareg fix`, else get the original file")
+                         "`lorareg meta import FILE`, else get the original file")
             for name, key, value in declared if value != actual]
