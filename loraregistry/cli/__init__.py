@@ -32,6 +32,7 @@ COMMANDS = {
     "resize": "loraregistry.cli.ops_cmd:resize",
     "schema": "loraregistry.cli.schema_cmd:schema",
     "search": "loraregistry.cli.hub_cmd:search",
+    "serve": "loraregistry.cli.serve_cmd:serve",
     "train": "loraregistry.cli.train_cmd:train",
     "verify": "loraregistry.cli.verify_cmd:verify",
 }

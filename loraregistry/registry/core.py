@@ -140,6 +140,19 @@ class Registry:
 
         return scan(self, list(roots), verify_files=verify_files)
 
+    def facets(self) -> dict[str, list[str]]:
+        """The values present in the index to filter by: architectures, finer bases and tags, sorted."""
+        with sqlite_errors(self.db_path):
+            q = self._conn.execute
+            return {
+                "architectures": [r[0] for r in q("SELECT DISTINCT architecture FROM entries "
+                                                  "WHERE architecture IS NOT NULL ORDER BY 1")],
+                "sub_bases": [r[0] for r in q("SELECT DISTINCT sub_base FROM entries WHERE sub_base IS NOT NULL "
+                                              "ORDER BY 1")],
+                "tags": [r[0] for r in q("SELECT DISTINCT json_each.value FROM entries, json_each(entries.tags) "
+                                         "ORDER BY 1")],
+            }
+
     def roots(self) -> list[str]:
         """The folders ``scan`` has indexed: previews and files are served only from under these."""
         with sqlite_errors(self.db_path):
