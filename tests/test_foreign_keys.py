@@ -20,7 +20,7 @@ from loraregistry.safetensors_io import read_header
 from loraregistry.schema import HEADER_KEY, from_header_value, import_metadata, project_metadata
 from loraregistry.schema.resolve import flatten
 
-from .adapters import kohya_name, lora_factors, lora_tensors, write_adapter
+from .adapters import KNOWN_BAD_ADAPTERS, kohya_name, lora_factors, lora_tensors, write_adapter
 
 GOLDEN = Path(__file__).parent / "golden"
 RESNET_CONVS = ("down_blocks.0.resnets.0.conv1", "down_blocks.0.resnets.0.conv2")
@@ -49,6 +49,9 @@ BUILT = {
 CASES = [pytest.param(lambda folder, p=p: shutil.copy(p, folder / p.name), id=p.stem)
          for p in sorted(GOLDEN.glob("*.safetensors"))]
 CASES += [pytest.param(build, id=name) for name, build in BUILT.items()]
+# known-bad files whose defect is in the metadata (an invalid lorareg record is refused by import, exit 2)
+CASES += [pytest.param(bad.build, id=bad.name) for bad in KNOWN_BAD_ADAPTERS
+          if bad.code.startswith("LRG5") and bad.name != "record_invalid" or bad.code in ("LRG202", "LRG205")]
 
 
 def _import(path: Path) -> None:
@@ -103,3 +106,13 @@ def test_a_field_the_user_sets_is_declared_and_projected(tmp_path):
     record = from_header_value(after[HEADER_KEY])
     assert "network.conv_rank" not in record.inferred and "network.conv_alpha" not in record.inferred
     assert after["ss_network_args"] == '{"conv_alpha": "1", "conv_dim": "2"}'
+
+
+@pytest.mark.parametrize(("name", "key"), [("declared_rank_differs", "ss_network_dim"),
+                                           ("stale_modelspec_hash", "modelspec.hash_sha256")])
+def test_a_declaration_the_weights_contradict_is_dropped_not_kept(tmp_path, name, key):
+    bad = next(b for b in KNOWN_BAD_ADAPTERS if b.name == name)
+    path = bad.build(tmp_path)
+    assert key in read_header(path).metadata
+    _import(path)
+    assert key not in read_header(path).metadata

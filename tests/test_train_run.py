@@ -39,6 +39,7 @@ def _unet_output(pipe, arch: str):
     ("sd1", {}),
     ("sd2-v", {"components": ["unet", "text_encoder"], "conv_rank": 2, "conv_alpha": 1.0}),
     ("sdxl", {"components": ["unet", "text_encoder", "text_encoder_2"], "unet_targets": "transformer"}),
+    ("sd1", {"components": ["unet", "text_encoder"], "use_dora": True}),
 ])
 def test_trained_adapter_verifies_loads_in_diffusers_and_changes_the_unet(tmp_path, one_thread, arch,  # noqa: F811
                                                                          network):
@@ -61,7 +62,8 @@ def test_trained_adapter_verifies_loads_in_diffusers_and_changes_the_unet(tmp_pa
         assert meta.base.prediction_type == ("v" if arch == "sd2-v" else "epsilon")
         assert meta.trigger_words == ["lrgshape"] and meta.license == "cc0-1.0"
         assert meta.network.rank == 4 and meta.network.alpha == 4.0
-        assert meta.network.type == ("locon" if network.get("conv_rank") else "lora")
+        assert meta.network.type == ("dora" if network.get("use_dora") else
+                                     "locon" if network.get("conv_rank") else "lora")
         assert sorted(meta.network.components) == sorted(network.get("components", ["unet"]))
         assert meta.training.steps == 3 and meta.training.dataset_size == 4
         assert meta.training.dataset_hash == result.dataset["dataset_hash"]
