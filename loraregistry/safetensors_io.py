@@ -248,7 +248,7 @@ def _decode_json(raw: bytes | memoryview, path: str | None) -> dict[str, Any]:
     try:
         obj = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_refuse_constant,
                          parse_float=_finite_float,
-                         parse_int=_int_or_negative_zero if _NEGATIVE_ZERO.search(text) else None)
+                         parse_int=_int_or_negative_zero if "-0" in text and _NEGATIVE_ZERO.search(text) else None)
     except _DuplicateKey as exc:
         _fail(f"key {_short(exc.key)} appears more than once in the header", path,
               "the writer is broken; re-export the file")
@@ -266,7 +266,8 @@ def _decode_json(raw: bytes | memoryview, path: str | None) -> dict[str, Any]:
               NumberOutOfRangeError)
     if not isinstance(obj, dict):
         _fail(f"header is a JSON {type(obj).__name__}, expected an object", path, "the file is corrupt")
-    if _SURROGATE_ESCAPE.search(text) and (place := _surrogate_place(obj)) is not None:
+    maybe_surrogate = ("\\ud" in text or "\\uD" in text) and _SURROGATE_ESCAPE.search(text)
+    if maybe_surrogate and (place := _surrogate_place(obj)) is not None:
         _fail(f"header holds a lone UTF-16 surrogate escape (\\ud800-\\udfff) in {place}", path,
               "the safetensors library refuses such headers; re-export the file with valid Unicode strings",
               LoneSurrogateError)
@@ -299,16 +300,18 @@ def _parse_entry(name: str, entry: Any, path: str | None) -> TensorInfo:
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
         bits = DTYPE_BITS[dtype] if type(dtype) is str else 0
         start, end = offsets if type(offsets) is list and len(offsets) == 2 else (-1, -1)
-        numel = 1
+        numel = nonzero = 1  # nonzero: the product numpy checks for overflow, zeros left out
         for d in shape if type(shape) is list and len(shape) <= _MAX_DIMENSIONS else (-1,):
-            if type(d) is not int or d <= 0 or numel > _MAX_INDEX:  # stop early: no huge products
+            if type(d) is not int or d < 0 or nonzero > _MAX_INDEX:  # stop early: no huge products
                 numel = -1
                 break
             numel *= d
+            nonzero *= d or 1
     except (TypeError, KeyError, ValueError):
         return _parse_entry_carefully(name, entry, path)
-    if (bits and numel > 0 and len(entry) == 3 and type(start) is int and type(end) is int
-            and 0 <= start <= end < _FAST_OFFSET_LIMIT and numel * bits == 8 * (end - start)):
+    if (bits and numel >= 0 and nonzero <= _MAX_INDEX and nonzero * bits <= 8 * _MAX_INDEX and len(entry) == 3
+            and type(start) is int and type(end) is int and 0 <= start <= end < _FAST_OFFSET_LIMIT
+            and numel * bits == 8 * (end - start)):
         return TensorInfo(name, dtype, tuple(shape), start, end)
     return _parse_entry_carefully(name, entry, path)
 
@@ -387,7 +390,8 @@ def _parse_entry_carefully(name: str, entry: Any, path: str | None) -> TensorInf
     bits = math.prod(shape) * DTYPE_BITS[dtype]
     if bits % 8 or bits // 8 != end - start:
         _fail(f"{where}: shape {_short(shape)} x {dtype} = {bits / 8:g} bytes, but data_offsets "
-              f"[{start}, {end}] span {end - start} bytes", path, "the header and the data disagree; re-export the file")
+              f"[{start}, {end}] span {end - start} bytes", path,
+              "the header and the data disagree; re-export the file")
     return TensorInfo(name, dtype, tuple(shape), start, end)
 
 

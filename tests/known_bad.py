@@ -200,6 +200,8 @@ KNOWN_BAD: list[BadFile] = [
             "over 2^63-1"),
     BadFile("dimension_over_63_bits", _empty_tensor(f"[{2**64 - 1},0]"), errors.NumberOutOfRangeError,
             "over 2^63-1"),
+    BadFile("dimension_over_63_bits_in_a_4_bit_tensor", _empty_tensor(f"[{3 * 2**62},0]", "F4"),
+            errors.NumberOutOfRangeError, "over 2^63-1"),
     BadFile("shape_product_overflows", _empty_tensor(f"[{2**32},{2**32},0]"), errors.NumberOutOfRangeError,
             "overflows"),
     BadFile("byte_size_overflows", _empty_tensor(f"[{2**62}]"), errors.NumberOutOfRangeError, "overflows"),

@@ -38,9 +38,9 @@ ATTACK_NAMES = ["a" * 199 + "!", ("a." * 100)[:199] + "!", "a" * 999 + "!"]
 @pytest.mark.parametrize("key", ATTACKS)
 def test_attack_patterns_finish_in_milliseconds(key):
     for name in ATTACK_NAMES:
-        start = time.perf_counter()
+        start = time.process_time()
         assert peft_pattern_matches(key, name) is False
-        assert time.perf_counter() - start < 0.25  # re needs hours for several of these
+        assert time.process_time() - start < 1.0  # re needs hours for several of these
 
 
 def test_attack_pattern_that_matches_answers_true():
@@ -51,9 +51,9 @@ def test_attack_pattern_that_matches_answers_true():
 def test_attack_pattern_from_the_issue_against_a_real_module_table():
     names = [f"down_blocks.{i}.attentions.{j}.transformer_blocks.0.attn1.to_{p}"
              for i in range(3) for j in range(2) for p in "qkv"] * 10
-    start = time.perf_counter()
+    start = time.process_time()
     assert first_matching({"(.|.)*Z": 8.0}, names) is None
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
 
 
 # Ordinary peft patterns (from peft's docs and real configs) with names that do and do not match.
@@ -113,10 +113,10 @@ def test_unsupported_keys_are_literal_names(key, name, expected):
 
 
 def test_huge_repeat_counts_stay_bounded():
-    start = time.perf_counter()
+    start = time.process_time()
     assert peft_pattern_matches("(a{1,1000}){1,1000}", "a" * 10) is False  # too many states: a literal name
     assert peft_pattern_matches("a{3}", "aaa") is True
-    assert time.perf_counter() - start < 0.5
+    assert time.process_time() - start < 0.5
 
 
 def test_first_matching_follows_table_order_and_caps_the_table():

@@ -40,6 +40,7 @@ EXPECTED = {
     "integer_over_4300_digits": "LRG017",
     "dimension_over_64_bits": "LRG017",
     "dimension_over_63_bits": "LRG017",
+    "dimension_over_63_bits_in_a_4_bit_tensor": "LRG017",
     "shape_product_overflows": "LRG017",
     "byte_size_overflows": "LRG017",
     "more_than_64_dimensions": "LRG017",
