@@ -41,3 +41,22 @@ def test_kohya_flux_targets(kohya_flux, target, strict, code, capsys):
         assert "LRG601" not in out and "LRG602" not in out
     if target in ("kohya", "a1111"):
         assert "LRG608" in out and "LRG601" not in out
+
+
+def test_sd35_fingerprints_come_from_their_configs():
+    from loraregistry.architectures.fingerprints import fingerprint
+
+    large, medium = fingerprint("sd35-large"), fingerprint("sd35-medium")
+    assert large.lookup("transformer", "transformer_blocks.37.attn.to_q").in_features == 2432  # 38 heads x 64
+    assert large.lookup("transformer", "transformer_blocks.38.attn.to_q") is None
+    assert medium.lookup("transformer", "transformer_blocks.12.attn2.to_q").in_features == 1536  # MMDiT-X
+    assert medium.lookup("transformer", "transformer_blocks.13.attn2.to_q") is None
+    assert fingerprint("sd3-medium").lookup("transformer", "transformer_blocks.0.attn2.to_q") is None
+
+
+@pytest.mark.parametrize(("name", "arch"), [("sd3.5-large", "sd35-large"), ("SD 3.5 Medium", "sd35-medium"),
+                                            ("stabilityai/stable-diffusion-3.5-large-turbo", "sd35-large")])
+def test_sd35_aliases(name, arch):
+    from loraregistry.architectures.ids import resolve
+
+    assert resolve(name).id == arch and resolve(name).family == "sd3"

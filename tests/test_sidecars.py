@@ -164,7 +164,7 @@ def test_every_civitai_name_of_the_architecture_table_maps_to_the_same_architect
 
 @pytest.mark.parametrize(("name", "architecture", "finer"), [
     ("Pony", "sdxl-base", True), ("illustrious", "sdxl-base", True), ("NoobAI", "sdxl-base", True),
-    ("SDXL 1.0", "sdxl-base", False), ("SD 1.5", "sd1", False), ("SD 3.5 Large", None, True),
+    ("SDXL 1.0", "sdxl-base", False), ("SD 1.5", "sd1", False), ("SD 3.5 Large", "sd35-large", False),
     ("Flux.1 D", "flux1-dev", False), ("Flux.1 S", "flux1-schnell", False),
 ])
 def test_civitai_base_models_map_to_architectures_as_sub_bases(name, architecture, finer):

@@ -97,6 +97,26 @@ _ALL = (
         fingerprint="sd3-medium",
     ),
     Architecture(
+        id="sd35-large", family="sd3", title="Stable Diffusion 3.5 Large",
+        components=("transformer", "text_encoder", "text_encoder_2", "text_encoder_3"),
+        prediction_type="flow", resolution=1024, modelspec="stable-diffusion-3.5-large", kohya="sd3.5-large",
+        hub_tag="sd3",
+        hub_repos=("stabilityai/stable-diffusion-3.5-large", "stabilityai/stable-diffusion-3.5-large-turbo"),
+        civitai=("SD 3.5 Large", "SD 3.5 Large Turbo"),
+        aliases=("sd3.5-large", "sd35l", "stable-diffusion-v3.5-large", "sd3.5l"),
+        fingerprint="sd35-large",  # 38 joint blocks, 2432 wide, RMS q/k norms
+    ),
+    Architecture(
+        id="sd35-medium", family="sd3", title="Stable Diffusion 3.5 Medium",
+        components=("transformer", "text_encoder", "text_encoder_2", "text_encoder_3"),
+        prediction_type="flow", resolution=1024, modelspec="stable-diffusion-3.5-medium", kohya="sd3.5-medium",
+        hub_tag="sd3",
+        hub_repos=("stabilityai/stable-diffusion-3.5-medium",),
+        civitai=("SD 3.5 Medium",),
+        aliases=("sd3.5-medium", "sd35m", "stable-diffusion-v3.5-medium", "sd3.5m"),
+        fingerprint="sd35-medium",  # SD3 Medium's widths plus MMDiT-X attn2 in blocks 0-12 and RMS q/k norms
+    ),
+    Architecture(
         id="flux1-dev", family="flux", title="FLUX.1 [dev]",
         components=("transformer", "text_encoder", "text_encoder_2"), prediction_type="flow", resolution=1024,
         modelspec="flux-1-dev", kohya="flux1", hub_tag="flux",

@@ -4,7 +4,7 @@ Pony, Illustrious and NoobAI are all SDXL by shape (a LoRA for one loads into th
 interchangeable in practice, so the registry keeps two facts: the architecture (what verify judges
 shape-compatibility by) and the finer base people chose (the "sub-base", as declared by a sidecar or Civitai).
 
-A name that maps to no architecture lorareg models (SD 3.5, Flux.1 Kontext, video models, ...) still keeps its
+A name that maps to no architecture lorareg models (Flux.1 Kontext, video models, ...) still keeps its
 family where one is known, so a search by the name finds it, but no shape claim is made.
 """
 
@@ -46,10 +46,10 @@ _CIVITAI: tuple[SubBase, ...] = (
     _row("NoobAI", "sdxl-base", "sdxl", finer=True),
     _row("SDXL 1.0 Refiner", "sdxl-refiner", "sdxl"),
     _row("SD 3", "sd3-medium", "sd3"),
-    # SD 3.5 reshaped the MMDiT (Medium is MMDiT-X, Large is wider): no lorareg fingerprint matches them yet.
-    _row("SD 3.5 Medium", None, "sd3", finer=True),
-    _row("SD 3.5 Large", None, "sd3", finer=True),
-    _row("SD 3.5 Large Turbo", None, "sd3", finer=True),
+    # SD 3.5 reshaped the MMDiT (Medium is MMDiT-X, Large is wider): each has its own fingerprint.
+    _row("SD 3.5 Medium", "sd35-medium", "sd3"),
+    _row("SD 3.5 Large", "sd35-large", "sd3"),
+    _row("SD 3.5 Large Turbo", "sd35-large", "sd3", finer=True),
     _row("Flux.1 D", "flux1-dev", "flux"),
     _row("Flux.1 S", "flux1-schnell", "flux"),
 )
