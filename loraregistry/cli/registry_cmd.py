@@ -1,4 +1,5 @@
-"""``lorareg registry add | scan | list | show | rm | export | check | rebuild``: the embedded local registry."""
+"""``lorareg registry add | scan | list | show | rm | export | export-sidecars | check | rebuild``: the embedded
+local registry."""
 
 from __future__ import annotations
 
@@ -191,6 +192,31 @@ def export(output: Path | None) -> int:
                 f.write(buffer.getvalue().encode("utf-8"))
     status(f"exported {count} entries")
     return 0
+
+
+@registry.command(name="export-sidecars")
+@click.argument("folders", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite fields a user edited (and sidecars that are not JSON).")
+@_json
+def export_sidecars(folders: tuple[Path, ...], force: bool, as_json: bool) -> int:
+    """Write A1111/Forge name.json sidecars next to scanned files (under FOLDERS, default: all).
+
+    Writes the record's declared description, trigger words, weight and SD version; keeps other fields and
+    fields a user edited (unless --force). Exit 1 when a sidecar could not be written."""
+    from ..registry import Registry
+
+    with Registry.open() as reg:
+        results = reg.export_sidecars(roots=[str(f) for f in folders] or None, force=force)
+    if as_json:
+        emit_json([r.to_dict() for r in results])
+    else:
+        for r in results:
+            if r.action != "unchanged" or r.kept:
+                kept = f" (kept your {', '.join(r.kept)})" if r.kept else ""
+                click.echo(f"{r.action:9} {r.path}{kept}{': ' + r.detail if r.detail else ''}")
+        written = sum(r.action == "written" for r in results)
+        status(f"{written} sidecar(s) written, {len(results) - written} not")
+    return 1 if any(r.action == "refused" for r in results) else 0
 
 
 @registry.command()

@@ -140,6 +140,12 @@ class Registry:
 
         return scan(self, list(roots), verify_files=verify_files)
 
+    def export_sidecars(self, *, roots: list[str] | None = None, force: bool = False) -> list[Any]:
+        """Write A1111/Forge ``name.json`` sidecars next to indexed files: see ``registry.export_sidecars``."""
+        from .export_sidecars import export_sidecars
+
+        return export_sidecars(self, roots=roots, force=force)
+
     def facets(self) -> dict[str, list[str]]:
         """The values present in the index to filter by: architectures, finer bases and tags, sorted."""
         with sqlite_errors(self.db_path):

@@ -78,6 +78,8 @@ CREATE TABLE IF NOT EXISTS file_hashes (  -- the scan's hash cache: a file uncha
     PRIMARY KEY (dev, inode, size, mtime_ns)
 );
 CREATE TABLE IF NOT EXISTS scan_roots (path TEXT PRIMARY KEY, scanned_at TEXT NOT NULL);
+-- what `registry export-sidecars` last wrote into each adapter's name.json: a value that differs is the user's
+CREATE TABLE IF NOT EXISTS sidecar_exports (path TEXT PRIMARY KEY, fields TEXT NOT NULL);
 """
 
 _CORRUPT = ("file is not a database", "malformed", "database corrupt")
