@@ -66,7 +66,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     field, raw = text.split("=", 1)
     try:
         value = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # ValueError: also integers past Python's 4,300 digits
         value = raw
     return field.strip(), value
 

@@ -234,3 +234,16 @@ def test_reader_refuses_whatever_the_safetensors_library_refuses(tmp_path):
                 read_header(path)
 
     check()
+
+
+def test_integers_past_4300_digits_inside_metadata_values_are_errors_not_crashes(tmp_path, capsys):
+    from tests.known_bad import good_file
+
+    path = tmp_path / "digits.safetensors"
+    path.write_bytes(good_file())
+    big = "9" * 5000
+    rewrite_metadata(path, {"lorareg": '{"x": ' + big + "}", "ss_network_dim": big,
+                            "lora_adapter_metadata": '{"r": ' + big + "}", "ss_tag_frequency": '{"a": {"b": ' + big + "}}"})
+    for command in (["inspect"], ["verify"], ["meta", "show"]):
+        assert main([*command, str(path)]) in (0, 1, 2), command
+        assert "internal error" not in capsys.readouterr().err

@@ -288,7 +288,7 @@ def read_header_value(value: str) -> tuple[AdapterMetadata, list[str]]:
     """Parse a ``lorareg`` header value into the record and warnings; raises MetadataError (one line)."""
     try:
         data = json.loads(value)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: also integers past Python's 4,300 digits
         raise MetadataError(f"{HEADER_KEY}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise MetadataError(f"{HEADER_KEY}: expected a JSON object, got {type(data).__name__}")
