@@ -71,11 +71,20 @@ def load_canonical(adapter: AdapterFile, *, with_alpha: bool = True,
 
 
 def parent_record(adapter: AdapterFile, *, weight: float | None = None):
-    """A provenance ``Parent`` for an input file: its hashes, file name and (merge) weight."""
+    """A provenance ``Parent`` for an input file: its sha256 and AutoV3, file name and (merge) weight.
+
+    The two hashes come from one read pass (``hashes.content_hashes``), or from ``adapter.hashes`` when those
+    were computed already. Hashing releases the GIL: operations run this on a thread beside their maths.
+    """
+    from ..hashes import content_hashes
     from ..schema import Parent
 
-    hashes = adapter.hashes
-    return Parent(sha256=hashes.sha256, tensor_sha256=hashes.autov3, name=adapter.path.name[:500], weight=weight)
+    known = adapter.__dict__.get("hashes")  # functools.cached_property's cache: never hash a file twice
+    if known is not None:
+        sha256, tensor_sha256 = known.sha256, known.autov3
+    else:
+        sha256, tensor_sha256 = content_hashes(adapter.path, adapter.header.data_offset)
+    return Parent(sha256=sha256, tensor_sha256=tensor_sha256, name=adapter.path.name[:500], weight=weight)
 
 
 def op_metadata(record, *, operation: str, params: Mapping[str, Any], parents: Sequence[Any]):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,15 +207,18 @@ def merge(inputs: Sequence[MergeInput], output: str | os.PathLike[str], *, rank:
     check_output_path(output, [i.path for i in inputs])
     adapters = [AdapterFile.open(i.path) for i in inputs]
     architecture = check_same_architecture([(i.path, a) for i, a in zip(inputs, adapters)])
-    tensors = [(load_canonical(a, copy=False), i.weight) for i, a in zip(inputs, adapters)]
-    shapes = {m: s for a in adapters for m, s in base_shapes(a, base).items()}
-    merged, rows = merge_modules(tensors, rank=rank, dtype=numpy_dtype(dtype), shapes=shapes,
-                                 show_progress=show_progress)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # the parents' hashes (GIL released) beside the maths
+        hashing = [pool.submit(parent_record, a, weight=i.weight) for i, a in zip(inputs, adapters)]
+        tensors = [(load_canonical(a, copy=False), i.weight) for i, a in zip(inputs, adapters)]
+        shapes = {m: s for a in adapters for m, s in base_shapes(a, base).items()}
+        merged, rows = merge_modules(tensors, rank=rank, dtype=numpy_dtype(dtype), shapes=shapes,
+                                     show_progress=show_progress)
+        del tensors  # the inputs' memory maps
+        parents = [h.result() for h in hashing]
     first = adapters[0]
     fmt = to or (first.format if first.format in ("kohya", "peft", "diffusers") else "kohya")
     dialect = first.mapping.dialect if first.format == fmt else (
         peft_text_model_defaults(first) if fmt in ("peft", "diffusers") else {})
-    parents = [parent_record(a, weight=i.weight) for i, a in zip(inputs, adapters)]
     params = {"rank": rank, "to": fmt, "dtype": dtype, "weights": [i.weight for i in inputs]}
     record = op_metadata(merged_record(adapters, architecture), operation="merge", params=params, parents=parents)
     written = write_op_output(output, merged, format=fmt, dialect=dialect, metadata=record,

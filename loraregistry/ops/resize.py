@@ -235,12 +235,12 @@ def resize(input: str | os.PathLike[str], output: str | os.PathLike[str], settin
            dtype: str | None = None, force: bool = False, base: str | None = None,
            show_progress: bool | None = None) -> ResizeResult:
     """Resize the adapter at ``input`` and write it (same key format and dialect) to ``output``."""
-    from .io import carried_header, check_output_path, load_canonical, op_metadata, write_op_output
+    from .io import carried_header, check_output_path, load_canonical, op_metadata, parent_record, write_op_output
 
     check_output_path(output, [input])
     adapter = AdapterFile.open(input)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        parent = pool.submit(_parent_record, adapter)  # hashing (C, GIL released) overlaps the maths
+        parent = pool.submit(parent_record, adapter)  # hashing (C, GIL released) overlaps the maths
         tensors = load_canonical(adapter, copy=False)
         try:
             new, rows = resize_tensors(tensors, settings, shapes=base_shapes(adapter, base),
@@ -257,11 +257,3 @@ def resize(input: str | os.PathLike[str], output: str | os.PathLike[str], settin
                               header=carried_header(adapter), inputs=[Path(input)], force=force, base=base)
     return ResizeResult(modules=rows, output=written)
 
-
-def _parent_record(adapter: AdapterFile):
-    """``io.parent_record`` from the only two hashes a parent keeps, read in one pass (``hashes.content_hashes``)."""
-    from ..hashes import content_hashes
-    from ..schema import Parent
-
-    sha256, tensor_sha256 = content_hashes(adapter.path, adapter.header.data_offset)
-    return Parent(sha256=sha256, tensor_sha256=tensor_sha256, name=adapter.path.name[:500])
