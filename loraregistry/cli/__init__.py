@@ -19,6 +19,7 @@ from .lazy import LazyGroup
 
 COMMANDS = {
     "bake": "loraregistry.cli.bake_cmd:bake",
+    "civitai": "loraregistry.cli.civitai_cmd:civitai",
     "convert": "loraregistry.cli.ops_cmd:convert",
     "demo": "loraregistry.cli.demo_cmd:demo",
     "extract": "loraregistry.cli.bake_cmd:extract",

@@ -80,6 +80,14 @@ CREATE TABLE IF NOT EXISTS file_hashes (  -- the scan's hash cache: a file uncha
 CREATE TABLE IF NOT EXISTS scan_roots (path TEXT PRIMARY KEY, scanned_at TEXT NOT NULL);
 -- what `registry export-sidecars` last wrote into each adapter's name.json: a value that differs is the user's
 CREATE TABLE IF NOT EXISTS sidecar_exports (path TEXT PRIMARY KEY, fields TEXT NOT NULL);
+-- civitai lookup: what Civitai's API said about an entry's file (found = 0: not on Civitai)
+CREATE TABLE IF NOT EXISTS civitai_lookups (
+    sha256 TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    found INTEGER NOT NULL,
+    facts TEXT NOT NULL,          -- JSON list of facts, source civitai-api
+    fetched_at TEXT NOT NULL
+);
 """
 
 _CORRUPT = ("file is not a database", "malformed", "database corrupt")

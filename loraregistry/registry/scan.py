@@ -272,6 +272,8 @@ def _refresh_imported(registry: Any, shas: set[str]) -> None:
                                     "ORDER BY path", (sha, STATE_PRESENT)):
                 for fact in json.loads(row["sidecars"]).get("facts", []):
                     facts.append({**fact, "file": str(Path(row["path"]).with_name(fact["file"]))})
+            for row in conn.execute("SELECT facts FROM civitai_lookups WHERE sha256 = ?", (sha,)):
+                facts += json.loads(row["facts"])
             metadata = json.loads(entry["metadata"])
             declared = {"trigger_words": json.loads(entry["trigger_words"]), "name": entry["name"],
                         "description": entry["description"], "architecture": entry["architecture"],
@@ -292,6 +294,15 @@ def _refresh_imported(registry: Any, shas: set[str]) -> None:
                          "VALUES (?, ?, ?, ?, ?)", (entry["rowid"], "\n".join(dict.fromkeys(names)),
                                                     entry["description"] or "", "\n".join(dict.fromkeys(words)),
                                                     "\n".join(json.loads(entry["tags"]))))
+
+
+def record_civitai(registry: Any, sha256: str, *, url: str, found: bool, facts: list[dict[str, Any]]) -> None:
+    """Keep what Civitai's API said about an entry (replacing an earlier lookup) and refresh its record."""
+    conn = registry._conn
+    with sqlite_errors(registry.db_path), transaction(conn):
+        conn.execute("INSERT OR REPLACE INTO civitai_lookups (sha256, url, found, facts, fetched_at) "
+                     "VALUES (?, ?, ?, ?, ?)", (sha256, url, int(found), json.dumps(facts, sort_keys=True), _now()))
+    _refresh_imported(registry, {sha256})
 
 
 def _duplicates(registry: Any, roots: list[Path]) -> list[dict[str, Any]]:

@@ -29,6 +29,7 @@ CIVITAI_SUFFIX = ".civitai.info"
 PREVIEW_EXTS = ("png", "jpg", "jpeg", "webp", "gif")
 SOURCE_A1111 = "a1111-sidecar"
 SOURCE_CIVITAI = "civitai-info"
+SOURCE_CIVITAI_API = "civitai-api"
 MAX_SIDECAR_BYTES = 4 << 20  # a .civitai.info with long descriptions and image metadata stays well below
 MAX_TEXT = 10_000
 MAX_WORDS = 200
@@ -88,7 +89,7 @@ def read_sidecars(adapter: Path, names: set[str], sig: list[list[Any]]) -> Sidec
     if stem + CIVITAI_SUFFIX in present:
         data = _load_json(folder / (stem + CIVITAI_SUFFIX), out)
         if data is not None:
-            _civitai_facts(data, stem + CIVITAI_SUFFIX, out)
+            civitai_version_facts(data, stem + CIVITAI_SUFFIX, out)
     for name in sidecar_names(adapter.name)[2:]:
         if name in present:
             out.preview = str(folder / name)
@@ -175,7 +176,7 @@ def _base_facts(out: Sidecars, source: str, file: str, label: str, row) -> None:
     if row is not None:
         _add(out, source, file, "architecture", row.architecture)
         _add(out, source, file, "family", row.family)
-        if source == SOURCE_CIVITAI:
+        if source in (SOURCE_CIVITAI, SOURCE_CIVITAI_API):
             _add(out, source, file, "sub_base", row.label)
 
 
@@ -199,31 +200,32 @@ def _a1111_facts(data: dict[str, Any], file: str, out: Sidecars) -> None:
             _base_facts(out, SOURCE_A1111, file, version, row)
 
 
-def _civitai_facts(data: dict[str, Any], file: str, out: Sidecars) -> None:
+def civitai_version_facts(data: dict[str, Any], file: str, out: Sidecars, source: str = SOURCE_CIVITAI) -> None:
+    """Facts from a Civitai model-version object (a ``.civitai.info`` file, or the API's answer: ``source``)."""
     words = _words(out, file, "trainedWords", data.get("trainedWords"))
     if words:
-        _add(out, SOURCE_CIVITAI, file, "trigger_words", words)
+        _add(out, source, file, "trigger_words", words)
     for key, name in (("id", "civitai_version_id"), ("modelId", "civitai_model_id")):
         value = data.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1 << 53:
-            _add(out, SOURCE_CIVITAI, file, name, value)
+            _add(out, source, file, name, value)
         elif value is not None:
             out.problems.append(f"{file}: {key!r} should be a positive integer; skipped")
     model = data.get("model") if isinstance(data.get("model"), dict) else {}
     title = _text(out, file, "model.name", model.get("name"))
     if title:
-        _add(out, SOURCE_CIVITAI, file, "name", title)
+        _add(out, source, file, "name", title)
     base = _text(out, file, "baseModel", data.get("baseModel"))
     if base:
         row = civitai_base(base)
         if row is None:
             out.problems.append(f"{file}: baseModel {base[:40]!r} is not in lorareg's table; kept as text")
-        _base_facts(out, SOURCE_CIVITAI, file, base, row)
+        _base_facts(out, source, file, base, row)
     images = data.get("images")
     urls = [img["url"] for img in images if isinstance(img, dict) and isinstance(img.get("url"), str)
             and img["url"].startswith("https://") and len(img["url"]) <= 2000][:20] if isinstance(images, list) else []
     if urls:
-        _add(out, SOURCE_CIVITAI, file, "preview_urls", urls)
+        _add(out, source, file, "preview_urls", urls)
 
 
 def merge_facts(facts: list[dict[str, Any]], declared: dict[str, Any]) -> dict[str, Any]:
