@@ -255,3 +255,18 @@ def test_rebuild_says_in_place_entries_need_a_rescan(tmp_path):
         sha = reg.show("in place").sha256
     result = rebuild(tmp_path / "reg")
     assert result.dropped == [(sha, "In Place", "indexed in place: run `lorareg registry scan` on its folder again")]
+
+
+def test_demo_scan_step_indexes_the_folder_and_prints_the_serve_command(tmp_path, monkeypatch):
+    from loraregistry.registry.demo_scan import scan_step
+
+    monkeypatch.setenv("LORAREG_HOME", str(tmp_path / "demo out" / ".work" / "registry"))
+    adapter(tmp_path / "demo out" / "formats", "a.safetensors", seed=1)
+    adapter(tmp_path / "demo out", "b.safetensors", seed=1, name="Same weights")
+    lines: list[str] = []
+    shown = scan_step(tmp_path / "demo out", lines.append)
+    assert shown["indexed"] == 2 and len(shown["scan"]["duplicates"]) == 1
+    assert lines[0].startswith("8. Indexing ") and "2 files, 2 read and verified, 1 group(s)" in lines[0]
+    assert "comfyui 2/2" in lines[1]
+    assert lines[2] == (f"   browse them: LORAREG_HOME='{tmp_path / 'demo out' / '.work' / 'registry'}' lorareg serve"
+                        "   (then open http://127.0.0.1:8765/)")
