@@ -36,11 +36,20 @@ ALL = FIX_TARGETS  # one kohya-keyed LoRA serves every one of them
 BLOAT_KEYS = ("ss_tag_frequency", "ssmd_cover_images")
 HUGE_VALUE = 64 * 1024  # bytes; ss_dataset_dirs over this is bloat
 DEFAULT_MAX_ERROR = 0.01
+STRUCTURAL_CODES = ("LRG1", "LRG3", "LRG4")  # verify code families that make "nothing to fix" untrue
 _FAMILY_IDS = {"sd1": "sd1", "sdxl": "sdxl-base"}  # sd2 is left to the declaration (512 vs 768-v)
 
 
-class FixLosesInformation(UsageError):
-    """The fix would approximate modules beyond ``--max-error``; nothing was written."""
+class FixLosesInformation(LoraregError):
+    """The fix would approximate modules beyond ``--max-error``; nothing was written (a check failed: exit 1)."""
+
+    exit_code = 1
+
+
+class UnfixableFile(LoraregError):
+    """Nothing ``fix`` changes would help: the file has errors of another kind (verify lists them); exit 1."""
+
+    exit_code = 1
 
 
 class FixDoesNotLoad(LoraregError):
@@ -95,17 +104,21 @@ def fix(input: str | os.PathLike[str], output: str | os.PathLike[str], *, target
     from .verify.consumers import consumer_verdicts
     from .verify.context import Context
 
+    from .ops.io import load_canonical
+
     chosen = parse_fix_targets(targets)
     if rank is not None and rank < 1:
         raise UsageError(f"--rank must be at least 1, got {rank}")
     check_output_path(output, [input])
     adapter = AdapterFile.open(input)
+    tensors = load_canonical(adapter)  # the checks every operation makes: a broken module is exit 2 here too
     ctx = Context.build(adapter, load_base(base) if base is not None else None)
     result = FixResult(targets=chosen, before=consumer_verdicts(ctx, chosen))
     plan = _plan(ctx, chosen, result, strip_bloat)
     if not result.needed:
+        _refuse_if_verify_fails(input, base)
         return result
-    tensors = _fixed_tensors(ctx, plan, rank, base, result)
+    tensors = _fixed_tensors(ctx, tensors, plan, rank, base, result)
     limit = DEFAULT_MAX_ERROR if max_error is None else max_error
     over = [m for m in result.modules if m.rel_error > limit]
     if over:
@@ -173,11 +186,24 @@ def _architecture(ctx, family: str | None, header: dict[str, str]) -> str | None
     return arch or _FAMILY_IDS.get(family or "")
 
 
-def _fixed_tensors(ctx, plan: _Plan, rank: int | None, base: str | None, result: FixResult):
-    from .ops.convert import convert_tensors
-    from .ops.io import load_canonical
+def _refuse_if_verify_fails(input, base: str | None) -> None:
+    """"Nothing to fix" only for a file whose structure verify passes: format (LRG1xx), shapes and alphas
+    against the base (LRG3xx) and tensor health (LRG4xx). Detection (LRG2xx), metadata (LRG5xx) and loader
+    verdicts (LRG6xx) are left out: the loaders' verdicts already said what fix can do about them."""
+    from .verify import verify
 
-    tensors = load_canonical(ctx.adapter)
+    report = verify(input, base=base)
+    errors = [f for f in report.findings if f.severity == "error" and f.code[:4] in STRUCTURAL_CODES]
+    if errors:
+        listed = "; ".join(f"{f.code} {f.message}" for f in errors[:3])
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        raise UnfixableFile(f"the loaders load it as it is, but verify finds errors fix cannot repair: {listed}{more}",
+                            path=input, hint="see `lorareg verify`")
+
+
+def _fixed_tensors(ctx, tensors, plan: _Plan, rank: int | None, base: str | None, result: FixResult):
+    from .ops.convert import convert_tensors
+
     shapes = {m: spec.weight_shape for m in ctx.adapter.modules
               if ctx.target is not None and (spec := ctx.target.lookup(m.component, m.path)) is not None}
     if not plan.lower:
@@ -267,6 +293,11 @@ def _write_checked(input, output, tensors, plan: _Plan, ctx, targets, base):
             raise FixDoesNotLoad(f"the fixed file still does not fully load, not written: {reasons}", path=out,
                                  hint="this needs a change fix does not make; see `lorareg verify --target`")
         os.replace(temp, out)
+    except LoraregError as exc:
+        if exc.path == str(temp):  # the user knows the output by its name, not by the temp file's
+            exc.path = str(out)
+            exc.args = (exc.one_line(),)
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)

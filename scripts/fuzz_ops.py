@@ -84,7 +84,8 @@ def seeds(folder: Path) -> list[Seed]:
         lora.update({f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up,
                      f"{name}.alpha": np.asarray(1.0, np.float16)})
     down, up = _factors(CONV, "unet", 2, rng)
-    locon = {f"{conv}.lora_down.weight": down, f"{conv}.lora_up.weight": up, f"{conv}.alpha": np.asarray(2.0, np.float16),
+    locon = {f"{conv}.lora_down.weight": down, f"{conv}.lora_up.weight": up,
+             f"{conv}.alpha": np.asarray(2.0, np.float16),
              f"{q}.lora_down.weight": lora[f"{q}.lora_down.weight"], f"{q}.lora_up.weight": lora[f"{q}.lora_up.weight"]}
     small = lambda *shape: rng.normal(0, 0.05, shape).astype(np.float16)  # noqa: E731
     loha = {f"{q}.hada_w1_a": small(320, 2), f"{q}.hada_w1_b": small(2, 320), f"{q}.hada_w2_a": small(320, 2),

@@ -56,18 +56,25 @@ def _render(summary: dict[str, Any], lines: list[str], as_json: bool) -> int:
 @click.argument("input", type=click.Path(path_type=Path, readable=False))
 @click.option("--to", "to", required=True, type=click.Choice(["kohya", "peft", "diffusers"]), help="Target format.")
 @click.option("--rank", type=click.IntRange(min=1), help="Rank for LyCORIS/LoCon modules that must become plain LoRA "
-              "(SVD where the exact rank is higher; the error is reported per module).")
+              "(peft, diffusers): SVD where the exact rank is higher, the error reported per module. Refused where "
+              "no module is lowered (kohya keeps LyCORIS modules; use `lorareg resize`).")
+@click.option("--max-error", type=click.FloatRange(min=0), metavar="FRACTION",
+              help="Largest relative Frobenius error a lowered module may have (default 0.01); beyond it exit 1 "
+                   "and nothing is written, unless --force.")
 @click.option("--dialect", multiple=True, metavar="KEY=VALUE", help="Key spelling of the target, e.g. unet_names=sgm.")
 @_with_common
-def convert(input: Path, to: str, rank: int | None, dialect: tuple[str, ...], output: Path, dtype: str | None,
-            base: str | None, force: bool, as_json: bool) -> int:
+def convert(input: Path, to: str, rank: int | None, max_error: float | None, dialect: tuple[str, ...], output: Path,
+            dtype: str | None, base: str | None, force: bool, as_json: bool) -> int:
     """Convert an adapter to kohya, peft or diffusers keys (tensors kept bit for bit where possible)."""
     from ..ops.convert import convert as run
 
     with about(input):
-        result = run(input, output, to=to, dtype=dtype, rank=rank, dialect=_parse_dialect(dialect), force=force,
-                     base=base)
+        result = run(input, output, to=to, dtype=dtype, rank=rank, max_error=max_error,
+                     dialect=_parse_dialect(dialect), force=force, base=base)
     summary = result.summary()
+    if result.over_max_error:
+        status(f"lorareg: warning: {len(result.over_max_error)} modules changed by more than --max-error "
+               f"{result.max_error:g}; written because of --force")
     lines = [f"{input} ({result.format_from}) -> {output} ({to}): {result.modules} modules"]
     if summary["lowered"]:
         lines.append(f"  {summary['lowered']} modules lowered to plain LoRA, {summary['approximate']} approximate "

@@ -102,9 +102,8 @@ def verify_many(files: list[str], base: str | None, tensors: bool, targets, stri
 
 
 def _render(reports, strict: bool) -> None:
-    from rich.markup import escape
-
     from ..verify.outputs import failed
+    from .output import markup_safe as escape  # file-derived text: controls made visible, markup escaped
 
     out = console()
     colors = {"error": "red", "warning": "yellow", "info": "cyan"}

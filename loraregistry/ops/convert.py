@@ -31,11 +31,12 @@ from ..errors import UsageError
 from ..formats import FORMATS, is_fused
 from .common import alpha_array, by_module, flatten_modules, numpy_dtype, storage_dtype
 from .delta import algorithm, lowrank_factors, scale_rank
-from .errors import DoraNeedsBase, UnsupportedModule
+from .errors import DoraNeedsBase, TooLossy, UnsupportedModule
 from .progress import progress
 from .targets import fuse_split, fused_path_of, layout, peft_text_model_defaults, split_fused
 
 TARGET_FORMATS = ("kohya", "peft", "diffusers")
+DEFAULT_MAX_ERROR = 0.01  # relative Frobenius error per module a lossy lowering may cost without --force
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,11 @@ class ConvertResult:
     modules: int = 0
     changed: list[ModuleConversion] = field(default_factory=list)
     output: Any = None
+    max_error: float = DEFAULT_MAX_ERROR
+
+    @property
+    def over_max_error(self) -> list[ModuleConversion]:
+        return [c for c in self.changed if c.rel_error > self.max_error]
 
     def summary(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -64,6 +70,7 @@ class ConvertResult:
             "lowered": sum(c.change == "lowered" for c in self.changed),
             "approximate": sum(not c.exact for c in self.changed),
             "max_rel_error": max((c.rel_error for c in self.changed), default=0.0),
+            "max_error": self.max_error, "over_max_error": len(self.over_max_error),
             "changed": [asdict(c) for c in self.changed],
         }
         if self.output is not None:
@@ -185,9 +192,15 @@ def _wants_native_names(adapter: AdapterFile, dialect: Mapping[str, str]) -> dic
 
 
 def convert(input: str | os.PathLike[str], output: str | os.PathLike[str], *, to: str, dtype: str | None = None,
-            rank: int | None = None, dialect: Mapping[str, str] | None = None, force: bool = False,
-            base: str | None = None, show_progress: bool | None = None) -> ConvertResult:
-    """Convert the adapter at ``input`` to format ``to`` and write it to ``output`` (verified, atomic)."""
+            rank: int | None = None, max_error: float | None = None, dialect: Mapping[str, str] | None = None,
+            force: bool = False, base: str | None = None, show_progress: bool | None = None) -> ConvertResult:
+    """Convert the adapter at ``input`` to format ``to`` and write it to ``output`` (verified, atomic).
+
+    ``rank``: the rank of modules lowered to plain LoRA (peft/diffusers hold nothing else); an adapter with
+    no module to lower, or a kohya target (which keeps every LyCORIS module), is refused with it rather than
+    ignoring it. ``max_error``: the relative Frobenius error a lowered module may have (default
+    ``DEFAULT_MAX_ERROR``); beyond it TooLossy (exit 1) and nothing is written, unless ``force``.
+    """
     from .io import carried_header, check_output_path, load_canonical, op_metadata, parent_record, write_op_output
     from .targets import base_shapes
 
@@ -195,6 +208,12 @@ def convert(input: str | os.PathLike[str], output: str | os.PathLike[str], *, to
         raise UsageError(f"cannot convert to {to!r}", hint=f"one of: {', '.join(TARGET_FORMATS)}")
     if rank is not None and rank < 1:
         raise UsageError(f"rank must be at least 1, got {rank}")
+    if rank is not None and to == "kohya":
+        raise UsageError(f"--rank {rank} does nothing when converting to kohya: kohya keeps LoCon, LoHa and LoKr "
+                         "modules as they are", path=input, hint="change ranks with `lorareg resize`")
+    limit = DEFAULT_MAX_ERROR if max_error is None else float(max_error)
+    if not limit >= 0 or limit == float("inf"):
+        raise UsageError(f"--max-error must be a number >= 0, got {max_error}")
     check_output_path(output, [input])
     adapter = AdapterFile.open(input)
     same_format = adapter.format == to
@@ -207,9 +226,22 @@ def convert(input: str | os.PathLike[str], output: str | os.PathLike[str], *, to
     converted, rows = convert_tensors(
         tensors, to=to, stored=set(adapter.mapping.mapped.values()), rank=rank, dtype=numpy_dtype(dtype),
         shapes=base_shapes(adapter, base) if to != "kohya" else None, fuse=fuse, show_progress=show_progress)
+    lowered = [r for r in rows if r.change == "lowered"]
+    if rank is not None and not lowered:
+        raise UsageError(f"--rank {rank} does nothing here: no module of this adapter has to become plain LoRA "
+                         f"for {to}", path=input, hint="change ranks with `lorareg resize`")
+    result = ConvertResult(format_from=adapter.format, format_to=to, modules=len(adapter.modules), changed=rows,
+                           max_error=limit)
+    if result.over_max_error and not force:
+        over = sorted(result.over_max_error, key=lambda r: -r.rel_error)
+        listed = ", ".join(f"{r.module} ({r.rel_error:.3g})" for r in over[:5])
+        more = f" and {len(over) - 5} more" if len(over) > 5 else ""
+        raise TooLossy(f"{len(over)} lowered modules would change by more than --max-error {limit:g} (relative "
+                       f"Frobenius error): {listed}{more}; nothing written", path=input,
+                       hint="raise --rank, allow a larger --max-error, or --force to write it anyway")
     params = {"to": to, "dtype": dtype, "rank": rank, "dialect": dict(dialect or {})}
     record = op_metadata(adapter.metadata, operation="convert", params=params, parents=[parent_record(adapter)])
     written = write_op_output(output, converted, format=to, dialect=out_dialect, metadata=record,
                               header=carried_header(adapter), inputs=[Path(input)], force=force, base=base)
-    return ConvertResult(format_from=adapter.format, format_to=to, modules=len(adapter.modules), changed=rows,
-                         output=written)
+    result.output = written
+    return result

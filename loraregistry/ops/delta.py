@@ -112,7 +112,8 @@ def _lokr_halves(t: Tensors, dtype):
         second, tail = (_f(t["lokr_w2_a"], dtype), b.reshape(b.shape[0], -1)), tuple(b.shape[1:])
     else:
         raise UnsupportedModule("a LoKr module needs lokr_w2, or lokr_w2_a + lokr_w2_b (+ lokr_t2)")
-    return first, second, (c * tail[0], *tail[1:])
+    # A half factored wider than its matrix shrinks losslessly first: the Kronecker width is the product.
+    return exact_compress(*first), exact_compress(*second), (c * tail[0], *tail[1:])
 
 
 def _face_split(a1: np.ndarray, a2: np.ndarray) -> np.ndarray:
@@ -129,6 +130,7 @@ def exact_factors(tensors: Tensors, *, dtype=np.float64) -> tuple[np.ndarray, np
     if algo == "loha":
         u1, d1, in_shape = _loha_half(tensors, 1, dtype)
         u2, d2, _ = _loha_half(tensors, 2, dtype)
+        (u1, d1), (u2, d2) = exact_compress(u1, d1), exact_compress(u2, d2)  # the face-split width is r1 * r2
         return _face_split(u1, u2), _face_split(d1.T, d2.T).T, in_shape
     if algo == "lokr":
         (u1, v1), (u2, v2), in_shape = _lokr_halves(tensors, dtype)

@@ -34,6 +34,13 @@ class UnsupportedModule(UsageError):
     """A module whose algorithm or shape this operation cannot handle."""
 
 
+class TooLossy(LoraregError):
+    """A lossy step (an SVD to a lower rank) would change some module by more than ``--max-error``; nothing was
+    written (``--force`` writes it anyway). A check that failed: exit 1."""
+
+    exit_code = 1
+
+
 class OutputFailsVerify(LoraregError):
     """The written output has verify errors; it was not put in place (``--force`` to keep it anyway)."""
 
