@@ -181,6 +181,18 @@ def test_huge_model_info_is_refused_fast_in_little_memory(hub, registry, tmp_pat
     assert_nothing_kept(tmp_path, before, registry)
 
 
+def test_a_trickling_answer_is_given_up_at_the_deadline(hub, registry, tmp_path, monkeypatch):
+    import loraregistry.hub.transport as transport
+
+    monkeypatch.setattr(transport, "READ_DEADLINE_S", 1.0)
+    adapter_repo(hub, tmp_path)
+    hub.state.hostile.trickle_model_info = True
+    started = time.monotonic()
+    with pytest.raises(HubError, match="took more than 1 s to arrive"):
+        pull("mallory/trap", endpoint=hub.endpoint, registry=registry)
+    assert time.monotonic() - started < 5 and registry.list() == []
+
+
 # --- tokens -----------------------------------------------------------------------------------------------
 
 

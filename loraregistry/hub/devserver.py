@@ -90,6 +90,7 @@ class Hostile:
     echo_authorization: bool = False  # every answer is a 400 whose message repeats the Authorization header
     redirect_downloads_to: str | None = None  # resolve answers 302 to this origin (same path), like a CDN
     commit_oid: str | None = None  # the commitOid a commit POST answers with
+    trickle_model_info: bool = False  # model_info sends a byte every 50 ms, for ever (until the client leaves)
     body_bytes_sent: int = 0  # what the endless bodies and huge JSON documents put on the wire
 
 
@@ -407,6 +408,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not commit:
             return
         hostile = self.state.hostile
+        if hostile.trickle_model_info:
+            self._trickle()
+            return
         if hostile.model_info_bytes is not None:
             self._huge_json(hostile.model_info_bytes, declared=hostile.model_info_declared)
             return
@@ -427,6 +431,22 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         self.end_headers()
         self._write_until_gone(head, size - len(head) - len(tail), tail)
+
+    def _trickle(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            self.wfile.write(b'{"id": "')
+            for _ in range(200):  # 10 s at most, so a client without a deadline cannot hang a test run
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                self.state.hostile.body_bytes_sent += 1
+                time.sleep(0.05)
+        except OSError:
+            pass
 
     def _write_until_gone(self, head: bytes, filler: int, tail: bytes = b"") -> None:
         block = b"x" * (1 << 20)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,7 @@ JSON_CAP = 16 << 20  # model info, tree listings, search results: the Hub's larg
 ERROR_BODY_CAP = 64 << 10  # an error body is read only for its message
 MAX_REDIRECTS = 5
 TIMEOUT_S = 60.0  # per connect / per read; huggingface_hub's own client has none
+READ_DEADLINE_S = 120.0  # a whole metadata answer (downloads are bounded by their size instead)
 _REDIRECTS = (301, 302, 303, 307, 308)
 
 
@@ -91,7 +93,9 @@ class Response:
                                  hint="nothing was kept; try again") from None
 
     def read(self, cap: int) -> bytes:
-        """The whole body, refused as soon as it passes ``cap`` bytes."""
+        """The whole body, refused as soon as it passes ``cap`` bytes or takes longer than ``READ_DEADLINE_S``
+        (a server trickling a byte now and then would otherwise hold lorareg for ever)."""
+        deadline = time.monotonic() + READ_DEADLINE_S
         declared = self.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > cap:
             raise ResponseTooLarge(f"{self._what} is {int(declared):,} bytes, more than the {cap:,} bytes lorareg "
@@ -100,6 +104,9 @@ class Response:
         data = bytearray()
         for chunk in self.iter_chunks():
             data += chunk
+            if time.monotonic() > deadline:
+                raise HubError(f"{self._what} took more than {READ_DEADLINE_S:g} s to arrive ({len(data):,} bytes so "
+                               "far)", hint="the server is overloaded, broken or hostile; try again later")
             if len(data) > cap:
                 raise ResponseTooLarge(f"{self._what} is more than the {cap:,} bytes lorareg accepts",
                                        hint="the server is broken or hostile; use another endpoint")
@@ -193,12 +200,14 @@ def _open(method: str, url: str, headers: Mapping[str, str], data, params, endpo
             context = session.stream(method, url, headers=dict(headers), data=data, params=params,
                                      follow_redirects=False, timeout=TIMEOUT_S)
             response = context.__enter__()
-            chunks = response.iter_raw(CHUNK)  # raw: no decompression, the bound holds on the wire bytes
+            # raw: no decompression, the bound holds on the wire bytes; no chunk size: each piece as it
+            # arrives (a chunk size makes httpx wait until it has that much, and a trickle never gets there)
+            chunks = response.iter_raw()
             close = lambda: context.__exit__(None, None, None)  # noqa: E731
         else:  # requests
             response = session.request(method, url, headers=dict(headers), data=data, params=params, stream=True,
                                        allow_redirects=False, timeout=TIMEOUT_S)
-            chunks = response.raw.stream(CHUNK, decode_content=False)
+            chunks = _pieces(response.raw)
             close = response.close
     except LoraregError:
         raise
@@ -214,6 +223,16 @@ def _open(method: str, url: str, headers: Mapping[str, str], data, params, endpo
     finally:
         with contextlib.suppress(Exception):
             close()
+
+
+def _pieces(raw) -> Iterator[bytes]:
+    """urllib3's body as it arrives (``read1``, urllib3 2.3+), else in ``CHUNK``s; never decompressed."""
+    read1 = getattr(raw, "read1", None)
+    if read1 is None:
+        yield from raw.stream(CHUNK, decode_content=False)
+        return
+    while piece := read1(CHUNK, decode_content=False):
+        yield piece
 
 
 def transport_errors() -> tuple[type[BaseException], ...]:
