@@ -270,3 +270,19 @@ def test_demo_scan_step_indexes_the_folder_and_prints_the_serve_command(tmp_path
     assert "comfyui 2/2" in lines[1]
     assert lines[2] == (f"   browse them: LORAREG_HOME='{tmp_path / 'demo out' / '.work' / 'registry'}' lorareg serve"
                         "   (then open http://127.0.0.1:8765/)")
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_worker_processes_index_the_same_as_one_process(tmp_path, jobs):
+    lib = tmp_path / "loras"
+    for i in range(20):
+        adapter(lib / f"d{i % 3}", f"f{i:02d}.safetensors", seed=i % 10, name=f"n{i}")
+    (lib / "d0" / "broken.safetensors").write_bytes(b"\x00" * 20)
+    with Registry.open(tmp_path / f"reg{jobs}") as reg:
+        result = reg.scan([lib], jobs=jobs)
+        entries = {e.sha256: (e.name, e.loaders, e.verdict, e.hashes) for e in reg.list()}
+    assert result.hashed == 20 and len(result.skipped) == 1 and len(result.new) == 20
+    assert len(result.duplicates) == 10  # seeds repeat: two files share each tensor set
+    with Registry.open(tmp_path / "reg-serial") as reg:
+        reg.scan([lib], jobs=1)
+        assert {e.sha256: (e.name, e.loaders, e.verdict, e.hashes) for e in reg.list()} == entries

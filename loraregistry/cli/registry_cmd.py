@@ -48,8 +48,10 @@ def add(files: tuple[Path, ...], run_verify: bool, as_json: bool) -> int:
 @click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--verify/--no-verify", "run_verify", default=True, show_default=True,
               help="Verify new files and record verify and per-loader verdicts.")
+@click.option("--jobs", type=click.IntRange(1, 64), metavar="N",
+              help="Processes for files that must be read (default: the usable CPUs, at most 8).")
 @_json
-def scan(folders: tuple[Path, ...], run_verify: bool, as_json: bool) -> int:
+def scan(folders: tuple[Path, ...], run_verify: bool, jobs: int | None, as_json: bool) -> int:
     """Index LoRA folders in place (ComfyUI models/loras, A1111/Forge models/Lora): no copy.
 
     Records every hash (cached: unchanged files are not read again), verdicts, sidecars (name.json,
@@ -57,7 +59,7 @@ def scan(folders: tuple[Path, ...], run_verify: bool, as_json: bool) -> int:
     from ..registry import Registry
 
     with Registry.open() as reg:
-        result = reg.scan(list(folders), verify_files=run_verify)
+        result = reg.scan(list(folders), verify_files=run_verify, jobs=jobs)
     if as_json:
         emit_json(result.to_dict())
         return 0

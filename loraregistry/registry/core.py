@@ -134,11 +134,12 @@ class Registry:
             _insert(conn, facts, event, blob)
         return self.show(facts["sha256"])
 
-    def scan(self, roots: list[str | os.PathLike[str]], *, verify_files: bool = True) -> Any:
+    def scan(self, roots: list[str | os.PathLike[str]], *, verify_files: bool = True,
+             jobs: int | None = None) -> Any:
         """Index folders in place (no copy): see ``registry.scan``. Returns a ``ScanResult``."""
         from .scan import scan
 
-        return scan(self, list(roots), verify_files=verify_files)
+        return scan(self, list(roots), verify_files=verify_files, jobs=jobs)
 
     def export_sidecars(self, *, roots: list[str] | None = None, force: bool = False) -> list[Any]:
         """Write A1111/Forge ``name.json`` sidecars next to indexed files: see ``registry.export_sidecars``."""

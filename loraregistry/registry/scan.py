@@ -31,6 +31,8 @@ from .sidecars import Sidecars, merge_facts, read_sidecars, signature
 
 ADAPTER_SUFFIX = ".safetensors"
 STATE_PRESENT, STATE_MOVED, STATE_REMOVED = "present", "moved", "removed"
+_BATCH = 256
+_PARALLEL_FROM = 16  # below this many files to read, a worker process costs more than it saves
 
 
 @dataclass
@@ -75,10 +77,12 @@ class _Seen:
         return (self.stat.st_dev, self.stat.st_ino, self.stat.st_size, self.stat.st_mtime_ns)
 
 
-def scan(registry: Any, roots: list[str | os.PathLike[str]], *, verify_files: bool = True) -> ScanResult:
+def scan(registry: Any, roots: list[str | os.PathLike[str]], *, verify_files: bool = True,
+         jobs: int | None = None) -> ScanResult:
     """Index every adapter under ``roots`` in place; returns what changed since the last scan of each root.
 
     ``verify_files=False`` records hashes and facts but no verify or loader verdicts (faster on huge folders).
+    ``jobs``: worker processes for files that must be read (default: the usable CPUs, at most 8; 1 = none).
     Raises FileAccessError (exit 2) for a root that is not a readable folder, before anything is written.
     """
     started = time.perf_counter()
@@ -87,7 +91,7 @@ def scan(registry: Any, roots: list[str | os.PathLike[str]], *, verify_files: bo
     touched: set[str] = set()
     # Every root is indexed before any path is called gone, so a file moved from one root to another
     # scanned together is reported as moved, not removed.
-    gone = [row for root in resolved for row in _scan_root(registry, root, result, touched, verify_files)]
+    gone = [row for root in resolved for row in _scan_root(registry, root, result, touched, verify_files, jobs)]
     _mark_gone(registry, gone, result, touched)
     _refresh_imported(registry, touched)
     result.duplicates = _duplicates(registry, resolved)
@@ -130,7 +134,8 @@ def _walk(root: Path, result: ScanResult) -> list[_Seen]:
     return found
 
 
-def _scan_root(registry: Any, root: Path, result: ScanResult, touched: set[str], verify_files: bool) -> list[Any]:
+def _scan_root(registry: Any, root: Path, result: ScanResult, touched: set[str], verify_files: bool,
+               jobs: int | None) -> list[Any]:
     """Index the files under ``root``; returns the location rows of paths that were present and are gone."""
     conn = registry._conn
     with sqlite_errors(registry.db_path):
@@ -139,6 +144,20 @@ def _scan_root(registry: Any, root: Path, result: ScanResult, touched: set[str],
     result.files += len(seen)
     now = _now()
     here: set[str] = set()
+    pending: list[tuple[Any, ...]] = []  # location rows, written in batches (one transaction each)
+    to_analyse: list[tuple[_Seen, Any, list[list[Any]]]] = []
+
+    def located(item: _Seen, row: Any, sig: list[list[Any]], sha256: str) -> None:
+        cars = _sidecars(item, sig, result)
+        (result.changed if row is not None and row["state"] == STATE_PRESENT else result.new).append(item.path)
+        touched.add(sha256)
+        if row is not None:
+            touched.add(row["sha256"])
+        pending.append((item.path, str(root), sha256, *item.key, STATE_PRESENT,
+                        json.dumps(cars.to_dict(), sort_keys=True), cars.preview, now, now))
+        if len(pending) >= _BATCH:
+            _write_locations(registry, pending)
+
     for item in seen:
         here.add(item.path)
         row = known.get(item.path)
@@ -153,30 +172,40 @@ def _scan_root(registry: Any, root: Path, result: ScanResult, touched: set[str],
                                  (json.dumps(cars.to_dict(), sort_keys=True), cars.preview, now, item.path))
                 touched.add(row["sha256"])
             continue
-        try:
-            sha256 = _content(registry, item, result, verify_files)
-        except LoraregError as exc:
-            result.skipped.append((item.path, exc.one_line()))
+        sha256 = _cached(registry, item, verify_files)
+        if sha256 is None:
+            to_analyse.append((item, row, sig))
             continue
-        cars = _sidecars(item, sig, result)
-        (result.changed if row is not None and row["state"] == STATE_PRESENT else result.new).append(item.path)
-        touched.add(sha256)
-        if row is not None:
-            touched.add(row["sha256"])
-        with sqlite_errors(registry.db_path), transaction(conn):
-            conn.execute(
-                "INSERT INTO locations (path, root, sha256, dev, inode, size, mtime_ns, state, moved_to, sidecars, "
-                "preview, first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?) "
-                "ON CONFLICT (path) DO UPDATE SET root = excluded.root, sha256 = excluded.sha256, dev = excluded.dev, "
-                "inode = excluded.inode, size = excluded.size, mtime_ns = excluded.mtime_ns, state = excluded.state, "
-                "moved_to = NULL, sidecars = excluded.sidecars, preview = excluded.preview, "
-                "last_seen = excluded.last_seen",
-                (item.path, str(root), sha256, *item.key, STATE_PRESENT, json.dumps(cars.to_dict(), sort_keys=True),
-                 cars.preview, now, now))
+        result.cached += 1
+        located(item, row, sig, sha256)
+    for (item, row, sig), analysis in zip(to_analyse, _analyse_all([i for i, _, _ in to_analyse], verify_files,
+                                                                   jobs)):
+        if "error" in analysis:
+            result.skipped.append((item.path, analysis["error"]))
+            continue
+        result.hashed += 1
+        located(item, row, sig, _index(registry, item, analysis))
+    _write_locations(registry, pending)
     with sqlite_errors(registry.db_path), transaction(conn):
         conn.execute("INSERT INTO scan_roots (path, scanned_at) VALUES (?, ?) "
                      "ON CONFLICT (path) DO UPDATE SET scanned_at = excluded.scanned_at", (str(root), now))
     return [row for path, row in known.items() if path not in here and row["state"] == STATE_PRESENT]
+
+
+def _write_locations(registry: Any, rows: list[tuple[Any, ...]]) -> None:
+    """Upsert location rows in one transaction and empty the list. A crash before this loses only the rows:
+    the hashes are in the cache already, so the next scan re-indexes those paths without reading them."""
+    if not rows:
+        return
+    with sqlite_errors(registry.db_path), transaction(registry._conn) as conn:
+        conn.executemany(
+            "INSERT INTO locations (path, root, sha256, dev, inode, size, mtime_ns, state, moved_to, sidecars, "
+            "preview, first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?) "
+            "ON CONFLICT (path) DO UPDATE SET root = excluded.root, sha256 = excluded.sha256, dev = excluded.dev, "
+            "inode = excluded.inode, size = excluded.size, mtime_ns = excluded.mtime_ns, state = excluded.state, "
+            "moved_to = NULL, sidecars = excluded.sidecars, preview = excluded.preview, last_seen = excluded.last_seen",
+            rows)
+    rows.clear()
 
 
 def _mark_gone(registry: Any, gone: list[Any], result: ScanResult, touched: set[str]) -> None:
@@ -202,56 +231,97 @@ def _sidecars(item: _Seen, sig: list[list[Any]], result: ScanResult) -> Sidecars
     return cars
 
 
-def _content(registry: Any, item: _Seen, result: ScanResult, verify_files: bool) -> str:
-    """The sha256 of the file at ``item``: from the hash cache when its (device, inode, size, mtime) is known,
-    else by reading it; makes sure the registry has an entry (with verdicts) for that content."""
+def _cached(registry: Any, item: _Seen, verify_files: bool) -> str | None:
+    """The sha256 of the file at ``item`` when the hash cache knows its (device, inode, size, mtime) and the
+    registry already holds that content with what this scan records (verdicts unless ``verify_files`` is off)."""
     conn = registry._conn
     with sqlite_errors(registry.db_path):
         cached = conn.execute("SELECT sha256 FROM file_hashes WHERE dev = ? AND inode = ? AND size = ? AND "
                               "mtime_ns = ?", item.key).fetchone()
-        entry = None
-        if cached is not None:
-            entry = conn.execute("SELECT loaders, findings FROM entries WHERE sha256 = ?",
-                                 (cached["sha256"],)).fetchone()
-    if cached is not None and entry is not None and (entry["findings"] or not verify_files):
-        result.cached += 1
-        return cached["sha256"]
-    return _analyse(registry, item, result, verify_files)
+        if cached is None:
+            return None
+        entry = conn.execute("SELECT findings FROM entries WHERE sha256 = ?", (cached["sha256"],)).fetchone()
+    if entry is None or not (entry["findings"] or not verify_files):
+        return None
+    return cached["sha256"]
 
 
-def _analyse(registry: Any, item: _Seen, result: ScanResult, verify_files: bool) -> str:
-    """Read, hash and (unless told not to) verify one file, then index it as an in-place entry."""
+def analyse_file(path: str, key: tuple[int, int, int, int], verify_files: bool) -> dict[str, Any]:
+    """Read, hash and (unless told not to) verify one file: what the index stores about it, or ``{"error":
+    line}`` for a file that is no adapter or changed while read. Pure (no registry), so it runs in workers."""
     from ..adapter import AdapterFile
-    from .core import _insert, _now as now, adapter_facts
 
-    adapter = AdapterFile.open(item.path)
-    facts = adapter_facts(adapter, item.stat)
-    result.hashed += 1
-    after = os.stat(item.path)
-    if (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns) != item.key:
-        raise FileAccessError("changed while it was being scanned", path=item.path, hint="scan again")
-    verdict = loaders = findings = None
-    if verify_files:
-        from ..verify import verify
-        from ..verify.consumers import consumer_verdicts
+    try:
+        adapter = AdapterFile.open(path)
+        facts = adapter_facts_of(adapter, os.stat(path))
+        after = os.stat(path)
+        if (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns) != key:
+            raise FileAccessError("changed while it was being scanned", path=path, hint="scan again")
+        analysis: dict[str, Any] = {"facts": facts, "verdict": None, "loaders": None, "findings": None}
+        if verify_files:
+            from ..verify import verify
+            from ..verify.consumers import consumer_verdicts
 
-        report = verify(item.path)
-        verdicts = consumer_verdicts(adapter)
-        verdict = Verdict.from_report(report).to_dict()
-        loaders = {v.consumer: v.outcome for v in verdicts}
-        findings = {"verify": [f.to_dict() for f in report.findings],
-                    "loaders": {v.consumer: [f.to_dict() for f in v.findings] for v in verdicts}}
-        if not facts["architecture"]:
-            facts["architecture"] = report.detected_architecture
+            report = verify(path)
+            verdicts = consumer_verdicts(adapter)
+            analysis["verdict"] = Verdict.from_report(report).to_dict()
+            analysis["loaders"] = {v.consumer: v.outcome for v in verdicts}
+            analysis["findings"] = {"verify": [f.to_dict() for f in report.findings],
+                                    "loaders": {v.consumer: [f.to_dict() for f in v.findings] for v in verdicts}}
+            if not facts["architecture"]:
+                facts["architecture"] = report.detected_architecture
+    except LoraregError as exc:
+        return {"error": exc.one_line()}
+    return analysis
+
+
+def adapter_facts_of(adapter: Any, stat: os.stat_result) -> dict[str, Any]:
+    from .core import adapter_facts
+
+    facts = adapter_facts(adapter, stat)
     facts.pop("stat")
-    event = {"added_at": now(), "file_name": item.name, "verdict": verdict}
+    return facts
+
+
+def _analyse_all(items: list[_Seen], verify_files: bool, jobs: int | None) -> list[dict[str, Any]]:
+    """``analyse_file`` for each item, in order; in forked worker processes when there are enough files and
+    cores (the workers inherit the loaded modules, so each starts in milliseconds)."""
+    workers = jobs if jobs is not None else min(_usable_cpus(), 8)
+    if len(items) < _PARALLEL_FROM or workers < 2:
+        return [analyse_file(i.path, i.key, verify_files) for i in items]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    try:
+        context = multiprocessing.get_context("fork")
+    except ValueError:  # no fork on this platform: stay in this process
+        return [analyse_file(i.path, i.key, verify_files) for i in items]
+    first = analyse_file(items[0].path, items[0].key, verify_files)  # loads what the workers then inherit
+    rest = items[1:]
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        done = pool.map(analyse_file, [i.path for i in rest], [i.key for i in rest], [verify_files] * len(rest),
+                        chunksize=max(1, len(rest) // (4 * workers)))
+        return [first, *done]
+
+
+def _usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _index(registry: Any, item: _Seen, analysis: dict[str, Any]) -> str:
+    """Write one analysed file's entry (kept if the content is indexed already) and its hash-cache row."""
+    from .core import _insert, _now as now
+
+    facts = analysis["facts"]
+    event = {"added_at": now(), "file_name": item.name, "verdict": analysis["verdict"]}
     conn = registry._conn
     with sqlite_errors(registry.db_path), transaction(conn):
         _insert(conn, facts, event, Path(item.path))
-        if loaders is not None:
+        if analysis["loaders"] is not None:
             conn.execute("UPDATE entries SET loaders = ?, findings = ?, architecture = coalesce(architecture, ?) "
-                         "WHERE sha256 = ?", (json.dumps(loaders, sort_keys=True), json.dumps(findings),
-                                              facts["architecture"], facts["sha256"]))
+                         "WHERE sha256 = ?", (json.dumps(analysis["loaders"], sort_keys=True),
+                                              json.dumps(analysis["findings"]), facts["architecture"],
+                                              facts["sha256"]))
         conn.execute("INSERT OR REPLACE INTO file_hashes (dev, inode, size, mtime_ns, sha256, hashes) "
                      "VALUES (?, ?, ?, ?, ?, ?)", (*item.key, facts["sha256"],
                                                    json.dumps(facts["hashes"], sort_keys=True)))
@@ -262,8 +332,8 @@ def _refresh_imported(registry: Any, shas: set[str]) -> None:
     """Recompute each touched entry's imported facts from the sidecars of its present locations, its finer
     base, and its full-text row (so sidecar trigger words and names are searchable)."""
     conn = registry._conn
-    for sha in sorted(shas):
-        with sqlite_errors(registry.db_path), transaction(conn):
+    with sqlite_errors(registry.db_path), transaction(conn):
+        for sha in sorted(shas):
             entry = conn.execute("SELECT rowid, * FROM entries WHERE sha256 = ?", (sha,)).fetchone()
             if entry is None:
                 continue
