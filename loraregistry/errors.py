@@ -58,6 +58,10 @@ class TooManyTensorsError(InvalidSafetensorsError):
     """The header lists more tensor entries than lorareg's cap."""
 
 
+class TooManyValuesError(InvalidSafetensorsError):
+    """The header holds more JSON values (outside strings) than lorareg's cap."""
+
+
 class NumberOutOfRangeError(InvalidSafetensorsError):
     """A number in the header that loaders cannot represent (over 64 bits, 4,300 digits, beyond a double)."""
 

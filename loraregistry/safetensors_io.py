@@ -33,6 +33,7 @@ from .errors import (
     LoneSurrogateError,
     NumberOutOfRangeError,
     TooManyTensorsError,
+    TooManyValuesError,
     TruncatedFileError,
 )
 from .sniff import SNIFF_BYTES, sniff
@@ -45,6 +46,9 @@ DEFAULT_HEADER_CAP = 100_000_000
 # lorareg's own cap on tensor entries: a FLUX LoRA has under 2,000, a full SDXL LyCORIS about 10,000; past this
 # a header is refused before it is parsed (a 99 MB header of empty entries would hold ~900,000).
 MAX_TENSORS = 100_000
+# And on JSON values outside strings (numbers, arrays, objects...): an entry needs about 8, so 2,000,000 leaves
+# room for the tensor cap and metadata; past it Python's json would build gigabytes of objects.
+MAX_JSON_VALUES = 2_000_000
 METADATA_KEY = "__metadata__"
 _CHUNK = 1 << 20
 
@@ -159,6 +163,7 @@ _MAX_DIMENSIONS = 64  # numpy's and torch's limit on a tensor's number of dimens
 _FAST_OFFSET_LIMIT = 2**56  # offsets below this cannot overflow any product checked in the fast path
 _NEGATIVE_ZERO = re.compile(r"[\[,:]\s*-0(?![0-9.eE])")  # a constant pattern: finds "-0" written as a number
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # the start of a \ud800-\udfff escape
+_STRING_TOKEN = re.compile(r'"(?:[^"\\]++|\\.)*+"')  # a JSON string; possessive: no backtracking
 
 
 class _DuplicateKey(Exception):
@@ -245,6 +250,13 @@ def _decode_json(raw: bytes | memoryview, path: str | None) -> dict[str, Any]:
     # safetensors pads the header with spaces; anything before '{' is not allowed.
     if not text.startswith("{"):
         _fail("header does not start with a JSON object '{'", path, "the file is corrupt or not safetensors")
+    # Commas bound the number of values; only when there are many are the ones inside strings left out.
+    if text.count(",") >= MAX_JSON_VALUES:
+        values = _STRING_TOKEN.sub("", text).count(",") + 1
+        if values > MAX_JSON_VALUES:
+            _fail(f"header holds {values:,} JSON values outside strings, over lorareg's cap of {MAX_JSON_VALUES:,}",
+                  path, "an adapter at the 100,000-tensor cap needs under 1,000,000; the file is corrupt or hostile",
+                  TooManyValuesError)
     try:
         obj = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_refuse_constant,
                          parse_float=_finite_float,

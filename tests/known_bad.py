@@ -219,6 +219,9 @@ KNOWN_BAD: list[BadFile] = [
             errors.InvalidSafetensorsError, "over 127 levels deep"),
     BadFile("too_many_tensors", _too_many_tensors(), errors.TooManyTensorsError, "over lorareg's cap of 100,000",
             library_loads=True),
+    BadFile("too_many_values_in_a_tensor_entry", _with_entry_field("[" + ",".join(["7"] * 2_000_001) + "]"),
+            errors.TooManyValuesError, "JSON values outside strings, over lorareg's cap of 2,000,000",
+            library_loads=True),
     # Not safetensors at all: what failed downloads leave behind (issue 12, item 6).
     BadFile("git_lfs_pointer", GIT_LFS_POINTER, errors.GitLfsPointerError, "git lfs pull"),
     BadFile("html_login_page", HTML_LOGIN_PAGE, errors.HtmlPageError, "'Sign in - Model Hub'"),

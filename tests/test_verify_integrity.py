@@ -50,6 +50,7 @@ EXPECTED = {
     "integer_beyond_double_in_tensor_entry": "LRG017",
     "nesting_past_the_json_parser_limit": "LRG008",
     "too_many_tensors": "LRG018",
+    "too_many_values_in_a_tensor_entry": "LRG024",
     "git_lfs_pointer": "LRG019",
     "html_login_page": "LRG020",
     "xml_error_page": "LRG020",

@@ -94,6 +94,9 @@ _TABLE: tuple[tuple[str, str, Severity, str, str], ...] = (
      "The file is a gzip or zip archive (not a PyTorch checkpoint); unpack it and use what is inside."),
     ("LRG023", "text-file", "error", "Text file, not safetensors",
      "The file is plain text, typically an error message a download saved in place of the file."),
+    ("LRG024", "too-many-values", "error", "Too many JSON values",
+     "The header holds over 2,000,000 JSON values outside strings (an adapter at the tensor cap needs under "
+     "1,000,000); refused before parsing, which would take gigabytes."),
     # --- format ------------------------------------------------------------------------------------------
     ("LRG100", "no-tensors", "error", "No tensors",
      "The file holds no tensors at all, so it changes nothing."),

@@ -16,6 +16,7 @@ from ..errors import (
     PickleCheckpointError,
     TextFileError,
     TooManyTensorsError,
+    TooManyValuesError,
     TruncatedFileError,
 )
 from ..safetensors_io import SafetensorsHeader
@@ -30,6 +31,7 @@ _RULES: tuple[tuple[str, type, str], ...] = (
     ("compressed-file", CompressedFileError, ""),
     ("text-file", TextFileError, ""),
     ("too-many-tensors", TooManyTensorsError, ""),
+    ("too-many-values", TooManyValuesError, ""),
     ("number-out-of-range", NumberOutOfRangeError, ""),
     ("lone-surrogate", LoneSurrogateError, ""),
     ("header-over-cap", HeaderTooLarge, ""),
