@@ -33,6 +33,7 @@ from huggingface_hub.utils import build_hf_headers, get_session
 from .. import __version__
 from ..errors import LoraregError
 from .errors import (
+    HOSTILE_HINT,
     LOGIN_HINT,
     DownloadFailed,
     HubAuthError,
@@ -99,8 +100,7 @@ class Response:
         declared = self.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > cap:
             raise ResponseTooLarge(f"{self._what} is {int(declared):,} bytes, more than the {cap:,} bytes lorareg "
-                                   "accepts",
-                                   hint="the server is broken or hostile; use another endpoint")
+                                   "accepts", hint=HOSTILE_HINT)
         data = bytearray()
         for chunk in self.iter_chunks():
             data += chunk
@@ -109,7 +109,7 @@ class Response:
                                "far)", hint="the server is overloaded, broken or hostile; try again later")
             if len(data) > cap:
                 raise ResponseTooLarge(f"{self._what} is more than the {cap:,} bytes lorareg accepts",
-                                       hint="the server is broken or hostile; use another endpoint")
+                                       hint=HOSTILE_HINT)
         return bytes(data)
 
     def json(self, cap: int = JSON_CAP) -> Any:
@@ -154,7 +154,7 @@ def request(method: str, url: str, *, headers: Mapping[str, str], what: str, end
                 target = urljoin(current, location)
                 if urlsplit(target).scheme not in ("http", "https"):
                     raise HubError(f"{endpoint} redirected {what} to a non-HTTP location",
-                                   hint="the server is broken or hostile; use another endpoint")
+                                   hint=HOSTILE_HINT)
                 if _origin(target) != origin:  # never hand the token to another host (a CDN, or worse)
                     sent = {k: v for k, v in sent.items() if k.lower() != "authorization"}
                 current, params = target, None
@@ -166,11 +166,11 @@ def request(method: str, url: str, *, headers: Mapping[str, str], what: str, end
             encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
             if encoding not in ("identity", ""):
                 raise HubError(f"{endpoint} sent {what} compressed ({server_text(encoding, 40)}) though lorareg "
-                               "asked for plain bytes", hint="the server is broken or hostile; use another endpoint")
+                               "asked for plain bytes", hint=HOSTILE_HINT)
             yield Response(current, response.status, response.headers, hops, response.chunks, what)
             return
     raise HubError(f"{endpoint} redirected {what} more than {MAX_REDIRECTS} times",
-                   hint="the server is broken or hostile; use another endpoint")
+                   hint=HOSTILE_HINT)
 
 
 def get_json(url: str, *, headers: Mapping[str, str], what: str, endpoint: str, params: Mapping[str, Any] | None = None,
