@@ -6,6 +6,11 @@ data section, which the tensor entries must cover exactly: sorted, contiguous, n
 ``shape x itemsize`` equal to the entry's byte span. Every failure raises a ``LoraregError`` subclass
 that names the tensor and the numbers involved.
 
+Headers come from strangers, so the reader refuses whatever the safetensors library refuses (its JSON
+parser is stricter than Python's: see "JSON, read the way ..."), and bounds its work before parsing: a
+header over 100 MB (the library's cap), over ``MAX_TENSORS`` entries or over ``MAX_JSON_VALUES`` values
+is refused after one scan of the bytes. A file that is not safetensors at all is named by ``sniff``.
+
 Tensor data is read through numpy memory maps (bf16 and fp8 through ml_dtypes). Writes are atomic
 (``atomic_write``: temp file in the same folder, fsync, rename; an existing file's mode is kept).
 """
