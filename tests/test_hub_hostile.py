@@ -187,10 +187,12 @@ def test_a_trickling_answer_is_given_up_at_the_deadline(hub, registry, tmp_path,
     monkeypatch.setattr(transport, "READ_DEADLINE_S", 1.0)
     adapter_repo(hub, tmp_path)
     hub.state.hostile.trickle_model_info = True
+    before = snapshot(tmp_path)
     started = time.monotonic()
     with pytest.raises(HubError, match="took more than 1 s to arrive"):
         pull("mallory/trap", endpoint=hub.endpoint, registry=registry)
-    assert time.monotonic() - started < 5 and registry.list() == []
+    assert time.monotonic() - started < 5
+    assert_nothing_kept(tmp_path, before, registry)
 
 
 # --- tokens -----------------------------------------------------------------------------------------------
@@ -201,7 +203,7 @@ def _pull(hub, tmp_path):
 
 
 def _push(hub, tmp_path):
-    push(make_adapter(tmp_path / "push"), "mallory/other", endpoint=hub.endpoint, token=TOKEN)
+    push(tmp_path / "push" / "pixel_cat.safetensors", "mallory/other", endpoint=hub.endpoint, token=TOKEN)
 
 
 def _search(hub, tmp_path):
@@ -215,13 +217,16 @@ def _verify_remote(hub, tmp_path):
 @pytest.mark.parametrize("call", [_pull, _push, _search, _verify_remote], ids=lambda f: f.__name__[1:])
 def test_echoed_authorization_never_shows_the_token(hub, tmp_path, call):
     (tmp_path / "push").mkdir()
+    make_adapter(tmp_path / "push")
     adapter_repo(hub, tmp_path)
     hub.state.hostile.echo_authorization = True
+    before = snapshot(tmp_path)
     with pytest.raises(HubError) as info:
         call(hub, tmp_path)
     text = f"{info.value} {info.value.one_line()} {info.value!r}"
     assert "HTTP 400" in text and "you sent Authorization" in text
     assert TOKEN not in text and TOKEN[3:] not in text
+    assert changed_outside(before, snapshot(tmp_path), ("reg2",)) == []
 
 
 @pytest.mark.parametrize("args", [["pull", "mallory/trap"], ["search", "cat", "--hub"]])
@@ -229,10 +234,12 @@ def test_cli_never_prints_an_echoed_token(hub, tmp_path, capsys, monkeypatch, ar
     monkeypatch.setenv("LORAREG_HOME", str(tmp_path / "home"))
     adapter_repo(hub, tmp_path)
     hub.state.hostile.echo_authorization = True
+    before = snapshot(tmp_path)
     code = cli.main([*args, "--endpoint", hub.endpoint, "--token", TOKEN])
     out, err = capsys.readouterr()
     assert TOKEN not in out + err
-    assert code in (1, 2) and "Traceback" not in err
+    assert code == 2 and "Traceback" not in err and "you sent Authorization: Bearer ***" in err
+    assert changed_outside(before, snapshot(tmp_path), ("home",)) == []
 
 
 def test_cli_verify_hf_uri_with_an_env_token_is_redacted(hub, tmp_path, capsys, monkeypatch):
