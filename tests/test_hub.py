@@ -91,7 +91,7 @@ def test_push_then_pull_round_trip(hub, registry, tmp_path):
     (origin,) = pulled.entry.origins
     assert (origin.kind, origin.endpoint, origin.repo, origin.revision, origin.file) == (
         "hub", hub.endpoint, "alice/cat", pushed.commit, "pixel_cat.safetensors")
-    assert pulled.entry.verdict.ok and pulled.report.ok
+    assert pulled.entry.verdict.ok and pulled.report.ok and pulled.report.path == pulled.path
     assert registry.search(trigger="pxlcat")[0].sha256 == pulled.entry.sha256
 
 

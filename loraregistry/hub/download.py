@@ -79,6 +79,7 @@ def pull(spec: str, *, revision: str | None = None, endpoint: str | None = None,
     path = entry.path
     if dest is not None:
         path = str(_copy_into(Path(entry.path), Path(dest), filename))
+    report.path = path  # it was made on the download, which is gone now; these are the same bytes
     return PullResult(repo_id=wanted.repo_id, endpoint=endpoint, commit=repo.commit, filename=filename, path=path,
                       entry=entry, report=report)
 
