@@ -104,3 +104,14 @@ def test_error_lines_escape_what_they_quote(tmp_path, capsys):
     err = capsys.readouterr().err
     _assert_inert(err.replace("\n", ""))
     assert "no\\x1b[31mfile\\u202e.safetensors" in err
+
+
+@pytest.mark.parametrize("name", ["unbalanced markup", "ansi colour", "bidi override"])
+def test_registry_list_shows_hostile_titles_literally(tmp_path, capsys, monkeypatch, name):
+    monkeypatch.setenv("LORAREG_HOME", str(tmp_path / "registry"))
+    path = _hostile_file(tmp_path, HOSTILE[name])
+    assert main(["registry", "add", str(path)]) == 0
+    _assert_inert(capsys.readouterr().out.replace("\n", ""))
+    assert main(["registry", "list"]) == 0  # an unbalanced [/bold] in a title was exit 70 (MarkupError)
+    out = capsys.readouterr().out
+    _assert_inert(out.replace("\n", ""))

@@ -108,8 +108,9 @@ def search(query: str | None, base: str | None, trigger: str | None, tag: str | 
     if as_json:
         emit_json([h.to_dict() for h in hits])
         return 0
-    from rich.markup import escape
     from rich.table import Table
+
+    from .output import markup_safe as escape  # controls made visible too
 
     table = Table(box=None, pad_edge=False)
     for column in ("source", "id", "name", "base", "trigger words", "rating"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .output import console, emit_json, status
+from .output import cell, console, emit_json, safe_line, status
 
 _json = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 
@@ -40,7 +40,7 @@ def add(files: tuple[Path, ...], run_verify: bool, as_json: bool) -> int:
         emit_json([e.to_dict() for e in entries])
     else:
         for e in entries:
-            click.echo(f"{e.id}  {e.title}  ({e.architecture or 'unknown base'}, {_verdict(e)})")
+            click.echo(safe_line(f"{e.id}  {e.title}  ({e.architecture or 'unknown base'}, {_verdict(e)})"))
     return 0
 
 
@@ -111,8 +111,8 @@ def list_entries(query: str | None, architecture: str | None, loader: str | None
         base = e.architecture or ""
         if e.sub_base:
             base = f"{base} ({e.sub_base})" if base else e.sub_base
-        table.add_row(e.id, e.title, base, ", ".join(e.all_trigger_words), ", ".join(e.tags),
-                      e.content_rating, _verdict(e))
+        table.add_row(*map(cell, (e.id, e.title, base, ", ".join(e.all_trigger_words), ", ".join(e.tags),
+                                  e.content_rating, _verdict(e))))  # file-derived: literal, controls escaped
     console().print(table)
     if not entries:
         status("no entries")
