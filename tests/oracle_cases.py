@@ -51,8 +51,10 @@ def derive(folder: Path, name: str, source: str, edit) -> Path:
 
 
 def add_kohya_dora(t):
+    """LyCORIS DoRA with the magnitude on the output side: (out, 1) for Linear, (out, 1, 1, 1) for Conv2d."""
     for key in [k for k in t if k.endswith(".lora_up.weight")]:
-        t[key.replace("lora_up.weight", "dora_scale")] = np.ones((t[key].shape[0], 1), t[key].dtype)
+        shape = (t[key].shape[0],) + (1,) * (t[key].ndim - 1)
+        t[key.replace("lora_up.weight", "dora_scale")] = np.ones(shape, t[key].dtype)
 
 
 def add_bundled_embedding(t):
@@ -92,10 +94,13 @@ def flatten_projections(t):
 
 
 def tucker_conv_in(t):
+    """conv_in as a LoCon Tucker module: 1x1 down, 3x3 mid (seeded, non-zero: a loader that applies it changes
+    the weight)."""
+    rng = np.random.default_rng(7)
     key = "lora_unet_conv_in.lora_down.weight"
     r, cin = t[key].shape[:2]
-    t[key] = np.zeros((r, cin, 1, 1), t[key].dtype)
-    t["lora_unet_conv_in.lora_mid.weight"] = np.zeros((r, r, 3, 3), t[key].dtype)
+    t[key] = (rng.standard_normal((r, cin, 1, 1)) * 0.1).astype(t[key].dtype)
+    t["lora_unet_conv_in.lora_mid.weight"] = (rng.standard_normal((r, r, 3, 3)) * 0.1).astype(t[key].dtype)
 
 
 def strip_peft_prefix(t):

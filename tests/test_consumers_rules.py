@@ -93,7 +93,7 @@ def test_sdxl_weights_declared_sd1_are_misfiled_by_a1111(tiny_pipeline_dir):
 
 
 def test_registry_holds_one_consumer_per_module():
-    assert list(CONSUMERS) == ["a1111", "comfyui", "diffusers", "forge", "kohya", "peft"]
+    assert list(CONSUMERS) == ["a1111", "comfyui", "diffusers", "forge", "invokeai", "kohya", "peft"]
     for consumer in CONSUMERS.values():
         assert consumer.sources and consumer.version_range
     headers = {name: sys.modules[f"loraregistry.verify.consumers.{name}"].__doc__ for name in CONSUMERS}
@@ -103,9 +103,10 @@ def test_registry_holds_one_consumer_per_module():
 def test_parse_targets():
     assert parse_targets("diffusers, ComfyUI,diffusers") == ("diffusers", "comfyui")
     assert parse_targets("all") == tuple(CONSUMERS)
+    assert parse_targets("invokeai") == ("invokeai",)
     with pytest.raises(UsageError) as err:
-        parse_targets("diffusers,invokeai")
-    assert "'invokeai'" in str(err.value) and "comfyui" in err.value.one_line()
+        parse_targets("diffusers,fooocus")
+    assert "'fooocus'" in str(err.value) and "comfyui" in err.value.one_line()
 
 
 def test_exit_code_follows_the_chosen_consumers(tiny_pipeline_dir):

@@ -1,0 +1,101 @@
+"""InvokeAI (6.x) LoRA models for SD1/SD2/SDXL: ``LoRALoader._load_model`` -> ``LayerPatcher.apply_smart_model_patches``.
+
+Written from invoke-ai/InvokeAI 6.14.2 (installed here without its dependencies): ``backend/model_manager/load/
+model_loaders/lora.py`` (``_load_model``), ``backend/patches/lora_conversions/sd_lora_conversion_utils.py``,
+``sdxl_lora_conversion_utils.py``, ``peft_adapter_utils.py``, ``backend/patches/layers/utils.py``
+(``any_lora_layer_from_state_dict``), ``backend/patches/layer_patcher.py`` and the prefixes of
+``app/invocations/compel.py`` / ``denoise_latents.py``. In order:
+
+* ``bundle_emb.*`` keys are dropped; peft adapter names (``lora_A.default.weight``) are normalized;
+* SDXL: every key must start with ``lora_unet_``, ``lora_te1_`` or ``lora_te2_`` (``ValueError: Unrecognized SDXL
+  LoRA key prefix``: peft/diffusers SDXL files fail), and SGM UNet names are converted to diffusers names (a file
+  mixing both spellings raises);
+* keys are grouped at their FIRST dot; a group that is no LoRA/LoCon/LoHa/LoKr/full/IA3/norm/DoRA layer raises
+  ``ValueError: Unsupported lora format`` and nothing loads (peft ``base_model.model.…``, diffusers ``unet.…``,
+  attention processors: the whole stem before the first dot is one group);
+* each model is patched only with the layers under its prefix: UNet ``lora_unet_``, CLIP ``lora_te_`` (SD1/SD2),
+  ``lora_te1_``/``lora_te2_`` (SDXL); other layers are silently unused;
+* the flattened name is walked through the model (diffusers UNet, transformers CLIP): a name that reaches no
+  module is logged "Failed to find module" and skipped. With transformers 5 (InvokeAI 6.14 pins 5.5)
+  ``CLIPTextModel`` has no ``text_model`` level, so kohya CLIP keys that spell it (``lora_te_text_model_…``) find
+  nothing, while SDXL's second encoder (``CLIPTextModelWithProjection``) keeps the level; SD1/SD2 SGM names are not
+  converted and find nothing;
+* deltas are reshaped to the weight (1x1 conv <-> Linear load); a delta of another size raises ``RuntimeError``.
+
+SD3 and FLUX.1 are not modelled here yet (InvokeAI has FLUX LoRA conversions; SD3 has none): LRG608.
+
+Checked by tests/test_oracle_invokeai.py: the verdict (outcome, applied modules, unused keys) equals what InvokeAI's
+own functions do on the tiny models for every golden, derived edit and ``fix`` output.
+"""
+
+from __future__ import annotations
+
+from . import Assessment, Consumer
+from .facts import ABSENT, MISMATCH, AdapterFacts
+
+VERSION_RANGE = "6.14"
+PREFIXES = {"sd1": {"unet": "lora_unet_", "text_encoder": "lora_te_"},
+            "sd2": {"unet": "lora_unet_", "text_encoder": "lora_te_"},
+            "sdxl": {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}}
+SDXL_PREFIXES = ("lora_unet_", "lora_te1_", "lora_te2_")
+# Leaves that make a group a layer InvokeAI knows (any_lora_layer_from_state_dict).
+LAYER_MARKERS = frozenset({"dora_scale", "dora_magnitude", "lora_up.weight", "hada_w1_a", "lokr_w1", "lokr_w1_a",
+                           "diff", "on_input", "w_norm"})
+BUNDLED = "bundle_emb"
+WITH_TEXT_MODEL = {("sdxl", "text_encoder_2")}  # CLIPTextModelWithProjection keeps text_model under transformers 5
+_SGM = ("input_blocks", "middle_block", "output_blocks")
+_FIX = "run `lorareg fix --for a1111` to write kohya keys"
+
+
+def assess(facts: AdapterFacts) -> Assessment:
+    a = Assessment("invokeai")
+    family = facts.family or "sd1"
+    keys = [k for k in facts.keys if not k.startswith(BUNDLED)]
+    a.ignore([k for k in facts.keys if k.startswith(BUNDLED)], "are bundled embeddings InvokeAI drops")
+    if family == "sdxl":
+        foreign = [k for k in keys if not k.startswith(SDXL_PREFIXES)]
+        if foreign:
+            a.refuse(f"ValueError: Unrecognized SDXL LoRA key prefix: {foreign[0]!r} ({len(foreign)} such keys)",
+                     key=foreign[0], hint=_FIX)
+            return a
+    groups: dict[str, set[str]] = {}
+    for key in keys:
+        stem, _, leaf = key.partition(".")
+        groups.setdefault(stem, set()).add(leaf)
+    unsupported = sorted(stem for stem, leaves in groups.items() if not leaves & LAYER_MARKERS)
+    if unsupported:
+        a.refuse(f"ValueError: Unsupported lora format for {len(unsupported)} layers, e.g. {unsupported[0]!r} "
+                 "(keys are grouped at their first dot)", key=unsupported[0], hint=_FIX)
+        return a
+    prefixes = PREFIXES[family]
+    for m in facts.modules.values():
+        stem = m.keys[0].partition(".")[0]
+        prefix = prefixes.get(m.component)
+        if prefix is None or not stem.startswith(prefix):
+            a.skip([m.module], f"InvokeAI patches each model only with its own prefix "
+                               f"({', '.join(f'{c} {p}' for c, p in prefixes.items())})", hint=_FIX)
+        elif m.fit == ABSENT or (m.component == "unet" and family != "sdxl" and any(b in stem for b in _SGM)):
+            a.skip([m.module], "the model has no such module ('Failed to find module for LoRA layer key')")
+        elif m.component.startswith("text_encoder") and \
+                ("_text_model_" in stem) != ((family, m.component) in WITH_TEXT_MODEL):
+            a.skip([m.module], "the CLIP module path does not match transformers 5's layout ('text_model' is "
+                               "absent from CLIPTextModel, present in CLIPTextModelWithProjection)",
+                   hint="write the CLIP keys the way the installed transformers names the modules")
+    mismatched = [m for m in facts.modules.values() if m.module not in a.skipped and m.fit == MISMATCH]
+    if mismatched:
+        a.refuse(f"RuntimeError: the delta of {len(mismatched)} modules does not fit the weight, e.g. "
+                 f"'{mismatched[0].module}'", key=str(mismatched[0].module),
+                 hint="the adapter was made for another base model")
+    owner = {k for m in facts.modules.values() for k in m.keys}
+    a.ignore([k for k in keys if k not in owner], "fit no module ('Failed to find module')")
+    return a
+
+
+CONSUMER = Consumer(
+    name="invokeai", title="InvokeAI LoRA loader", version_range=VERSION_RANGE,
+    sources=("invoke-ai/InvokeAI: invokeai/backend/model_manager/load/model_loaders/lora.py",
+             "invoke-ai/InvokeAI: invokeai/backend/patches/lora_conversions/sdxl_lora_conversion_utils.py",
+             "invoke-ai/InvokeAI: invokeai/backend/patches/layers/utils.py",
+             "invoke-ai/InvokeAI: invokeai/backend/patches/layer_patcher.py"),
+    assess=assess, families=("sd1", "sd2", "sdxl"),
+    verified={f: "InvokeAI 6.14.2 (its conversion and patching functions)" for f in ("sd1", "sd2", "sdxl")})
