@@ -110,8 +110,9 @@ def _repo_examples() -> Path:
 def run_demo(folder: Path, *, say: Callable[[str], None] = print, train: bool = True) -> dict[str, Any]:
     """Build -> inspect -> verify -> train -> merge -> resize -> annotate -> registry -> push -> search -> pull.
 
-    Everything stays under ``folder``: the local registry too (``folder/registry``), and the Hub is a
-    Hub-compatible server on 127.0.0.1 for the length of the demo. Returns what was shown, for tests."""
+    Everything stays under ``folder``: the local registry, the Hub cache, training caches and the tiny base in
+    ``folder/.work``, and the Hub is a Hub-compatible server on 127.0.0.1 for the length of the demo. Returns
+    what was shown, for tests."""
     import os
 
     from .inspection import inspect_adapter
@@ -120,7 +121,13 @@ def run_demo(folder: Path, *, say: Callable[[str], None] = print, train: bool = 
 
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    os.environ["LORAREG_HOME"] = str(folder / "registry")
+    # The demo's own state (registry, Hub cache, training caches, the tiny base) goes to a hidden folder: nothing
+    # outside ``folder`` is written, and `lorareg verify folder` sees only the adapters.
+    work = folder / ".work"
+    os.environ["LORAREG_HOME"] = str(work / "registry")
+    os.environ["HF_HOME"] = str(work / "huggingface")  # read when huggingface_hub is imported (not yet)
+    os.environ["MPLCONFIGDIR"] = str(work / "matplotlib")  # the loss plot's font cache
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work / "torchinductor")  # else torch makes one in the temp folder
     for quiet in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):  # keep the demo's own lines readable
         os.environ.setdefault(quiet, "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -191,7 +198,8 @@ def _train_step(folder: Path, say: Callable[[str], None]) -> dict[str, Any]:
     config_path = _repo_examples() / "train-tiny.toml"
     say(f"4. Training {config_path.name} on the example dataset (tiny SD1 base built offline, CPU):")
     config = TrainConfig.load(config_path, {"output.dir": str(folder / "train-tiny"), "train.sample_every": 0,
-                                            "train.sample_prompts": []})
+                                            "train.sample_prompts": [],
+                                            "data.cache_dir": str(folder / ".work" / "train-cache")})
     result = train(config)
     data = result.to_dict()
     say(f"   {data['steps']} steps in {data['seconds']:.0f} s, loss {data['loss_first']:.3f} -> {data['loss_last']:.3f}")
@@ -239,7 +247,7 @@ def _share(folder: Path, adapter: Path, say: Callable[[str], None]) -> dict[str,
             found = search("shapes", hub=True, local=False, endpoint=hub.endpoint)
             say(f"   search the Hub for 'shapes' -> {', '.join(h.id for h in found) or 'nothing'}")
             pulled = pull("demo/shapes-lora", endpoint=hub.endpoint, registry=registry,
-                          dest=folder / "pulled")
+                          dest=folder / "pulled", cache_dir=str(folder / ".work" / "hub-cache"))
             say(f"   pull: {pulled.filename} at {pulled.commit[:12]}, sha256 checked, verify "
                 f"{'ok' if pulled.report.ok else 'FAILED'}, registered as {pulled.entry.sha256[:12]}")
         same = Path(pulled.path).read_bytes() == adapter.read_bytes()

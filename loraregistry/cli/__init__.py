@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     line on stderr, except an interrupt (130) and a bug of lorareg itself (70, "internal error")."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    _configure_threads(args)  # before torch or numpy start their thread pools
     try:
         with warnings.catch_warnings():
             if not debug:  # numpy's overflow/invalid-value warnings on odd inputs are noise, not messages

@@ -1,7 +1,8 @@
 """Checkpoints: everything a killed run needs to continue bit for bit, written atomically.
 
-A checkpoint is a folder ``checkpoints/step-00000040/`` with the LoRA parameters (by parameter name), the
-optimizer and lr-scheduler states, every RNG state (python, numpy, torch CPU and CUDA, the trainer's noise
+A checkpoint is a folder ``checkpoints/step-00000040/`` with the LoRA parameters (by parameter name, in
+safetensors format, named ``lora.state`` so that tools collecting ``*.safetensors`` files, ``lorareg verify`` on the
+run folder, A1111 and ComfyUI among them, never take training state for an adapter), the optimizer and lr-scheduler states, every RNG state (python, numpy, torch CPU and CUDA, the trainer's noise
 generator), the data position and the config that made it. It is written under a temporary name and renamed
 into place, so a ``step-*`` folder is always complete; ``latest`` is the highest step.
 
@@ -11,6 +12,7 @@ objects. A file holding anything else is refused with a one-line CheckpointError
 """
 
 from __future__ import annotations
+
 
 import json
 import os
@@ -55,7 +57,7 @@ def save(run_dir: Path, position: Position, *, models: dict[str, Any], optimizer
     final = root / f"{_PREFIX}{position.step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
     try:
-        save_file(trainable_state(models), str(tmp / "lora.safetensors"))
+        save_file(trainable_state(models), str(tmp / LORA_STATE))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(_rng_state(generator), tmp / "rng.pt")
@@ -130,7 +132,7 @@ def load(path: Path, *, models: dict[str, Any], optimizer, scheduler, generator,
 
     state = json.loads((path / "state.json").read_text())
     _check_compatible(path, state["config"], config_json)
-    saved = load_file(str(path / "lora.safetensors"))
+    saved = load_file(str(path / LORA_STATE))
     optimizer_state = load_plain(path / "optimizer.pt")  # every file is read before anything is restored
     scheduler_state = load_plain(path / "scheduler.pt")
     rng = load_plain(path / "rng.pt")
@@ -149,6 +151,7 @@ def load(path: Path, *, models: dict[str, Any], optimizer, scheduler, generator,
 
 
 # Version of the rng.pt layout: plain values and tensors only, so weights_only loading accepts it.
+LORA_STATE = "lora.state"  # safetensors bytes; not *.safetensors (see module docstring)
 _RNG_FORMAT = 2
 _UNSUPPORTED = re.compile(r"Unsupported global: GLOBAL ([\w.]{1,200})")
 
