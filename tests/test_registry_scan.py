@@ -57,7 +57,9 @@ def test_scan_indexes_in_place_with_hashes_and_verdicts_and_copies_nothing(reg, 
 
     assert entry.hashes == hash_file(path).as_dict()
     assert entry.verdict is not None and entry.verdict.ok and entry.architecture == "sd1"
-    assert set(entry.loaders) == {"a1111", "comfyui", "diffusers", "forge", "kohya", "peft"}
+    from loraregistry.verify.consumers import known_targets
+
+    assert set(entry.loaders) == set(known_targets()) and "comfyui" in entry.loaders
     assert entry.loaders["comfyui"] == "loads" and entry.loaders["peft"] == "fails"
     assert entry.findings["loaders"]["comfyui"] == []
     assert [f["code"] for f in entry.findings["loaders"]["peft"]] == ["LRG601", "LRG602"]
@@ -286,3 +288,36 @@ def test_worker_processes_index_the_same_as_one_process(tmp_path, jobs):
     with Registry.open(tmp_path / "reg-serial") as reg:
         reg.scan([lib], jobs=1)
         assert {e.sha256: (e.name, e.loaders, e.verdict, e.hashes) for e in reg.list()} == entries
+
+
+def test_a_nested_root_scanned_on_its_own_changes_nothing_for_the_outer_one(reg, tmp_path):
+    lib = tmp_path / "loras"
+    inner = adapter(lib / "sub", "inner.safetensors", name="Inner")
+    adapter(lib, "outer.safetensors", name="Outer")
+    reg.scan([lib])
+    again = reg.scan([lib / "sub"])
+    assert (again.unchanged, again.new, again.removed) == (1, [], [])
+    outer = reg.scan([lib])
+    assert (outer.unchanged, outer.new, outer.removed, outer.moved) == (2, [], [], [])
+    inner.unlink()
+    assert reg.scan([lib / "sub"]).removed == [str(inner.resolve())]
+
+
+def test_files_in_a_folder_that_cannot_be_listed_are_not_called_removed(reg, tmp_path, monkeypatch):
+    from loraregistry.registry import scan as scan_module
+
+    lib = tmp_path / "loras"
+    adapter(lib / "locked", "hidden_from_us.safetensors", name="Locked")
+    reg.scan([lib])
+    real = os.scandir
+
+    def scandir(path):  # as a folder without read permission answers (root ignores the bits, so simulate it)
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(scan_module.os, "scandir", scandir)
+    result = reg.scan([lib])
+    assert result.removed == [] and result.skipped == [(str((lib / "locked").resolve()),
+                                                        "cannot list this folder (Permission denied)")]
+    assert reg.show("locked").blob == "in_place"

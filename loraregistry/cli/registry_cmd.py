@@ -49,7 +49,7 @@ def add(files: tuple[Path, ...], run_verify: bool, as_json: bool) -> int:
 @click.option("--verify/--no-verify", "run_verify", default=True, show_default=True,
               help="Verify new files and record verify and per-loader verdicts.")
 @click.option("--jobs", type=click.IntRange(1, 64), metavar="N",
-              help="Processes for files that must be read (default: the usable CPUs, at most 8).")
+              help="Processes for files that must be read (default: the cores idle now, at most 8).")
 @_json
 def scan(folders: tuple[Path, ...], run_verify: bool, jobs: int | None, as_json: bool) -> int:
     """Index LoRA folders in place (ComfyUI models/loras, A1111/Forge models/Lora): no copy.

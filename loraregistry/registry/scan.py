@@ -82,7 +82,7 @@ def scan(registry: Any, roots: list[str | os.PathLike[str]], *, verify_files: bo
     """Index every adapter under ``roots`` in place; returns what changed since the last scan of each root.
 
     ``verify_files=False`` records hashes and facts but no verify or loader verdicts (faster on huge folders).
-    ``jobs``: worker processes for files that must be read (default: the usable CPUs, at most 8; 1 = none).
+    ``jobs``: worker processes for files that must be read (default: the cores idle now, at most 8; 1 = none).
     Raises FileAccessError (exit 2) for a root that is not a readable folder, before anything is written.
     """
     started = time.perf_counter()
@@ -111,8 +111,10 @@ def _root(path: str | os.PathLike[str]) -> Path:
     return root.resolve()
 
 
-def _walk(root: Path, result: ScanResult) -> list[_Seen]:
+def _walk(root: Path, result: ScanResult) -> tuple[list[_Seen], list[str]]:
+    """The adapter files under ``root``, and the folders that could not be listed (their files are not gone)."""
     found: list[_Seen] = []
+    unlisted: list[str] = []
     stack = [root]
     while stack:
         folder = stack.pop()
@@ -121,6 +123,7 @@ def _walk(root: Path, result: ScanResult) -> list[_Seen]:
                 items = [e for e in it if not e.name.startswith(".")]
         except OSError as exc:
             result.skipped.append((str(folder), f"cannot list this folder ({exc.strerror or exc})"))
+            unlisted.append(str(folder))
             continue
         names = frozenset(e.name for e in items)
         for item in sorted(items, key=lambda e: e.name):
@@ -131,16 +134,18 @@ def _walk(root: Path, result: ScanResult) -> list[_Seen]:
                     found.append(_Seen(item.path, folder, item.name, item.stat(), names))
             except OSError as exc:
                 result.skipped.append((item.path, f"cannot read ({exc.strerror or exc})"))
-    return found
+                unlisted.append(item.path)
+    return found, unlisted
 
 
 def _scan_root(registry: Any, root: Path, result: ScanResult, touched: set[str], verify_files: bool,
                jobs: int | None) -> list[Any]:
     """Index the files under ``root``; returns the location rows of paths that were present and are gone."""
     conn = registry._conn
-    with sqlite_errors(registry.db_path):
-        known = {row["path"]: row for row in conn.execute("SELECT * FROM locations WHERE root = ?", (str(root),))}
-    seen = _walk(root, result)
+    with sqlite_errors(registry.db_path):  # every location under this folder, whichever root indexed it
+        known = {row["path"]: row for row in conn.execute(
+            "SELECT * FROM locations WHERE substr(path, 1, ?) = ?", (len(str(root)) + 1, str(root) + os.sep))}
+    seen, unlisted = _walk(root, result)
     result.files += len(seen)
     now = _now()
     here: set[str] = set()
@@ -189,7 +194,8 @@ def _scan_root(registry: Any, root: Path, result: ScanResult, touched: set[str],
     with sqlite_errors(registry.db_path), transaction(conn):
         conn.execute("INSERT INTO scan_roots (path, scanned_at) VALUES (?, ?) "
                      "ON CONFLICT (path) DO UPDATE SET scanned_at = excluded.scanned_at", (str(root), now))
-    return [row for path, row in known.items() if path not in here and row["state"] == STATE_PRESENT]
+    return [row for path, row in known.items() if path not in here and row["state"] == STATE_PRESENT
+            and not any(path == u or path.startswith(u + os.sep) for u in unlisted)]
 
 
 def _write_locations(registry: Any, rows: list[tuple[Any, ...]]) -> None:
@@ -286,8 +292,10 @@ def adapter_facts_of(adapter: Any, stat: os.stat_result) -> dict[str, Any]:
 def _analyse_all(items: list[_Seen], verify_files: bool, jobs: int | None) -> list[dict[str, Any]]:
     """``analyse_file`` for each item, in order; in forked worker processes when there are enough files and
     cores (the workers inherit the loaded modules, so each starts in milliseconds)."""
-    workers = jobs if jobs is not None else min(_usable_cpus(), 8)
-    if len(items) < _PARALLEL_FROM or workers < 2:
+    if len(items) < _PARALLEL_FROM:
+        return [analyse_file(i.path, i.key, verify_files) for i in items]
+    workers = jobs if jobs is not None else _idle_cpus()
+    if workers < 2:
         return [analyse_file(i.path, i.key, verify_files) for i in items]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -304,8 +312,12 @@ def _analyse_all(items: list[_Seen], verify_files: bool, jobs: int | None) -> li
         return [first, *done]
 
 
-def _usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def _idle_cpus() -> int:
+    """The cores idle right now (at most 8): on a busy machine more processes only queue for the same cores."""
+    from ..threads import idle_cores, usable_cores
+
+    idle = idle_cores()
+    return max(1, min(8, usable_cores(), int(idle + 0.5) if idle is not None else usable_cores()))
 
 
 def _index(registry: Any, item: _Seen, analysis: dict[str, Any]) -> str:
