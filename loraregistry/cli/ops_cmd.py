@@ -99,7 +99,8 @@ def merge(adapters: tuple[str, ...], rank: int | None, to: str | None, output: P
     from ..ops.merge import merge as run
 
     inputs = [MergeInput.parse(text) for text in adapters]
-    with about(output):  # errors about one input name it themselves (ops.merge)
+    # A conflict between the parents names them all; errors about one input or the output name that file.
+    with about(", ".join(str(i.path) for i in inputs)):
         result = run(inputs, output, rank=rank, to=to, dtype=dtype, force=force, base=base)
     summary = result.summary()
     ranks = sorted({m.rank for m in result.modules})
