@@ -214,3 +214,20 @@ def test_serve_command_is_registered_and_refuses_nothing_on_help():
     from loraregistry import cli
 
     assert cli.main(["serve", "--help"]) == 0
+
+
+def test_serve_on_a_busy_port_is_one_line_exit_2(capsys):
+    import socket
+
+    from loraregistry import cli
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        code = cli.main(["serve", "--port", str(busy.getsockname()[1])])
+    finally:
+        busy.close()
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot listen on 127.0.0.1:" in err and "pick another --port" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1

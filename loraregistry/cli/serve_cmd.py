@@ -27,10 +27,36 @@ def serve(host: str, port: int) -> int:
                          hint="pip install 'loraregistry[serve]'") from None
     if not _loopback(host):
         status(f"warning: binding {host}: anyone who can reach this address can browse the registry")
+    sock = _listen(host, port)  # bound here, so a busy port is one line of ours, not uvicorn's log and exit
     app = create_app()
     status(f"serving the registry on http://{host}:{port}/ (Ctrl+C stops)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    finally:
+        sock.close()
     return 0
+
+
+def _listen(host: str, port: int):
+    import socket
+
+    from ..errors import UsageError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise UsageError(f"cannot resolve --host {host!r} ({exc.strerror or exc})", hint="give an IP address") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror or exc})",
+                         hint="pick another --port, or stop what uses it") from None
+    return sock
 
 
 def _loopback(host: str) -> bool:
