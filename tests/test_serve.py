@@ -231,3 +231,17 @@ def test_serve_on_a_busy_port_is_one_line_exit_2(capsys):
     err = capsys.readouterr().err
     assert code == 2 and "cannot listen on 127.0.0.1:" in err and "pick another --port" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_compatibility_view_shows_a_page_and_links_the_rest(tmp_path):
+    from starlette.testclient import TestClient
+
+    from loraregistry.serve import create_app
+
+    lib = build_library(tmp_path / "loras")
+    with Registry.open(tmp_path / "reg") as reg:
+        reg.scan([lib])
+    with TestClient(create_app(tmp_path / "reg", page_size=2)) as c:
+        html = c.get("/compat?base=sdxl-base&tool=comfyui").text
+    assert "<h2>3 loads in comfyui</h2>" in html and len(names(html)) == 2
+    assert '1 more not shown: <a href="/?base=sdxl-base&amp;loader=comfyui">page through them</a>' in html

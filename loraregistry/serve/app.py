@@ -106,7 +106,8 @@ def create_app(root: str | os.PathLike[str] | None = None, *, page_size: int = P
         order = ["loads", "loads_partly", "fails", "not_modelled", "not verified"]
         return render(request, "compat.html", {
             "base": base, "tool": tool, "error": error, "facets": view("facets"),
-            "bases": _base_choices(view("facets")),
+            "bases": _base_choices(view("facets")), "shown": view.page_size,
+            "grid_url": "/?" + urlencode({"base": base, "loader": tool}),
             "groups": [(name, groups[name]) for name in order if name in groups]})
 
     def preview(request: Request) -> Response:
