@@ -321,3 +321,14 @@ def test_files_in_a_folder_that_cannot_be_listed_are_not_called_removed(reg, tmp
     assert result.removed == [] and result.skipped == [(str((lib / "locked").resolve()),
                                                         "cannot list this folder (Permission denied)")]
     assert reg.show("locked").blob == "in_place"
+
+
+def test_linked_folders_are_followed_once_without_looping(reg, tmp_path):
+    lib = tmp_path / "ComfyUI" / "models" / "loras"
+    big = tmp_path / "big_disk" / "loras"
+    adapter(big, "far.safetensors", name="Far")
+    lib.mkdir(parents=True)
+    (lib / "linked").symlink_to(big, target_is_directory=True)
+    (big / "loop").symlink_to(lib, target_is_directory=True)  # a cycle back to the root
+    result = reg.scan([lib])
+    assert result.new == [str(lib.resolve() / "linked" / "far.safetensors")] and result.skipped == []

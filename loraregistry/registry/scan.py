@@ -10,8 +10,9 @@ Between two scans of a root, a path that is gone is ``moved`` when its content (
 indexed path, else ``removed``. Duplicates are adapters whose tensor data hash (AutoV3) is the same under two
 or more present paths (same weights, possibly different metadata).
 
-Hidden files and folders (names starting with ``.``, lorareg's own temp files among them) are skipped, and
-symlinked folders are not followed (no loops).
+Hidden files and folders (names starting with ``.``, lorareg's own temp files among them) are skipped.
+Linked folders are followed, each folder walked once (no loops); a file reachable by two paths is listed at
+both, and reported as a duplicate.
 """
 
 from __future__ import annotations
@@ -116,9 +117,14 @@ def _walk(root: Path, result: ScanResult) -> tuple[list[_Seen], list[str]]:
     found: list[_Seen] = []
     unlisted: list[str] = []
     stack = [root]
+    walked: set[tuple[int, int]] = set()  # (device, inode) of each folder: a linked folder is walked once, no loops
     while stack:
         folder = stack.pop()
         try:
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in walked:
+                continue
+            walked.add((st.st_dev, st.st_ino))
             with os.scandir(folder) as it:
                 items = [e for e in it if not e.name.startswith(".")]
         except OSError as exc:
@@ -128,7 +134,7 @@ def _walk(root: Path, result: ScanResult) -> tuple[list[_Seen], list[str]]:
         names = frozenset(e.name for e in items)
         for item in sorted(items, key=lambda e: e.name):
             try:
-                if item.is_dir(follow_symlinks=False):
+                if item.is_dir():  # linked folders too (ComfyUI setups link model folders in)
                     stack.append(Path(item.path))
                 elif item.name.lower().endswith(ADAPTER_SUFFIX) and item.is_file():
                     found.append(_Seen(item.path, folder, item.name, item.stat(), names))
