@@ -151,7 +151,7 @@ _patterns = st.recursive(
 )
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=800, deadline=None)
 @given(_patterns, st.text(alphabet=_ALPHABET, max_size=12))
 def test_same_answer_as_re_on_supported_patterns(key, name):
     try:
