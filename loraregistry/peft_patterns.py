@@ -292,8 +292,9 @@ class _Matcher:
     def __init__(self, key: str) -> None:
         tree = _Parser(key).parse()
         self.suffix = _literal_suffix(tree)
-        wrapped = ("cat", [("rep", ("cat", [("rep", ("set", _ANY), 0, None), ("set", _Set(frozenset("."), (), "", False))]),
-                            0, 1), tree, ("eol",)])
+        # peft's wrapping: (.*\.)?(key)$
+        any_prefix = ("cat", [("rep", ("set", _ANY), 0, None), ("set", _Set(frozenset("."), (), "", False))])
+        wrapped = ("cat", [("rep", any_prefix, 0, 1), tree, ("eol",)])
         nfa = _Nfa()
         accept = nfa.add("accept")
         self.start = nfa.build(wrapped, accept)
