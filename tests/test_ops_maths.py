@@ -311,3 +311,15 @@ def test_fp16_merge_equals_the_float64_merge_within_fp16_storage():
     exact_merge, _ = merge_modules([(a, 0.8), (b, -0.5)])
     stacked = np.concatenate([a[CanonicalKey("unet", "x", "down")], b[CanonicalKey("unet", "x", "down")]])
     assert np.array_equal(exact_merge[CanonicalKey("unet", "x", "down")].view(np.uint16), stacked.view(np.uint16))
+
+
+def test_merge_of_fp16_and_bf16_parents():
+    import ml_dtypes
+
+    rng = _rng(8)
+    a = {k: v.astype(np.float16) for k, v in _adapter(rng, {"x": lora(rng, 12, 9, 3, 3.0)}).items()}
+    b = {k: v.astype(ml_dtypes.bfloat16) for k, v in _adapter(rng, {"x": lora(rng, 12, 9, 2, 2.0)}).items()}
+    merged, _ = merge_modules([(a, 1.0), (b, 0.5)], dtype=np.float32)
+    want = module_delta({k.role: v for k, v in a.items()}) + 0.5 * module_delta({k.role: v for k, v in b.items()})
+    got = module_delta({k.role: v for k, v in merged.items()})
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())

@@ -252,3 +252,23 @@ def test_the_parent_record_holds_the_input_hashes(tmp_path):
     (parent,) = AdapterFile.open(out).metadata.provenance.parents
     assert (parent.sha256, parent.tensor_sha256, parent.name) == (expected.sha256, expected.autov3, src.name)
     assert result.output.sha256 == hash_file(out).sha256 and result.output.tensor_sha256 == hash_file(out).autov3
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("bad", [None, np.inf, -np.inf, np.nan])
+def test_module_check_finds_non_finite_values_in_every_float_dtype(dtype, bad):
+    """ops.validate reads 16-bit floats by their exponent bits: the same verdict as a float64 sum."""
+    import ml_dtypes
+
+    from loraregistry.ops.errors import MalformedModule
+    from loraregistry.ops.validate import check_module
+
+    kind = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+    roles = {"down": _rng(2).normal(size=(4, 8)).astype(kind), "up": _rng(3).normal(size=(6, 4)).astype(kind)}
+    roles["down"][1, 2] = np.float32(65504.0)  # the largest finite half: still fine
+    if bad is not None:
+        roles["up"][5, 3] = bad
+        with pytest.raises(MalformedModule, match="NaN, infinite"):
+            check_module("unet:m", roles, "x.safetensors")
+    else:
+        check_module("unet:m", roles, "x.safetensors")

@@ -129,6 +129,8 @@ def merge_modules(parents: Sequence[tuple[dict[CanonicalKey, np.ndarray], float]
                                         hint="merge adapters made for the same base")
             ups.append(up)
             downs.append(down)
+        if len({d.dtype for d in downs}) > 1:  # e.g. fp16 and bf16 parents: numpy has no common type for those
+            downs = [to_float32(d) if d.dtype.name in _SINGLE_DTYPES else d for d in downs]
         pieces[module] = (np.concatenate(ups, axis=1), np.concatenate(downs, axis=0), shape, len(ups))
     if rank is not None and pieces and rank > max(p[0].shape[1] for p in pieces.values()):
         top = max(p[0].shape[1] for p in pieces.values())
