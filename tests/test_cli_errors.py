@@ -90,16 +90,19 @@ def test_full_disk_is_one_line_naming_the_output_and_changes_nothing(tmp_path, g
     (MemoryError(), "not enough memory"),
     (OSError(errno.EIO, "Input/output error"), "input/output error"),
 ], ids=["unreadable", "recursion", "memory", "io-error"])
-@pytest.mark.parametrize("operation", OPERATIONS)
+@pytest.mark.parametrize("operation", [*OPERATIONS, "inspect"])
 def test_os_and_resource_errors_are_one_line_naming_the_input(tmp_path, good, capsys, monkeypatch, raised, phrase,
                                                               operation):
+    import loraregistry.inspection
     from loraregistry.adapter import AdapterFile
 
-    def failing_open(cls, path, *args, **kwargs):
+    def failing_open(*args, **kwargs):
         raise raised
 
     monkeypatch.setattr(AdapterFile, "open", classmethod(failing_open))
-    assert main(_argv(OPERATIONS[operation], input=good, other=good, out=tmp_path / OUT)) == 2
+    monkeypatch.setattr(loraregistry.inspection, "inspect_adapter", failing_open)
+    template = OPERATIONS.get(operation, ["inspect", "INPUT"])
+    assert main(_argv(template, input=good, other=good, out=tmp_path / OUT)) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert phrase in line and ("good.safetensors" in line or OUT in line)
 

@@ -82,12 +82,14 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 def inspect(files: tuple[Path, ...], as_json: bool, no_hashes: bool) -> int:
     """Show format, components, rank/alpha, dtypes, hashes and normalized metadata of adapters."""
     from ..inspection import inspect_adapter
+    from ..ops.errors import about
 
     reports: list[dict[str, Any]] = []
     failed = 0
     for path in files:
         try:
-            reports.append(inspect_adapter(path, hashes=not no_hashes))
+            with about(path):  # OS errors, exhausted memory or nesting: one line naming this file
+                reports.append(inspect_adapter(path, hashes=not no_hashes))
         except LoraregError as exc:
             failed += 1
             if len(files) == 1:
