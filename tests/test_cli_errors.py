@@ -67,7 +67,7 @@ def test_symlink_loop_as_output_never_crashes(tmp_path, good, capsys, operation)
     assert "Traceback" not in err and "internal error" not in err
 
 
-@pytest.mark.parametrize("operation", ["convert", "resize", "merge"])
+@pytest.mark.parametrize("operation", OPERATIONS)
 def test_full_disk_is_one_line_naming_the_output_and_changes_nothing(tmp_path, good, capsys, monkeypatch, operation):
     import loraregistry.writer
 
