@@ -195,6 +195,34 @@ def test_a_trickling_answer_is_given_up_at_the_deadline(hub, registry, tmp_path,
     assert_nothing_kept(tmp_path, before, registry)
 
 
+@pytest.mark.parametrize(("knob", "route"), [("commit_answer_bytes", ("POST", "/api/models/mallory/pushed/commit/")),
+                                             ("model_info_bytes", ("GET", "/api/models/mallory/pushed"))])
+def test_a_huge_answer_during_a_push_is_cut_off(hub, tmp_path, knob, route):
+    """The commit answer always; the repo info where huggingface_hub asks for it during a push (0.x does)."""
+    from loraregistry.hub.upload import ANSWER_CAP
+
+    setattr(hub.state.hostile, knob, 2 << 30)
+    hub.state.hostile.model_info_declared = False
+    path = make_adapter(tmp_path)
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        try:
+            push(path, "mallory/pushed", endpoint=hub.endpoint)
+            refused = False
+        except ResponseTooLarge as exc:
+            refused = True
+            assert f"more than the {ANSWER_CAP:,} bytes lorareg accepts" in str(exc)
+        elapsed = time.monotonic() - started
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    asked = any(method == route[0] and p.startswith(route[1]) for method, p in hub.state.requests)
+    assert refused == asked and (asked or knob == "model_info_bytes")
+    assert elapsed < 20 and peak < 4 * ANSWER_CAP
+    assert hub.state.hostile.body_bytes_sent < ANSWER_CAP + (64 << 20)
+
+
 # --- tokens -----------------------------------------------------------------------------------------------
 
 

@@ -70,10 +70,24 @@ def hub_errors(*, endpoint: str, repo_id: str | None = None, revision: str | Non
     except LoraregError:
         raise
     except Exception as exc:
+        ours = _lorareg_cause(exc)
+        if ours is not None:  # raised by lorareg inside huggingface_hub (bounded.py), which wrapped it
+            raise ours from None
         translated = translate(exc, endpoint=endpoint, repo_id=repo_id, revision=revision, filename=filename)
         if translated is None:
             raise
         raise translated from None
+
+
+def _lorareg_cause(exc: BaseException) -> LoraregError | None:
+    current: BaseException | None = exc
+    for _ in range(10):
+        if current is None:
+            return None
+        if isinstance(current, LoraregError):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def translate(exc: BaseException, *, endpoint: str, repo_id: str | None = None, revision: str | None = None,

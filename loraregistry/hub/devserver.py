@@ -90,6 +90,7 @@ class Hostile:
     echo_authorization: bool = False  # every answer is a 400 whose message repeats the Authorization header
     redirect_downloads_to: str | None = None  # resolve answers 302 to this origin (same path), like a CDN
     commit_oid: str | None = None  # the commitOid a commit POST answers with
+    commit_answer_bytes: int | None = None  # a commit POST answers with a JSON document this size (no length)
     trickle_model_info: bool = False  # model_info sends a byte every 50 ms, for ever (until the client leaves)
     body_bytes_sent: int = 0  # what the endless bodies and huge JSON documents put on the wire
 
@@ -371,6 +372,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             sha = self.state._commit(target, branch, regular, lfs, header["summary"], tuple(deleted))
             self.state.commits.append(sha)
+        if self.state.hostile.commit_answer_bytes is not None:
+            self._huge_json(self.state.hostile.commit_answer_bytes, declared=False)
+            return
         oid = self.state.hostile.commit_oid or sha
         self._json({"commitOid": oid, "commitUrl": f"{self.base}/{repo}/commit/{sha}", "pullRequestUrl": None})
 

@@ -16,6 +16,7 @@ from .uri import check_file_name, check_repo_id, is_commit_sha
 METADATA_FILE = "lorareg.json"
 SAMPLES_FOLDER = "samples"
 README_CAP = 4 << 20  # a model card; the Hub's largest are well under this
+ANSWER_CAP = 16 << 20  # what the Hub answers to create_repo, the LFS batch and the commit: a few KB
 
 
 @dataclass
@@ -58,6 +59,7 @@ def push(path: str | os.PathLike[str], repo_id: str, *, private: bool = False, e
 
     from ..architectures import resolve
     from .card import CardInput, Sample, build_card
+    from .bounded import capped_answers
     from .client import default_endpoint, hub_api, hub_errors
 
     filename = check_file_name(source.name)
@@ -65,7 +67,8 @@ def push(path: str | os.PathLike[str], repo_id: str, *, private: bool = False, e
     trigger_prompt = ", ".join(meta.trigger_words) or (meta.name or source.stem)
     card_samples = [Sample(in_repo, _prompt_for(p, trigger_prompt)) for p, in_repo in sample_files]
     api = hub_api(endpoint, token)
-    with hub_errors(endpoint=endpoint, repo_id=repo_id, revision=revision), default_endpoint(endpoint):
+    with hub_errors(endpoint=endpoint, repo_id=repo_id, revision=revision), default_endpoint(endpoint), \
+            capped_answers(endpoint, ANSWER_CAP):
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         existing = _read_readme(endpoint, token, repo_id, revision)
         readme = build_card(CardInput(repo_id=repo_id, filename=filename, metadata=meta,
