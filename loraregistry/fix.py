@@ -156,7 +156,8 @@ def _plan(ctx, targets: tuple[str, ...], result: FixResult, strip_bloat: bool) -
         result.changes.append(f"strip header bloat: {', '.join(bloat)}")
         header = {k: v for k, v in header.items() if k not in bloat}
     wants_kohya = any(t != "diffusers" for t in targets) or adapter.format in ("kohya", "mixed")
-    fmt = "kohya" if wants_kohya else "peft"
+    # diffusers' SD3 loader converts no kohya keys, and ComfyUI reads SD3's `transformer.` keys too
+    fmt = "kohya" if wants_kohya and facts.family != "sd3" else "peft"
     dialect = _dialect(fmt, facts.family, adapter)
     if facts.unknown_keys and result.needed:
         result.changes.append(f"drop {len(facts.unknown_keys)} keys that fit no module")
@@ -172,6 +173,8 @@ def _dialect(fmt: str, family: str | None, adapter) -> dict[str, str]:
     kept = {k: v for k, v in adapter.mapping.dialect.items() if adapter.format == "kohya" and k == "unet_names"}
     if family in ("sd1", "sd2"):
         kept["te_prefix"] = "lora_te"
+    if family in ("sd3", "flux"):
+        kept["transformer_names"] = family  # original module names, which only the family settles
     return {**kept, **dialect}
 
 

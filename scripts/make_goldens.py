@@ -46,11 +46,15 @@ NOT_BYTE_REPRODUCIBLE_REASON = ("safetensors writes __metadata__ entries in per-
                                 "and the parsed header are reproducible")
 
 _BUILDERS: dict[str, Callable[["Ctx"], dict[str, Any]]] = {}
+# SD3 / FLUX goldens live in tests/golden/mmdit/: the tiny SD1/SD2/SDXL bases of tests/tiny_models.py cannot stand
+# in for them, so tests that walk tests/golden/*.safetensors with those bases leave them alone.
+MMDIT_DIR = "mmdit"
+_MMDIT_BUILDERS: dict[str, Callable[["Ctx"], dict[str, Any]]] = {}
 
 
-def golden(name: str):
+def golden(name: str, *, mmdit: bool = False):
     def register(fn):
-        _BUILDERS[name] = fn
+        (_MMDIT_BUILDERS if mmdit else _BUILDERS)[name] = fn
         return fn
 
     return register
@@ -154,7 +158,7 @@ def module_of(key: str, default_component: str) -> tuple[str, str]:
     if key.startswith("lora_te1.") or key.startswith("lora_te2.") or key.startswith("lora_unet."):
         raise ValueError(f"unexpected dotted kohya prefix in {key}")
     component = default_component
-    for prefix in ("unet.", "text_encoder_2.", "text_encoder."):
+    for prefix in ("unet.", "transformer.", "text_encoder_2.", "text_encoder."):
         if key.startswith(prefix):
             component, key = prefix[:-1], key[len(prefix) :]
             break
@@ -216,9 +220,9 @@ def diffusers_load_check(path: Path, arch: str) -> dict[str, Any]:
 
     from diffusers.utils import logging as dlogging
 
-    from tests.tiny_models import tiny_pipeline
+    from tests.oracle_diffusers import pipeline
 
-    pipe = tiny_pipeline(arch)
+    pipe = pipeline(arch)  # tiny SD1/SD2/SDXL, or tiny SD3/FLUX transformer + CLIP encoders
     records: list[str] = []
 
     class Grab(logging.Handler):
@@ -240,7 +244,7 @@ def diffusers_load_check(path: Path, arch: str) -> dict[str, Any]:
     finally:
         dl.removeHandler(handler)
     patched = {}
-    for component in ("unet", "text_encoder", "text_encoder_2"):
+    for component in ("unet", "transformer", "text_encoder", "text_encoder_2"):
         model = getattr(pipe, component, None)
         if model is None:
             continue
@@ -716,17 +720,64 @@ def sd1_attn_procs(ctx: Ctx) -> dict[str, Any]:
     )
 
 
+# --------------------------------------------------------------------------------------------- SD3 / FLUX
+
+
+def _mmdit(ctx: Ctx, name: str, family: str, *, text_encoders: bool) -> dict[str, Any]:
+    from tests.oracle_diffusers import TRANSFORMER_CONFIGS, write_with_diffusers
+
+    pipeline = "FluxPipeline" if family == "flux" else "StableDiffusion3Pipeline"
+    encoders = ("text_encoder",) if family == "flux" else ("text_encoder", "text_encoder_2")
+    write_with_diffusers(family, ctx.path(name), text_encoders=text_encoders)
+    layers = "transformer_lora_layers=get_peft_model_state_dict(inject_adapter_in_model(LoraConfig(r=4, " \
+             "lora_alpha=4, init_lora_weights=False), tiny transformer))"
+    if text_encoders:
+        layers += "".join(f", {c}_lora_layers=... (tiny CLIP, q/k/v/out_proj)" for c in encoders)
+    return dict(
+        arch=family, format="peft", key_prefix="component (transformer. / text_encoder.)", network_type="lora",
+        rank=4, alpha=4.0, default_component="transformer",
+        writer={"tool": "diffusers", "call": f"{pipeline}.save_lora_weights({layers})"},
+        notes=f"tiny {family} transformer {TRANSFORMER_CONFIGS[family]} with the tiny CLIP encoders of "
+              "tests/tiny_models.py, seeded (tests/oracle_diffusers.py builds the same models to load it).",
+    )
+
+
+@golden("sd3_diffusers", mmdit=True)
+def sd3_diffusers(ctx: Ctx) -> dict[str, Any]:
+    return _mmdit(ctx, "sd3_diffusers", "sd3", text_encoders=True)
+
+
+@golden("flux_diffusers", mmdit=True)
+def flux_diffusers(ctx: Ctx) -> dict[str, Any]:
+    return _mmdit(ctx, "flux_diffusers", "flux", text_encoders=True)
+
+
+@golden("flux_diffusers_transformer_only", mmdit=True)
+def flux_diffusers_transformer_only(ctx: Ctx) -> dict[str, Any]:
+    return _mmdit(ctx, "flux_diffusers_transformer_only", "flux", text_encoders=False)
+
+
 # --------------------------------------------------------------------------------------------- driver
 
 
 def build(names: list[str], out: Path, load_check: bool = True) -> list[Path]:
+    """Write ``names`` (SD1/SD2/SDXL builders into ``out``, SD3/FLUX ones into ``out/mmdit``)."""
+    written = []
+    for folder, registry in ((out, _BUILDERS), (out / MMDIT_DIR, _MMDIT_BUILDERS)):
+        chosen = [n for n in names if n in registry]
+        if chosen:
+            written += _build(chosen, registry, folder, load_check)
+    return written
+
+
+def _build(names: list[str], registry, out: Path, load_check: bool) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     versions = _versions()
     written = []
     with tempfile.TemporaryDirectory() as scratch:
         ctx = Ctx(out, Path(scratch))
         for name in names:
-            facts = _BUILDERS[name](ctx)
+            facts = registry[name](ctx)
             path = ctx.path(name)
             default_component = facts.pop("default_component")
             tool = facts["writer"]["tool"]
@@ -746,7 +797,7 @@ def build(names: list[str], out: Path, load_check: bool = True) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--only", nargs="*", choices=sorted(_BUILDERS), default=None)
+    parser.add_argument("--only", nargs="*", choices=sorted(_BUILDERS) + sorted(_MMDIT_BUILDERS), default=None)
     parser.add_argument("--no-load-check", action="store_true", help="skip loading each golden with diffusers")
     args = parser.parse_args(argv)
     if "PYTHONHASHSEED" not in os.environ:
@@ -758,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.getLogger().setLevel(logging.ERROR)
-    names = args.only or list(_BUILDERS)
+    names = args.only or [*_BUILDERS, *_MMDIT_BUILDERS]
     for path in build(names, args.out, load_check=not args.no_load_check):
         print(f"{path.stat().st_size:>8}  {path}")
     return 0

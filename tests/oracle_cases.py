@@ -18,6 +18,8 @@ import numpy as np
 
 GOLDEN = Path(__file__).parent / "golden"
 GOLDENS = sorted(p.stem for p in GOLDEN.glob("*.safetensors"))
+MMDIT_GOLDEN = GOLDEN / "mmdit"  # SD3 / FLUX goldens (their tiny bases are built by tests/oracle_diffusers.py)
+MMDIT_GOLDENS = sorted(p.stem for p in MMDIT_GOLDEN.glob("*.safetensors"))
 
 
 def arch_of(name: str) -> str:
@@ -128,6 +130,8 @@ def path_of(name: str, folder: Path) -> Path:
     if name in DERIVED:
         source, edit = DERIVED[name]
         return derive(folder, name, source, edit)
+    if name in MMDIT_GOLDENS:
+        return MMDIT_GOLDEN / f"{name}.safetensors"
     return GOLDEN / f"{name}.safetensors"
 
 

@@ -44,9 +44,21 @@ def tiny_mmdit_pipeline(family: str):
         return FluxPipeline(scheduler=None, vae=None, text_encoder=tiny_text_encoder("sd1"), tokenizer=None,
                             text_encoder_2=None, tokenizer_2=None, transformer=tiny_transformer(family))
     return StableDiffusion3Pipeline(
-        scheduler=None, vae=None, text_encoder=tiny_text_encoder("sdxl"), tokenizer=None,
+        scheduler=None, vae=None, text_encoder=_clip_l_with_projection(), tokenizer=None,
         text_encoder_2=tiny_text_encoder("sdxl_2"), tokenizer_2=None, text_encoder_3=None, tokenizer_3=None,
         transformer=tiny_transformer(family))
+
+
+def _clip_l_with_projection():
+    """SD3's first text encoder: CLIP-L as ``CLIPTextModelWithProjection`` (it keeps the ``text_model`` level that
+    transformers 5's ``CLIPTextModel`` drops), the tiny CLIP-L config, seeded."""
+    import torch
+    from transformers import CLIPTextModelWithProjection
+
+    from loraregistry.train.tiny import text_encoder_config
+
+    torch.manual_seed(SEED)
+    return CLIPTextModelWithProjection(text_encoder_config("sdxl")).eval()
 
 
 def pipeline(arch: str):

@@ -1,8 +1,8 @@
 """Oracle: the diffusers and peft verdicts equal what the installed diffusers / peft do, module for module.
 
-Every case of tests/oracle_cases.py (goldens, derived edits, ``fix --for diffusers`` outputs) and SD3 / FLUX.1
-files written by diffusers' own ``save_lora_weights`` from peft-injected tiny transformers (plus those files
-converted to kohya keys and stripped of their prefixes) is loaded for real; the verdict's outcome, applied
+Every case of tests/oracle_cases.py (goldens, derived edits, ``fix --for diffusers`` outputs), the SD3 / FLUX.1
+goldens (tests/golden/mmdit: written by diffusers' own ``save_lora_weights`` from peft-injected tiny transformers)
+and files derived from those (converted to kohya keys, stripped of their prefix) is loaded for real; the verdict's outcome, applied
 modules and unused keys must be exactly what happened. No recorded outcomes: the load runs every time.
 """
 
@@ -13,14 +13,24 @@ from pathlib import Path
 import pytest
 
 from loraregistry.verify.consumers import consumer_verdicts
-from tests.oracle_cases import DERIVED, GOLDENS, arch_of, assert_agrees, fixed, modules_of, path_of
-from tests.oracle_diffusers import diffusers_load, peft_load, pipeline_dir, write_with_diffusers
+from tests.oracle_cases import (
+    DERIVED,
+    GOLDENS,
+    MMDIT_GOLDENS,
+    arch_of,
+    assert_agrees,
+    modules_of,
+    path_of,
+)
+from tests.oracle_diffusers import diffusers_load, peft_load, pipeline_dir
 
 pytestmark = pytest.mark.slow
 
-# No kohya Flux case: diffusers' _convert_kohya_flux_lora_to_diffusers splits fused qkv/linear1 by FLUX.1-dev's
-# hard-coded widths (3072, 12288) and asserts on any other model, so a tiny Flux cannot stand in for it.
-MMDIT = ("sd3_diffusers", "flux_diffusers", "flux_diffusers_transformer_only", "sd3_kohya", "flux_peft_bare")
+# Derived from the SD3/FLUX goldens (tests/golden/mmdit, written by diffusers): converted to kohya keys by
+# lorareg, or stripped of their prefix. No kohya Flux case: diffusers' _convert_kohya_flux_lora_to_diffusers splits
+# fused qkv/linear1 by FLUX.1-dev's hard-coded widths (3072, 12288) and asserts on any other model, so a tiny Flux
+# cannot stand in for it.
+MMDIT_DERIVED = ("sd3_kohya", "flux_peft_bare")
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +39,7 @@ def root(tmp_path_factory) -> Path:
 
 
 def mmdit_file(name: str, root: Path) -> Path:
-    """SD3/Flux files: diffusers-written, or derived from one by lorareg convert / a prefix strip."""
+    """SD3/Flux files derived from the diffusers-written goldens by lorareg convert / a prefix strip."""
     from safetensors.numpy import load_file, save_file
 
     from loraregistry.ops.convert import convert
@@ -38,21 +48,18 @@ def mmdit_file(name: str, root: Path) -> Path:
     path = root / f"{name}.safetensors"
     if path.exists():
         return path
-    if name.endswith("_diffusers") or name.endswith("_transformer_only"):
-        return write_with_diffusers(family, path, text_encoders=not name.endswith("_transformer_only"))
-    source = mmdit_file(f"{family}_diffusers" if name.endswith("_kohya") else f"{family}_diffusers_transformer_only",
-                        root)
     if name.endswith("_kohya"):
-        convert(source, path, to="kohya", base=str(pipeline_dir(family, str(root))),
+        convert(path_of(f"{family}_diffusers", root), path, to="kohya", base=str(pipeline_dir(family, str(root))),
                 dialect={"transformer_names": family})
         return path
+    source = path_of(f"{family}_diffusers_transformer_only", root)
     tensors = {k.removeprefix("transformer."): v for k, v in load_file(str(source)).items()}
     save_file(tensors, str(path))
     return path
 
 
 def case_path(name: str, tmp_path: Path, root: Path) -> Path:
-    return mmdit_file(name, root) if name in MMDIT else path_of(name, tmp_path)
+    return mmdit_file(name, root) if name in MMDIT_DERIVED else path_of(name, tmp_path)
 
 
 def verdict_of(path: Path, arch: str, root: Path, consumer: str = "diffusers"):
@@ -60,7 +67,7 @@ def verdict_of(path: Path, arch: str, root: Path, consumer: str = "diffusers"):
     return verdict
 
 
-CASES = sorted(GOLDENS + list(DERIVED)) + list(MMDIT)
+CASES = sorted(GOLDENS + list(DERIVED) + MMDIT_GOLDENS) + list(MMDIT_DERIVED)
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -70,18 +77,22 @@ def test_diffusers_verdict_equals_a_real_load(name, tmp_path, root):
     assert_agrees(verdict_of(path, arch, root), diffusers_load(path, arch))
 
 
-@pytest.mark.parametrize("name", sorted(GOLDENS))
+@pytest.mark.parametrize("name", sorted(GOLDENS + MMDIT_GOLDENS) + list(MMDIT_DERIVED))
 def test_fix_for_diffusers_output_loads(name, tmp_path, root):
-    arch = arch_of(name)
-    from loraregistry.fix import FixLosesInformation
+    """``fix --for diffusers`` leaves alone what diffusers loads, and writes what it loads in full otherwise."""
+    from loraregistry.fix import FixLosesInformation, fix
 
+    arch = arch_of(name)
+    source = case_path(name, tmp_path, root)
+    out = tmp_path / f"{name}.fixed.safetensors"
     try:
-        out = fixed(name, "diffusers", tmp_path, pipeline_dir(arch, str(root)))
+        result = fix(source, out, targets="diffusers", base=str(pipeline_dir(arch, str(root))))
     except FixLosesInformation as exc:  # DoRA without the base weights: refused, nothing written
         assert "DoRA" in str(exc) or "max-error" in str(exc)
+        assert not out.exists()
         return
-    if out is None:
-        assert diffusers_load(path_of(name, tmp_path), arch).outcome == "loads"
+    if result.output is None:
+        assert diffusers_load(source, arch).outcome == "loads"
         return
     real = diffusers_load(out, arch)
     assert_agrees(verdict_of(out, arch, root), real)
