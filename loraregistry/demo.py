@@ -108,7 +108,8 @@ def _repo_examples() -> Path:
 
 
 def run_demo(folder: Path, *, say: Callable[[str], None] = print, train: bool = True) -> dict[str, Any]:
-    """Build -> inspect -> verify -> train -> merge -> resize -> annotate -> registry -> push -> search -> pull.
+    """Build -> inspect -> verify -> train -> merge -> resize -> annotate -> registry -> push -> search -> pull
+    -> scan the output folder in place (then ``lorareg serve`` shows it).
 
     Everything stays under ``folder``: the local registry, the Hub cache, training caches and the tiny base in
     ``folder/.work``, and the Hub is a Hub-compatible server on 127.0.0.1 for the length of the demo. Returns
@@ -188,6 +189,9 @@ def run_demo(folder: Path, *, say: Callable[[str], None] = print, train: bool = 
     shown["metadata"], shown["autov3_unchanged"] = meta, before == after
 
     shown["share"] = _share_step(folder, merged_path, say)
+    from .registry.demo_scan import scan_step
+
+    shown["scan"] = scan_step(folder, say, step=8)
     say(f"Done. Everything is under {folder}/")
     return shown
 
