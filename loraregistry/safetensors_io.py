@@ -333,35 +333,37 @@ def _parse_entry(name: str, entry: Any, path: str | None) -> TensorInfo:
     return _parse_entry_carefully(name, entry, path)
 
 
-def _depth(value: Any, limit: int) -> int:
-    """How deeply ``value`` nests arrays/objects, counted up to ``limit + 1``; without recursion."""
-    deepest = 0
-    stack = [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, (dict, list)):
-            deepest = max(deepest, level)
-            if level > limit:
-                return deepest
-            stack.extend((inner, level + 1) for inner in (item.values() if isinstance(item, dict) else item))
-    return deepest
+_BIG_INT = 2**1023  # integers from here on may not fit a double; float() says which do not
 
 
-def _extra_number_out_of_range(value: Any) -> bool:
-    """An integer beyond a double's range somewhere in ``value``: serde_json refuses to read it."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        elif type(item) is int and abs(item) > 2**1023:
-            try:
-                float(item)
-            except OverflowError:
-                return True
-    return False
+def _extra_field_problem(value: Any, room: int) -> str | None:
+    """What serde_json refuses in an ignored entry field: "deep" when ``value`` nests arrays/objects over
+    ``room`` levels, "range" when it holds an integer no double can hold; None when neither.
+
+    Walked a level at a time with comprehensions: a field can hold up to MAX_JSON_VALUES items."""
+    level = [value]
+    depth = 0
+    while level:
+        kinds = set(map(type, level))  # C speed; the common junk is one long list of numbers
+        if int in kinds:
+            if kinds <= {int, float, bool}:
+                big = max(level) >= _BIG_INT or min(level) <= -_BIG_INT
+            else:
+                big = any(type(x) is int and (x >= _BIG_INT or x <= -_BIG_INT) for x in level)
+            if big:
+                for number in [x for x in level if type(x) is int and (x >= _BIG_INT or x <= -_BIG_INT)]:
+                    try:
+                        float(number)
+                    except OverflowError:
+                        return "range"
+        if list not in kinds and dict not in kinds:
+            return None
+        containers = [x for x in level if type(x) is list or type(x) is dict]
+        depth += 1
+        if depth > room:
+            return "deep"
+        level = [inner for c in containers for inner in (c.values() if type(c) is dict else c)]
+    return None
 
 
 def _parse_entry_carefully(name: str, entry: Any, path: str | None) -> TensorInfo:
@@ -374,10 +376,11 @@ def _parse_entry_carefully(name: str, entry: Any, path: str | None) -> TensorInf
     for key, extra in entry.items():  # loaders ignore other fields, but still parse them
         if key in ("dtype", "shape", "data_offsets"):
             continue
-        if _depth(extra, _MAX_DEPTH - 2) > _MAX_DEPTH - 2:
+        problem = _extra_field_problem(extra, _MAX_DEPTH - 2)  # the header and the entry are 2 levels
+        if problem == "deep":
             _fail(f"{where}: field {_short(key)} nests arrays/objects over {_MAX_DEPTH} levels deep, past the "
                   "limit of the safetensors library's JSON parser", path, "the file is corrupt")
-        if _extra_number_out_of_range(extra):
+        if problem == "range":
             _fail(f"{where}: field {_short(key)} holds an integer beyond the range of a double", path,
                   "the file is corrupt", NumberOutOfRangeError)
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
