@@ -3,6 +3,7 @@
     python benchmarks/ops.py                  # the full SDXL-shaped adapter: 986 modules (a few minutes)
     python benchmarks/ops.py --modules 120    # every k-th module: a quicker look
     python benchmarks/ops.py --dense-shapes 0 --no-merge
+    python benchmarks/ops.py --arch flux1     # a FLUX.1 kohya LoRA: 566 modules, rank 32 -> 16
 
 * resize (issue 14, target 1): an SDXL-shaped kohya LoRA (every default kohya target of the UNet and both text
   encoders: 986 modules, rank 64, alpha 32, random fp16, 456 MB), rank 64 -> 16. Whole processes, alternated
@@ -17,6 +18,7 @@
   kohya-style: kohya's resize_lora.py does a dense SVD per module; here a numpy float32 dense SVD timed on one
   module of each distinct shape and EXTRAPOLATED to every module by shape counts (labelled as such).
   Peak memory is compared with 0.3 x 3.9 GB (kohya's peak on this file, measured for issue 14).
+  ``--arch flux1``: the same on FLUX.1's kohya targets (transformer + CLIP-L, 566 modules), rank 32 -> 16.
 * merge (target 4): two SDXL-shaped adapters (rank 16 and 8, every module) merged exactly,
   ``lorareg merge A B -o M`` against ``cat A B > out`` on a warm cache, same run.
 
@@ -53,25 +55,31 @@ import numpy as np  # noqa: E402
 from loraregistry.architectures import fingerprint, kohya_default_targets  # noqa: E402
 from loraregistry.canonical import CanonicalKey  # noqa: E402
 
-SDXL_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+# fingerprint -> (components, rank in, rank out, kohya dialect)
+ARCHES = {
+    "sdxl-base": (("unet", "text_encoder", "text_encoder_2"), 64, 16, {"unet_names": "sgm"}),
+    "flux1": (("transformer", "text_encoder"), 32, 16, {"transformer_names": "diffusers"}),
+}
 KOHYA_PEAK_BYTES = 3.9e9  # kohya resize_lora.py on the full file, one thread (issue 14)
 RESIZE_TARGET, MEMORY_TARGET, MERGE_TARGET = 1.4, 0.3, 2.0
 
 
-def sdxl_paths(limit: int | None) -> list[tuple[str, str]]:
-    """(component, path) of every default kohya target of SDXL (986); ``limit``: about that many, every k-th."""
-    paths = [(c, p) for c in SDXL_COMPONENTS for p in kohya_default_targets("sdxl-base", c)]
+def target_paths(arch: str, limit: int | None) -> list[tuple[str, str]]:
+    """(component, path) of every default kohya target of ``arch`` (SDXL: 986); ``limit``: about that many,
+    every k-th."""
+    paths = [(c, p) for c in ARCHES[arch][0] for p in kohya_default_targets(arch, c)]
     if limit:
         paths = paths[:: max(1, len(paths) // limit)][:limit]
     return paths
 
 
-def sdxl_adapter(rank: int, *, seed: int = 0, limit: int | None = None) -> dict[CanonicalKey, np.ndarray]:
-    """Random fp16 kohya-shaped LoRA (down N(0, 0.05), up N(0, 0.01), alpha rank/2) on SDXL's kohya targets."""
+def random_adapter(rank: int, *, arch: str = "sdxl-base", seed: int = 0,
+                   limit: int | None = None) -> dict[CanonicalKey, np.ndarray]:
+    """Random fp16 kohya-shaped LoRA (down N(0, 0.05), up N(0, 0.01), alpha rank/2) on ``arch``'s kohya targets."""
     rng = np.random.default_rng(seed)
-    fp = fingerprint("sdxl-base")
+    fp = fingerprint(arch)
     tensors = {}
-    for component, path in sdxl_paths(limit):
+    for component, path in target_paths(arch, limit):
         spec = fp.lookup(component, path)
         kernel = spec.kernel or ()
         down = rng.standard_normal((rank, spec.in_features, *kernel), dtype=np.float32) * 0.05
@@ -82,10 +90,10 @@ def sdxl_adapter(rank: int, *, seed: int = 0, limit: int | None = None) -> dict[
     return tensors
 
 
-def write_kohya(path: Path, tensors: dict[CanonicalKey, np.ndarray]) -> Path:
+def write_kohya(path: Path, tensors: dict[CanonicalKey, np.ndarray], arch: str = "sdxl-base") -> Path:
     from loraregistry.writer import write_adapter
 
-    write_adapter(path, tensors, format="kohya", dialect={"unet_names": "sgm"})
+    write_adapter(path, tensors, format="kohya", dialect=ARCHES[arch][3])
     return path
 
 
@@ -115,15 +123,17 @@ def _say(text: str) -> None:
 # --- resize -------------------------------------------------------------------------------------------------
 
 
-def bench_resize(folder: Path, limit: int | None, repeat: int, dense_shapes: int | None) -> dict:
-    tensors = sdxl_adapter(64, limit=limit)
+def bench_resize(folder: Path, arch: str, limit: int | None, repeat: int, dense_shapes: int | None) -> dict:
+    _, rank_in, rank_out, _ = ARCHES[arch]
+    tensors = random_adapter(rank_in, arch=arch, limit=limit)
     modules = len(tensors) // 3
-    src = write_kohya(folder / "sdxl_r64.safetensors", tensors)
-    _say(f"resize: {modules} SDXL modules, rank 64 -> 16, {src.stat().st_size / 1e6:.0f} MB fp16 input")
+    src = write_kohya(folder / f"{arch}_r{rank_in}.safetensors", tensors, arch)
+    _say(f"resize: {modules} {arch} modules, rank {rank_in} -> {rank_out}, "
+         f"{src.stat().st_size / 1e6:.0f} MB fp16 input")
     lorareg = [sys.executable, "-m", "loraregistry", "resize", str(src), "-o", str(folder / "lorareg.safetensors"),
-               "--rank", "16", "--json"]
+               "--rank", str(rank_out), "--json"]
     sketch = [sys.executable, str(ROOT / "benchmarks" / "resize_sketch.py"), str(src),
-              str(folder / "sketch.safetensors"), "16", "--errors", str(folder / "sketch_errors.npy")]
+              str(folder / "sketch.safetensors"), str(rank_out), "--errors", str(folder / "sketch_errors.npy")]
     runs: dict[str, list[dict[str, float]]] = {"lorareg": [], "sketch": []}
     run(sketch)  # warm the page cache and the bytecode caches: both then read from memory
     for i in range(repeat):
@@ -137,7 +147,7 @@ def bench_resize(folder: Path, limit: int | None, repeat: int, dense_shapes: int
     ours = np.array([m["rel_error"] for m in summary["per_module"]])
     theirs = np.load(folder / "sketch_errors.npy")
     report = {
-        "modules": modules,
+        "arch": arch, "rank_in": rank_in, "rank_out": rank_out, "modules": modules,
         "lorareg_wall_s": _median(runs["lorareg"], "wall"), "sketch_wall_s": _median(runs["sketch"], "wall"),
         "lorareg_cpu_s": _median(runs["lorareg"], "cpu"), "sketch_cpu_s": _median(runs["sketch"], "cpu"),
         "lorareg_peak_bytes": max(r["peak"] for r in runs["lorareg"]),
@@ -145,9 +155,9 @@ def bench_resize(folder: Path, limit: int | None, repeat: int, dense_shapes: int
         "max_error_difference_vs_sketch": float(np.max(np.abs(np.sort(ours) - np.sort(theirs)))),
         "ranks_after": summary["rank_after"],
     }
-    report.update(_optimum_check(src, folder / "lorareg.safetensors", 16))
+    report.update(_optimum_check(src, folder / "lorareg.safetensors", rank_out))
     if dense_shapes != 0:
-        report.update(_kohya_extrapolated(tensors, 16, dense_shapes))
+        report.update(_kohya_extrapolated(tensors, rank_out, dense_shapes))
     return report
 
 
@@ -202,11 +212,14 @@ def _kohya_extrapolated(tensors: dict[CanonicalKey, np.ndarray], rank: int, limi
 
 def print_resize(r: dict) -> None:
     wall, cpu = r["lorareg_wall_s"] / r["sketch_wall_s"], r["lorareg_cpu_s"] / r["sketch_cpu_s"]
-    _say(f"resize {r['modules']} modules: lorareg {r['lorareg_wall_s']:.2f} s wall / {r['lorareg_cpu_s']:.2f} s CPU, "
+    _say(f"resize {r['arch']} {r['modules']} modules, rank {r['rank_in']} -> {r['rank_out']}: "
+         f"lorareg {r['lorareg_wall_s']:.2f} s wall / {r['lorareg_cpu_s']:.2f} s CPU, "
          f"sketch {r['sketch_wall_s']:.2f} s / {r['sketch_cpu_s']:.2f} s (medians)")
     _say(f"  lorareg / sketch: {wall:.2f}x wall, {cpu:.2f}x CPU (target <= {RESIZE_TARGET}x)")
-    _say(f"  peak RSS: lorareg {r['lorareg_peak_bytes'] / 1e6:.0f} MB = {r['lorareg_peak_bytes'] / KOHYA_PEAK_BYTES:.2f}x "
-         f"kohya's 3.9 GB (target <= {MEMORY_TARGET}x); sketch {r['sketch_peak_bytes'] / 1e6:.0f} MB")
+    against = (f" = {r['lorareg_peak_bytes'] / KOHYA_PEAK_BYTES:.2f}x kohya's 3.9 GB on this file (target <= "
+               f"{MEMORY_TARGET}x)") if r["arch"] == "sdxl-base" and r["modules"] == 986 else ""
+    _say(f"  peak RSS: lorareg {r['lorareg_peak_bytes'] / 1e6:.0f} MB{against}; "
+         f"sketch {r['sketch_peak_bytes'] / 1e6:.0f} MB")
     _say(f"  errors: max |lorareg - sketch| per module {r['max_error_difference_vs_sketch']:.1e}; stored fp16 output "
          f"vs dense float64 SVD optimum on {r['optimum_checked_modules']} modules (one per shape): "
          f"max excess {r['max_excess_over_optimum']:.1e} of the optimum; ranks after {r['ranks_after']}")
@@ -221,11 +234,12 @@ def print_resize(r: dict) -> None:
 
 
 def bench_merge(folder: Path, limit: int | None, repeat: int) -> dict:
-    a = write_kohya(folder / "a.safetensors", sdxl_adapter(16, seed=1, limit=limit))
-    b = write_kohya(folder / "b.safetensors", sdxl_adapter(8, seed=2, limit=limit))
+    a = write_kohya(folder / "a.safetensors", random_adapter(16, seed=1, limit=limit))
+    b = write_kohya(folder / "b.safetensors", random_adapter(8, seed=2, limit=limit))
     mb = (a.stat().st_size + b.stat().st_size) / 1e6
     _say(f"merge: 2 SDXL-shaped adapters (rank 16 + 8), {mb:.0f} MB of inputs")
-    lorareg = [sys.executable, "-m", "loraregistry", "merge", f"{a}:0.8", f"{b}:0.5", "-o", str(folder / "m.safetensors")]
+    lorareg = [sys.executable, "-m", "loraregistry", "merge", f"{a}:0.8", f"{b}:0.5",
+               "-o", str(folder / "m.safetensors")]
     cat = ["sh", "-c", f"cat '{a}' '{b}' > '{folder / 'cat.bin'}'"]
     runs: dict[str, list[dict[str, float]]] = {"lorareg": [], "cat": []}
     run(cat)
@@ -239,13 +253,15 @@ def bench_merge(folder: Path, limit: int | None, repeat: int) -> dict:
 
 
 def print_merge(m: dict) -> None:
-    _say(f"merge {m['mb']:.0f} MB: lorareg {m['lorareg_wall_s']:.2f} s wall ({m['mb'] / m['lorareg_wall_s']:.0f} MB/s), "
+    _say(f"merge {m['mb']:.0f} MB: lorareg {m['lorareg_wall_s']:.2f} s wall "
+         f"({m['mb'] / m['lorareg_wall_s']:.0f} MB/s), "
          f"cat {m['cat_wall_s']:.2f} s -> {m['lorareg_wall_s'] / m['cat_wall_s']:.1f}x cat (target <= {MERGE_TARGET}x)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--modules", type=int, default=None, help="about this many modules (default: all 986)")
+    parser.add_argument("--arch", choices=sorted(ARCHES), default="sdxl-base", help="the adapter to resize")
+    parser.add_argument("--modules", type=int, default=None, help="about this many modules (default: all)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of each whole process (medians reported)")
     parser.add_argument("--dense-shapes", type=int, default=None,
                         help="kohya-style dense SVD on this many distinct shapes (default: all; 0 skips it)")
@@ -256,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     _say(f"threads: OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}; load average "
          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the start")
     try:
-        resize = bench_resize(folder, args.modules, args.repeat, args.dense_shapes)
+        resize = bench_resize(folder, args.arch, args.modules, args.repeat, args.dense_shapes)
         merged = None if args.no_merge else bench_merge(folder, args.modules, args.repeat)
         _say(f"--- results (load average {os.getloadavg()[0]:.1f} at the end) ---")
         print_resize(resize)

@@ -12,8 +12,9 @@ singular triplets are the best rank-k approximation, with squared Frobenius erro
 Numerics: a Gram matrix squares the factor's condition number, and the basis ``up Lu^-T`` loses
 orthogonality by about ``eps * cond^2``. The Gram path is taken only where that stays below
 ``GRAM_TOLERANCE`` (cond estimated from the Cholesky diagonal), first in float32 (fp16/bf16/fp32 factors),
-then in float64 (the p x p work is always float64); a failed Cholesky (rank-deficient factors, e.g. repeated ``down`` rows) or a condition
-still too large falls back to Householder QR of the factors in float64, which is stable for any condition.
+then in float64 (the p x p work is always float64). A failed Cholesky (rank-deficient factors, e.g.
+repeated ``down`` rows) or a condition still too large falls back to Householder QR of the factors in
+float64, which is stable for any condition.
 """
 
 from __future__ import annotations
