@@ -71,9 +71,12 @@ def assess(facts: AdapterFacts) -> Assessment:
     for m in facts.modules.values():
         stem = m.keys[0].partition(".")[0]
         prefix = prefixes.get(m.component)
-        if prefix is None or not stem.startswith(prefix):
+        if prefix is None:
+            a.skip([m.module], f"the {family} pipeline has no {m.component}")
+        elif not stem.startswith(prefix):
             a.skip([m.module], f"InvokeAI patches each model only with its own prefix "
-                               f"({', '.join(f'{c} {p}' for c, p in prefixes.items())})", hint=_FIX)
+                               f"({', '.join(f'{c} {p}' for c, p in prefixes.items())})",
+                   hint=_FIX if m.component == "unet" else None)  # CLIP: see the text_model rule below
         elif m.fit == ABSENT or (m.component == "unet" and family != "sdxl" and any(b in stem for b in _SGM)):
             a.skip([m.module], "the model has no such module ('Failed to find module for LoRA layer key')")
         elif m.component.startswith("text_encoder") and \
