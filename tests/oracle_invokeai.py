@@ -5,7 +5,8 @@ file (drop ``bundle_emb``, ``normalize_peft_adapter_names``, ``convert_sdxl_keys
 ``lora_model_from_sd_state_dict``) run in order, calling InvokeAI's functions; then
 ``LayerPatcher.apply_smart_model_patches`` patches the tiny diffusers UNet and transformers CLIP encoders with the
 prefixes InvokeAI's invocations use (``denoise_latents``: ``lora_unet_``; ``compel``: ``lora_te_`` for SD1/SD2,
-``lora_te1_``/``lora_te2_`` for SDXL). A module counts as applied when its weight changed.
+``lora_te1_``/``lora_te2_`` for SDXL). A module counts as applied when its weight changed. The CLIP encoders get
+the module layout of the transformers InvokeAI pins (``pinned_clip_layout``).
 
 InvokeAI is installed without its dependencies (requirements/no-deps.txt), so the harness stands in for three
 import-time dependencies the LoRA path never calls: ``onnxruntime`` (a type alias in the model taxonomy), the model
@@ -92,6 +93,23 @@ class _Capture(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+def pinned_clip_layout(text_encoder):
+    """The CLIP module layout of the transformers InvokeAI 6.14 pins (>=5.5,<5.6): ``CLIPTextModel`` still has its
+    ``text_model`` level there (transformers 5.6 folded it away, huggingface/transformers#44431), so give the
+    installed, newer one that level back. ``CLIPTextModelWithProjection`` has it in every version."""
+    import torch
+
+    if any(name == "text_model" for name, _ in text_encoder.named_children()):
+        return text_encoder
+
+    class PinnedLayout(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.text_model = inner
+
+    return PinnedLayout(text_encoder)
+
+
 def invokeai_patch(path: Path, arch: str) -> tuple[str | None, set[tuple[str, str]]]:
     """(the exception InvokeAI raised or None, the (component, module) pairs whose weight it changed)."""
     import torch
@@ -112,6 +130,8 @@ def invokeai_patch(path: Path, arch: str) -> tuple[str | None, set[tuple[str, st
     changed = set()
     for component, prefix in PREFIXES[arch].items():
         model = getattr(pipe, component)
+        if component.startswith("text_encoder"):
+            model = pinned_clip_layout(model)
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
         try:
             # direct patching (what InvokeAI does on the GPU; its sidecar path needs its custom-layer wrappers)

@@ -16,10 +16,10 @@ model_loaders/lora.py`` (``_load_model``), ``backend/patches/lora_conversions/sd
 * each model is patched only with the layers under its prefix: UNet ``lora_unet_``, CLIP ``lora_te_`` (SD1/SD2),
   ``lora_te1_``/``lora_te2_`` (SDXL); other layers are silently unused;
 * the flattened name is walked through the model (diffusers UNet, transformers CLIP): a name that reaches no
-  module is logged "Failed to find module" and skipped. With transformers 5 (InvokeAI 6.14 pins 5.5)
-  ``CLIPTextModel`` has no ``text_model`` level, so kohya CLIP keys that spell it (``lora_te_text_model_…``) find
-  nothing, while SDXL's second encoder (``CLIPTextModelWithProjection``) keeps the level; SD1/SD2 SGM names are not
-  converted and find nothing;
+  module is logged "Failed to find module" and skipped. InvokeAI 6.14 pins transformers >=5.5,<5.6, whose CLIP
+  encoders keep the ``text_model`` level, so CLIP keys must spell it (``lora_te_text_model_encoder_…``, as
+  sd-scripts writes them); keys exported under transformers >= 5.6 without it find nothing. SD1/SD2 SGM names
+  are not converted and find nothing;
 * deltas are reshaped to the weight (1x1 conv <-> Linear load); a delta of another size raises ``RuntimeError``.
 
 SD3 and FLUX.1 are not modelled here yet (InvokeAI has FLUX LoRA conversions; SD3 has none): LRG608.
@@ -42,7 +42,6 @@ SDXL_PREFIXES = ("lora_unet_", "lora_te1_", "lora_te2_")
 LAYER_MARKERS = frozenset({"dora_scale", "dora_magnitude", "lora_up.weight", "hada_w1_a", "lokr_w1", "lokr_w1_a",
                            "diff", "on_input", "w_norm"})
 BUNDLED = "bundle_emb"
-WITH_TEXT_MODEL = {("sdxl", "text_encoder_2")}  # CLIPTextModelWithProjection keeps text_model under transformers 5
 _SGM = ("input_blocks", "middle_block", "output_blocks")
 _FIX = "run `lorareg fix --for a1111` to write kohya keys"
 
@@ -76,14 +75,13 @@ def assess(facts: AdapterFacts) -> Assessment:
         elif not stem.startswith(prefix):
             a.skip([m.module], f"InvokeAI patches each model only with its own prefix "
                                f"({', '.join(f'{c} {p}' for c, p in prefixes.items())})",
-                   hint=_FIX if m.component == "unet" else None)  # CLIP: see the text_model rule below
+                   hint=_FIX if m.component == "unet" else "rename the CLIP keys to the prefix above")
         elif m.fit == ABSENT or (m.component == "unet" and family != "sdxl" and any(b in stem for b in _SGM)):
             a.skip([m.module], "the model has no such module ('Failed to find module for LoRA layer key')")
-        elif m.component.startswith("text_encoder") and \
-                ("_text_model_" in stem) != ((family, m.component) in WITH_TEXT_MODEL):
-            a.skip([m.module], "the CLIP module path does not match transformers 5's layout ('text_model' is "
-                               "absent from CLIPTextModel, present in CLIPTextModelWithProjection)",
-                   hint="write the CLIP keys the way the installed transformers names the modules")
+        elif m.component.startswith("text_encoder") and "_text_model_" not in stem:
+            a.skip([m.module], "CLIP names without 'text_model' find no module in the transformers InvokeAI pins "
+                               "('Failed to find module for LoRA layer key')",
+                   hint="rename the CLIP keys to lora_te…_text_model_encoder_layers_…, as sd-scripts writes them")
     mismatched = [m for m in facts.modules.values() if m.module not in a.skipped and m.fit == MISMATCH]
     if mismatched:
         a.refuse(f"RuntimeError: the delta of {len(mismatched)} modules does not fit the weight, e.g. "
