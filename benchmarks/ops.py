@@ -122,6 +122,37 @@ def _say(text: str) -> None:
 
 # --- resize -------------------------------------------------------------------------------------------------
 
+# lorareg resize's steps one after another in a fresh process, CPU seconds each (the CLI overlaps the parent's
+# hashing with the maths on a second thread; here it runs alone so that its cost shows).
+PHASES = """
+import json, resource, sys, time
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+steps, last = {}, cpu()
+def step(name):
+    global last
+    now = cpu(); steps[name] = round(now - last, 3); last = now
+from loraregistry.adapter import AdapterFile
+from loraregistry.ops import io
+from loraregistry.ops.resize import ResizeSettings, resize_tensors
+from loraregistry.ops.targets import base_shapes
+import loraregistry.schema, loraregistry.verify
+step("imports")
+adapter = AdapterFile.open(sys.argv[1])
+tensors = io.load_canonical(adapter, copy=False)
+step("open + read + module checks")
+new, rows = resize_tensors(tensors, ResizeSettings(rank=int(sys.argv[3])), shapes=base_shapes(adapter, None))
+step("resize maths")
+parent = io.parent_record(adapter)
+step("input sha256 + AutoV3 (a thread in the CLI)")
+record = io.op_metadata(adapter.metadata, operation="resize", params={}, parents=[parent])
+io.write_op_output(sys.argv[2], new, format=adapter.format, dialect=adapter.mapping.dialect, metadata=record,
+                   header=io.carried_header(adapter), force=True)
+step("write + record + verify + output hashes")
+print(json.dumps(steps))
+"""
+
 
 def bench_resize(folder: Path, arch: str, limit: int | None, repeat: int, dense_shapes: int | None) -> dict:
     _, rank_in, rank_out, _ = ARCHES[arch]
@@ -155,6 +186,9 @@ def bench_resize(folder: Path, arch: str, limit: int | None, repeat: int, dense_
         "max_error_difference_vs_sketch": float(np.max(np.abs(np.sort(ours) - np.sort(theirs)))),
         "ranks_after": summary["rank_after"],
     }
+    phases = subprocess.run([sys.executable, "-c", PHASES, str(src), str(folder / "phases.safetensors"), str(rank_out)],
+                            capture_output=True, text=True, cwd=ROOT, check=True)
+    report["lorareg_phases_cpu_s"] = json.loads(phases.stdout.strip().splitlines()[-1])
     report.update(_optimum_check(src, folder / "lorareg.safetensors", rank_out))
     if dense_shapes != 0:
         report.update(_kohya_extrapolated(tensors, rank_out, dense_shapes))
@@ -216,6 +250,8 @@ def print_resize(r: dict) -> None:
          f"lorareg {r['lorareg_wall_s']:.2f} s wall / {r['lorareg_cpu_s']:.2f} s CPU, "
          f"sketch {r['sketch_wall_s']:.2f} s / {r['sketch_cpu_s']:.2f} s (medians)")
     _say(f"  lorareg / sketch: {wall:.2f}x wall, {cpu:.2f}x CPU (target <= {RESIZE_TARGET}x)")
+    phases = ", ".join(f"{name} {seconds:.2f}" for name, seconds in r["lorareg_phases_cpu_s"].items())
+    _say(f"  lorareg's steps, CPU s (one fresh process, serial): {phases}")
     against = (f" = {r['lorareg_peak_bytes'] / KOHYA_PEAK_BYTES:.2f}x kohya's 3.9 GB on this file (target <= "
                f"{MEMORY_TARGET}x)") if r["arch"] == "sdxl-base" and r["modules"] == 986 else ""
     _say(f"  peak RSS: lorareg {r['lorareg_peak_bytes'] / 1e6:.0f} MB{against}; "
