@@ -124,3 +124,23 @@ def test_peft_verdict_equals_a_real_load(name, tmp_path, root):
     verdict = verdict_of(path, arch, root, "peft")
     assert verdict.outcome == real.outcome, (verdict.outcome, real, [f.message for f in verdict.findings])
     assert verdict.applied == real.applied
+
+
+@pytest.mark.parametrize("bad", __import__("tests.known_bad", fromlist=["KNOWN_BAD"]).KNOWN_BAD, ids=lambda b: b.name)
+def test_known_bad_files(bad, tmp_path):
+    """diffusers reads the file with safetensors: what that refuses fails the load; what it reads (the last of
+    duplicate metadata keys wins, and so on) patches no module of the tiny SD1 pipeline. Either way: fails."""
+    from loraregistry.verify.consumers import target_verdicts
+    from tests.oracle_diffusers import ADAPTER, pipeline
+
+    path = tmp_path / f"{bad.name}.safetensors"
+    path.write_bytes(bad.content)
+    verdicts = target_verdicts(path, ["diffusers", "peft"])
+    assert [v.outcome for v in verdicts] == ["fails", "fails"]
+    pipe = pipeline("sd1")
+    try:
+        pipe.load_lora_weights(str(path), adapter_name=ADAPTER)
+    except Exception:  # noqa: BLE001 - any refusal ends the load: safetensors, diffusers or peft raised
+        return
+    assert not any(hasattr(m, "lora_A") and ADAPTER in m.lora_A
+                   for c in ("unet", "text_encoder") for m in getattr(pipe, c).modules())
