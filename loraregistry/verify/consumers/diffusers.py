@@ -18,7 +18,8 @@ Written from huggingface/diffusers 0.42.1 (installed here), ``loaders/lora_pipel
 5. peft injects the modules and loads the state dict: a module the model lacks is an "unexpected key"
    warning; a factor whose shape differs (1x1-conv factors on SD2's Linear projections, 2-D factors on
    SD1's 1x1-conv projections, other sizes) raises ``RuntimeError: size mismatch`` for the whole file.
-   CLIP paths without ``text_model.`` load only with transformers >= 5 (diffusers strips the level).
+   CLIP paths without ``text_model.`` load only with transformers >= 5.6 (which folded ``CLIPTextModel``'s
+   ``text_model`` level away; diffusers strips the level).
 
 SD3 and Flux (same flow, other components and conversions):
 
@@ -143,10 +144,10 @@ def _components_and_shapes(a: Assessment, facts: AdapterFacts) -> None:
                f"the {facts.family} pipeline has no such component")
     a.skip([m.module for m in facts.modules.values() if m.fit == ABSENT], "the model has no such module "
            "(unexpected keys warning)")
-    if (_major_minor(_installed("transformers")) or (5, 0)) < (5, 0):
+    if (_major_minor(_installed("transformers")) or (5, 6)) < (5, 6):
         a.skip([m.module for m in facts.modules.values() if m.component.startswith("text_encoder")
                 and not any("text_model" in k for k in m.keys)], "CLIP names lack 'text_model.' "
-               "(transformers < 5 needs it)")
+               "(transformers < 5.6 needs it: 5.6 folded CLIPTextModel's text_model level away)")
     bad = [m for m in facts.modules.values() if m.module not in a.skipped and m.fit not in (FITS, ABSENT, UNCHECKED)]
     if bad:
         kinds = sorted({m.fit for m in bad})
