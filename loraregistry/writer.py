@@ -4,7 +4,7 @@ Alpha is where each format keeps it: kohya stores an ``alpha`` tensor per module
 keep it in ``lora_adapter_metadata`` (the JSON of a peft LoraConfig per component, flattened with
 component prefixes the way diffusers' ``save_lora_weights`` writes it: ``r``/``lora_alpha`` from the most
 common values, ``rank_pattern``/``alpha_pattern`` for the rest); the legacy attention-processor format
-has nowhere to keep it, so alpha must equal the rank there.
+and XLabs' Flux format have nowhere to keep it, so alpha must equal the rank there.
 """
 
 from __future__ import annotations
@@ -22,11 +22,24 @@ from .errors import UsageError
 from .safetensors_io import write_safetensors
 
 ALPHA_IN_METADATA = frozenset({"peft", "diffusers"})
+ALPHA_NOWHERE = frozenset({"attn_procs", "xlabs"})  # loaders read these at scale 1: alpha must equal the rank
 
 
 def _rank(tensors: Mapping[CanonicalKey, np.ndarray], module: ModuleKey) -> int | None:
     down = tensors.get(CanonicalKey(module.component, module.path, "down"))
     return int(down.shape[0]) if down is not None else None
+
+
+def _pattern(name: str, names: Mapping[str, Any]) -> str:
+    """The rank/alpha pattern key for module ``name``: the name itself, or ``^name`` when peft would also apply it
+    to another module (peft matches a key as a dotted suffix: ``proj_out`` is Flux's ``proj_out`` and every
+    ``single_transformer_blocks.N.proj_out``; ``^`` anchors it at the start)."""
+    from .peft_patterns import peft_pattern_matches
+
+    last = name.rsplit(".", 1)[-1]  # dot-free, so literal: a module the key matches ends with it
+    if any(other != name and other.endswith(last) and peft_pattern_matches(name, other) for other in names):
+        return "^" + name
+    return name
 
 
 def peft_adapter_metadata(tensors: Mapping[CanonicalKey, np.ndarray],
@@ -53,8 +66,9 @@ def peft_adapter_metadata(tensors: Mapping[CanonicalKey, np.ndarray],
         config = {
             "r": r,
             "lora_alpha": int(a) if a.is_integer() else a,
-            "rank_pattern": {p: rank for p, (rank, _) in entries.items() if rank != r},
-            "alpha_pattern": {p: (int(al) if al.is_integer() else al) for p, (_, al) in entries.items() if al != a},
+            "rank_pattern": {_pattern(p, entries): rank for p, (rank, _) in entries.items() if rank != r},
+            "alpha_pattern": {_pattern(p, entries): (int(al) if al.is_integer() else al)
+                              for p, (_, al) in entries.items() if al != a},
             "target_modules": sorted(entries),
             "use_dora": use_dora,
             "peft_type": "LORA",
@@ -75,12 +89,12 @@ def write_adapter(path: str | os.PathLike[str], tensors: Mapping[CanonicalKey, n
 
     body = dict(tensors)
     extra: dict[str, str] = dict(header or {})
-    if format in ALPHA_IN_METADATA or format == "attn_procs":
+    if format in ALPHA_IN_METADATA or format in ALPHA_NOWHERE:
         alphas = {ck: body.pop(ck) for ck in list(body) if ck.role == "alpha"}
-        if format == "attn_procs":
+        if format in ALPHA_NOWHERE:
             off = [str(ck.module) for ck, a in alphas.items() if float(a) and float(a) != _rank(tensors, ck.module)]
             if off:
-                raise UsageError(f"the attention-processor format cannot store alpha != rank ({off[0]} and "
+                raise UsageError(f"the {format} format cannot store alpha != rank ({off[0]} and "
                                  f"{len(off) - 1} more)", hint="write kohya, peft or diffusers instead")
         else:
             extra["lora_adapter_metadata"] = json.dumps(peft_adapter_metadata(tensors, dialect), indent=2, sort_keys=True)

@@ -14,11 +14,13 @@ from ..canonical import CanonicalKey, KeyMapping, ModuleKey
 from ..errors import UnknownAdapterFormat, UsageError
 from .attn_procs import AttnProcsFormat
 from .base import KeyFormat, ParsedKey, add_without_collisions
+from .bfl import BflFormat
 from .diffusers import DiffusersFormat
 from .kohya import KohyaFormat
 from .lycoris import network_type
 from .mmdit import SCALE_SHIFT_SWAPPED, fused_targets, is_fused
 from .peft import PeftFormat
+from .xlabs import XlabsFormat
 
 __all__ = [
     "FORMATS", "MIXED", "UNKNOWN", "FormatDetection", "KeyFormat", "ParsedKey", "SCALE_SHIFT_SWAPPED",
@@ -48,7 +50,8 @@ def register_format(fmt: KeyFormat, *, before: str | None = None) -> None:
     FORMATS.update(items)
 
 
-for _fmt in (KohyaFormat(), PeftFormat(), AttnProcsFormat(), DiffusersFormat()):
+# bfl ahead of peft: its ``lora_A`` keys under original names must not fall to peft's component hint.
+for _fmt in (KohyaFormat(), BflFormat(), PeftFormat(), AttnProcsFormat(), DiffusersFormat(), XlabsFormat()):
     register_format(_fmt)
 
 

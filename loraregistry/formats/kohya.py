@@ -238,12 +238,7 @@ class KohyaFormat(KeyFormat):
 
 def _infer_family(paths: set[str]) -> str | None:
     """flux or sd3 when the transformer paths fit only one of them."""
-    possible = {"flux", "sd3"}
-    for path in paths:
-        families = mmdit.families_of(path)
-        if families:
-            possible &= families
-    return possible.pop() if len(possible) == 1 else None
+    return mmdit.infer_family(paths)
 
 
 def _native_name(ckey: CanonicalKey, family: str | None) -> str:

@@ -108,6 +108,7 @@ def _compile(table: dict[str, str], *, flat: bool, reverse: bool) -> list[tuple[
 
 
 _FLAT_NATIVE = {family: _compile(table, flat=True, reverse=False) for family, table in FAMILIES.items()}
+_DOTTED_NATIVE = {family: _compile(table, flat=False, reverse=False) for family, table in FAMILIES.items()}
 _CANONICAL = {family: _compile(table, flat=False, reverse=True) for family, table in FAMILIES.items()}
 
 
@@ -125,6 +126,26 @@ def parse_flat(flat: str) -> dict[str, str]:
         if (path := _apply(rules, flat)) is not None:
             found[family] = path
     return found
+
+
+def parse_dotted(name: str) -> dict[str, str]:
+    """family -> canonical path, for every family in which the dotted original name (``double_blocks.0.img_attn.qkv``,
+    as BFL, ComfyUI and ai-toolkit spell it) is a known module."""
+    found = {}
+    for family, rules in _DOTTED_NATIVE.items():
+        if (path := _apply(rules, name)) is not None:
+            found[family] = path
+    return found
+
+
+def infer_family(paths: set[str]) -> str | None:
+    """flux or sd3 when the canonical transformer paths fit only one of them."""
+    possible = set(FAMILIES)
+    for path in paths:
+        families = families_of(path)
+        if families:
+            possible &= families
+    return possible.pop() if len(possible) == 1 else None
 
 
 def to_native(path: str, family: str) -> str | None:

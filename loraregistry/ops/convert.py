@@ -33,9 +33,11 @@ from .common import alpha_array, by_module, flatten_modules, numpy_dtype, storag
 from .delta import algorithm, lowrank_factors, scale_rank
 from .errors import DoraNeedsBase, TooLossy, UnsupportedModule
 from .progress import progress
-from .targets import fuse_split, fused_path_of, layout, peft_text_model_defaults, split_fused
+from .fused import fuse_split, natively_named, reorder_scale_shift, split_foreign_fused, split_fused
+from .targets import fused_path_of, layout, peft_text_model_defaults
 
-TARGET_FORMATS = ("kohya", "peft", "diffusers")
+TARGET_FORMATS = ("kohya", "peft", "diffusers", "bfl")
+NATIVE_NAMED = ("kohya", "bfl")  # formats that name SD3/Flux modules after the original model (fused, see ops.fused)
 DEFAULT_MAX_ERROR = 0.01  # relative Frobenius error per module a lossy lowering may cost without --force
 
 
@@ -132,7 +134,7 @@ def convert_tensors(tensors: Mapping[CanonicalKey, np.ndarray], *, to: str, stor
     for module, roles in progress(modules.items(), total=len(modules), description="convert",
                                   enabled=show_progress):
         roles = dict(roles)
-        if to == "kohya":
+        if to in NATIVE_NAMED:
             alpha_key = CanonicalKey(module.component, module.path, "alpha")
             rank_of = scale_rank({r: a.shape for r, a in roles.items()})
             if stored is not None and alpha_key not in stored and "alpha" in roles \
@@ -148,7 +150,7 @@ def convert_tensors(tensors: Mapping[CanonicalKey, np.ndarray], *, to: str, stor
         else:
             out[module] = roles
     if fuse:
-        out = _fuse_all(out, rows)
+        out = _fuse_all(split_foreign_fused(out), rows)
     unsupported = sorted({r for roles in out.values() for r in roles} - FORMATS[to].roles - {"alpha"})
     if unsupported:
         hint = "convert to kohya, which holds every LyCORIS role" if to != "kohya" else "convert to peft"
@@ -217,12 +219,15 @@ def convert(input: str | os.PathLike[str], output: str | os.PathLike[str], *, to
     check_output_path(output, [input])
     adapter = AdapterFile.open(input)
     same_format = adapter.format == to
-    defaults = peft_text_model_defaults(adapter) if to != "kohya" and not same_format else {}
+    defaults = peft_text_model_defaults(adapter) if to not in NATIVE_NAMED and not same_format else {}
     out_dialect = {**defaults, **(adapter.mapping.dialect if same_format else {}), **(dialect or {})}
-    if to == "kohya":
+    if to in NATIVE_NAMED:
         out_dialect = _wants_native_names(adapter, out_dialect)
-    fuse = to == "kohya" and out_dialect.get("transformer_names", "") != "diffusers"
+    fuse = to in NATIVE_NAMED and out_dialect.get("transformer_names", "") != "diffusers"
     tensors = load_canonical(adapter)
+    native = natively_named(adapter.mapping)  # [shift, scale] rows move where the other naming keeps them
+    moved = {m for m in adapter.modules if m.component == "transformer"} - native if fuse else native
+    tensors = reorder_scale_shift(tensors, moved)
     converted, rows = convert_tensors(
         tensors, to=to, stored=set(adapter.mapping.mapped.values()), rank=rank, dtype=numpy_dtype(dtype),
         shapes=base_shapes(adapter, base) if to != "kohya" else None, fuse=fuse, show_progress=show_progress)
