@@ -138,8 +138,8 @@ def _clip(arch: str):
 
 
 def check_unet_mapping(arch: str) -> int:
-    """ComfyUI's own ``unet_to_diffusers`` maps every Linear/Conv weight of the tiny diffusers UNet onto a ComfyUI weight of
-    the same shape: the config above describes the same network. Returns the number of weights checked."""
+    """ComfyUI's own ``unet_to_diffusers`` maps every Linear/Conv weight of the tiny diffusers UNet onto a ComfyUI
+    weight of the same shape: the config above describes the same network. Returns the number of weights checked."""
     from tests.tiny_models import tiny_unet
 
     c = comfy()

@@ -2,8 +2,9 @@
 
 Every case of tests/oracle_cases.py (goldens, derived edits, ``fix --for diffusers`` outputs), the SD3 / FLUX.1
 goldens (tests/golden/mmdit: written by diffusers' own ``save_lora_weights`` from peft-injected tiny transformers)
-and files derived from those (converted to kohya keys, stripped of their prefix) is loaded for real; the verdict's outcome, applied
-modules and unused keys must be exactly what happened. No recorded outcomes: the load runs every time.
+and files derived from those (converted to kohya keys, stripped of their prefix) is loaded for real; the verdict's
+outcome, applied modules and unused keys must be exactly what happened. No recorded outcomes: the load runs every
+time.
 """
 
 from __future__ import annotations
@@ -99,15 +100,7 @@ def test_fix_for_diffusers_output_loads(name, tmp_path, root):
     assert real.outcome == "loads"
 
 
-def single_component(name: str, tmp_path: Path, root: Path) -> str | None:
-    components = {m.component for m in modules_of(case_path(name, tmp_path, root)).values()}
-    return components.pop() if len(components) == 1 else None
-
-
-PEFT_CASES = [n for n in CASES if n not in ("sd1_mixed_kohya_te_peft_unet",)]
-
-
-@pytest.mark.parametrize("name", PEFT_CASES)
+@pytest.mark.parametrize("name", CASES)
 def test_peft_verdict_equals_a_real_load(name, tmp_path, root):
     """peft wraps one model: single-component files load into that component; for files with several
     components, each component's share is loaded into its own model and the union compared."""

@@ -3,8 +3,8 @@
 Each consumer is one module of this package that defines ``CONSUMER`` (a ``Consumer``): its rules, written
 from that project's public loader code, turn ``AdapterFacts`` into an ``Assessment`` and from there into a
 ``Verdict`` (loads / loads_partly / fails, with findings in the LRG6xx family; not_modelled where the rules
-do not cover the file's base family, an info that gates ``--target`` only under ``--strict``). The registry is discovered
-from the package, so a new loader is one new file.
+do not cover the file's base family, an info that gates ``--target`` only under ``--strict``). The registry is
+discovered from the package, so a new loader is one new file.
 
 Kept light at import: no torch, and nothing from ``verify.findings`` at module level, so that
 ``findings.py`` can import ``codes.CONSUMER_ROWS`` without a cycle.
