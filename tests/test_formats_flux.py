@@ -55,8 +55,8 @@ def flux_base(tmp_path_factory):
 
 
 def native_modules(model, table: dict[str, str], blocks: int) -> dict[str, tuple[str, list[int], int]]:
-    """original dotted name -> (canonical path, out-features per target, in-features) for every module the model
-    has (SD3's last block lacks some context modules)."""
+    """original dotted name -> (canonical path, out-features per target, in-features) for every Linear module the
+    model has (SD3's last block lacks some context modules)."""
     found = {}
     for native, canonical in table.items():
         for i in range(blocks) if "{i}" in native else [None]:
@@ -64,6 +64,8 @@ def native_modules(model, table: dict[str, str], blocks: int) -> dict[str, tuple
             try:
                 mods = [model.get_submodule(t) for t in fused_targets(path)]
             except AttributeError:
+                continue
+            if not all(hasattr(m, "out_features") for m in mods):  # SD3's patch embedding is a conv: not here
                 continue
             found[name] = (path, [m.out_features for m in mods], mods[0].in_features)
     return found
