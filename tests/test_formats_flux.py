@@ -486,7 +486,11 @@ def test_diffusers_own_kohya_converter_agrees_with_our_conversion(tmp_path):
     src = tmp_path / "kohya.safetensors"
     tensors, modules = _real_flux_kohya(src)
     ours = tmp_path / "peft.safetensors"
-    convert(src, ours, to="peft")
+    result = convert(src, ours, to="peft")
+    # alpha 2 on proj_out only: anchored, or peft would give it to every single_transformer_blocks.N.proj_out too
+    config = json.loads(AdapterFile.open(ours).header.metadata["lora_adapter_metadata"])
+    assert config["transformer.alpha_pattern"] == {"^proj_out": 2, "norm_out.linear": 2}
+    assert [f.code for f in result.output.report.findings if f.severity != "info"] == []
     theirs = _convert_kohya_flux_lora_to_diffusers({k: torch.from_numpy(v.copy()) for k, v in tensors.items()})
     right = probe(3)
     theirs_deltas = {}

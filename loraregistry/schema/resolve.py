@@ -123,8 +123,13 @@ _PATTERNS = frozenset({"network.rank_pattern", "network.alpha_pattern"})
 
 
 def _canonical_pattern_key(key: str) -> str:
-    """``text_encoder:encoder.layers.0...`` (transformers 5 spelling) -> ``text_encoder:text_model.encoder...``."""
+    """``text_encoder:encoder.layers.0...`` (transformers 5 spelling) -> ``text_encoder:text_model.encoder...``;
+    ``transformer:^proj_out`` (anchored so that peft does not apply it to ``single_transformer_blocks.N.proj_out``,
+    as ``writer`` spells it) -> ``transformer:proj_out``."""
     component, sep, name = key.partition(":")
+    if name.startswith("^") and name[1:].replace(".", "").replace("_", "").isalnum():
+        name = name[1:]
+        key = f"{component}{sep}{name}"
     if sep and component.startswith("text_encoder") and name.startswith(("encoder.layers.", "embeddings.")):
         return f"{component}:text_model.{name}"
     return key
