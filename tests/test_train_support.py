@@ -76,7 +76,10 @@ def diffusers_load(path: Path, arch: str) -> tuple[Any, dict[str, int], list[str
     logger = dlogging.get_logger("diffusers")
     logger.addHandler(handler)
     try:
-        pipe.load_lora_weights(str(path), adapter_name="trained")
+        # folder + weight_name: older diffusers (0.32) will not look for the file in a folder when offline
+        folder, name = (path, None) if path.is_dir() else (path.parent, path.name)
+        pipe.load_lora_weights(str(folder), weight_name=name or "pytorch_lora_weights.safetensors",
+                               adapter_name="trained")
     finally:
         logger.removeHandler(handler)
     patched = {}

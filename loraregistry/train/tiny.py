@@ -67,10 +67,23 @@ def tiny_vocab() -> dict[str, int]:
 
 
 def tiny_tokenizer():
-    """A ``CLIPTokenizer`` built offline (transformers >= 5 accepts the vocab/merges in memory)."""
+    """A ``CLIPTokenizer`` built offline: transformers >= 5 takes the vocab and merges in memory; 4.x reads them
+    from files, written to a temporary folder for the call."""
+    import inspect
+
     from transformers import CLIPTokenizer
 
-    return CLIPTokenizer(vocab=tiny_vocab(), merges=[], model_max_length=MODEL_MAX_LENGTH)
+    if "vocab_file" not in inspect.signature(CLIPTokenizer.__init__).parameters:
+        return CLIPTokenizer(vocab=tiny_vocab(), merges=[], model_max_length=MODEL_MAX_LENGTH)
+    import json
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="lorareg-tokenizer-") as tmp:
+        vocab, merges = Path(tmp) / "vocab.json", Path(tmp) / "merges.txt"
+        vocab.write_text(json.dumps(tiny_vocab()), encoding="utf-8")
+        merges.write_text("#version: 0.2\n", encoding="utf-8")
+        return CLIPTokenizer(vocab_file=str(vocab), merges_file=str(merges), model_max_length=MODEL_MAX_LENGTH)
 
 
 # --------------------------------------------------------------------------------------------- text encoders
