@@ -11,6 +11,7 @@ from .output import emit_json, status
 _COMMON = (  # flag -> dotted field: the settings people change between runs most
     ("base", "model.base"), ("data", "data.folder"), ("output", "output.dir"), ("name", "output.name"),
     ("steps", "train.steps"), ("lr", "optim.lr"), ("rank", "network.rank"), ("seed", "train.seed"),
+    ("init_from", "network.init_from"),
 )
 
 
@@ -28,6 +29,8 @@ _COMMON = (  # flag -> dotted field: the settings people change between runs mos
 @click.option("--lr", type=float, help="= --set optim.lr=...")
 @click.option("--rank", type=int, help="= --set network.rank=...")
 @click.option("--seed", type=int, help="= --set train.seed=...")
+@click.option("--init-from", "init_from", metavar="ADAPTER",
+              help="Continue an existing LoRA file (its modules, ranks, alphas); = --set network.init_from=...")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--threads", type=click.IntRange(min=1), metavar="N",

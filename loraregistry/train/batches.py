@@ -45,7 +45,7 @@ class TrainingSet:
                                             for i in dataset.items]
         self.latents: list[tuple[Any, Any]] = []
         self._text: dict[str, TextConditioning] = {}
-        self.cache_text = not config.trains_text_encoder()
+        self.cache_text = not any(name != "unet" for name in parts.trained)  # init_from may add text encoders
 
     # --- caching ---------------------------------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ class Components:
     target_modules: dict[str, list[str]] = field(default_factory=dict)
     conv_modules: list[str] = field(default_factory=list)  # UNet convolutions with LoCon rank/alpha
     content_keys: dict[str, str] = field(default_factory=dict)  # component -> weights key for caches
+    init_adapter: Any = None  # init_from.InitAdapter when the run continues a file
 
     @property
     def unet(self):
@@ -248,6 +249,11 @@ def inject_lora(parts: Components, config: TrainConfig) -> None:
     from .peft_attach import attach_lora
 
     net = config.network
+    if net.init_from is not None:
+        from .init_from import inject_from_file
+
+        inject_from_file(parts, config)
+        return
     for component in net.components:
         model = getattr(parts.pipeline, component, None)
         if model is None:

@@ -49,6 +49,9 @@ TEXT_ENCODER_TARGET_PRESETS = {
 }
 
 Positive = Annotated[int, Field(ge=1)]
+# network fields an init_from file decides (its modules, ranks, alphas, components, DoRA)
+_FROM_INIT_FILE = frozenset({"rank", "alpha", "components", "unet_targets", "text_encoder_targets", "conv_rank",
+                             "conv_alpha", "use_dora"})
 Rate = Annotated[float, Field(ge=0, le=1)]
 
 
@@ -109,6 +112,8 @@ class NetworkConfig(_Section):
     conv_rank: int = Field(0, ge=0, description="> 0 adds ResNet convolutions (LoCon)")
     conv_alpha: float | None = Field(None, gt=0)
     use_dora: bool = False
+    init_from: Path | None = Field(None, description="an adapter file (any format lorareg reads) to continue: its "
+                                                     "modules, ranks and alphas replace the fields above")
 
     @field_validator("components")
     @classmethod
@@ -121,6 +126,14 @@ class NetworkConfig(_Section):
     def _conv(self) -> NetworkConfig:
         if self.conv_alpha is not None and not self.conv_rank:
             raise _cross("network.conv_alpha", "is set but network.conv_rank is 0; set conv_rank or drop conv_alpha")
+        return self
+
+    @model_validator(mode="after")
+    def _init_from_decides(self) -> NetworkConfig:
+        if self.init_from is not None:
+            clash = sorted(self.model_fields_set & _FROM_INIT_FILE)
+            if clash:
+                raise _cross(f"network.{clash[0]}", "is taken from network.init_from; drop one of them")
         return self
 
     def unet_modules(self) -> list[str]:
@@ -258,7 +271,7 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     data.setdefault(section, {})[name] = value
 
 
-_PATH_FIELDS = (("data", "folder"), ("data", "cache_dir"), ("output", "dir"))
+_PATH_FIELDS = (("data", "folder"), ("data", "cache_dir"), ("output", "dir"), ("network", "init_from"))
 
 
 def resolve_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:

@@ -50,13 +50,23 @@ def canonical_tensors(parts, config: TrainConfig) -> tuple[dict[CanonicalKey, np
         raise ExportError(f"peft produced keys lorareg cannot map: {mapping.unknown[:3]}")
     dtype = _DTYPES[config.output.dtype]
     tensors = {ck: arrays[key].astype(dtype) for key, ck in mapping.mapped.items()}
-    net = config.network
-    conv = set(parts.conv_modules)  # LoCon convolutions (UNet only) carry conv_alpha
-    conv_alpha = net.conv_alpha if net.conv_alpha is not None else float(net.conv_rank or net.rank)
-    for ck in [ck for ck in tensors if ck.role == "down"]:
-        alpha = conv_alpha if ck.component == "unet" and ck.path in conv else net.alpha
-        tensors[CanonicalKey(ck.component, ck.path, "alpha")] = np.array(alpha, dtype=dtype)
+    alphas = _layer_alphas(parts)
+    for key, ck in mapping.mapped.items():
+        if ck.role == "down":
+            name = key.split(".", 1)[1].split(".lora_A", 1)[0]
+            tensors[CanonicalKey(ck.component, ck.path, "alpha")] = np.array(alphas[ck.component, name], dtype=dtype)
     return tensors, dict(mapping.dialect)
+
+
+def _layer_alphas(parts) -> dict[tuple[str, str], float]:
+    """(component, module name) -> the lora_alpha its peft layer scales with (conv_alpha on LoCon convolutions,
+    the file's own alphas after init_from)."""
+    alphas = {}
+    for component, model in parts.trained.items():
+        for name, module in getattr(model, "module", model).named_modules():
+            if isinstance(getattr(module, "lora_alpha", None), dict) and "default" in module.lora_alpha:
+                alphas[component, name] = float(module.lora_alpha["default"])
+    return alphas
 
 
 def build_metadata(parts, config: TrainConfig, *, dataset, fit) -> AdapterMetadata:
@@ -65,6 +75,13 @@ def build_metadata(parts, config: TrainConfig, *, dataset, fit) -> AdapterMetada
     net, out, loop, optim = config.network, config.output, config.train, config.optim
     source = parts.source
     network_type = "dora" if net.use_dora else ("locon" if net.conv_rank else "lora")
+    rank, alpha = net.rank, net.alpha
+    targets = sorted({*net.unet_modules(), *(net.text_encoder_modules() if config.trains_text_encoder() else [])})
+    init = parts.init_adapter
+    if init is not None:  # the file decided the modules, ranks and alphas
+        network_type = "dora" if init.use_dora else "lora"
+        rank, alpha = init.rank_alpha()
+        targets = sorted({name for names in parts.target_modules.values() for name in names})
     side = config.data.resolution
     return AdapterMetadata(
         name=out.name, description=out.description, author=out.author, license=out.license, tags=out.tags,
@@ -73,16 +90,14 @@ def build_metadata(parts, config: TrainConfig, *, dataset, fit) -> AdapterMetada
                       model_name=Path(source.spec).name if source.path and not source.model_id else source.spec,
                       revision=source.revision, sha256=source.sha256, prediction_type=parts.prediction_type,
                       resolution=(parts.architecture.resolution, parts.architecture.resolution)),
-        network=NetworkInfo(type=network_type, rank=net.rank, alpha=net.alpha,
+        network=NetworkInfo(type=network_type, rank=rank, alpha=alpha,
                             conv_rank=net.conv_rank or None,
                             conv_alpha=(net.conv_alpha or float(net.conv_rank)) if net.conv_rank else None,
-                            components=list(parts.trained),
-                            target_modules=sorted({*net.unet_modules(), *(net.text_encoder_modules()
-                                                                           if config.trains_text_encoder() else [])})),
+                            components=list(parts.trained), target_modules=targets),
         training=TrainingInfo(
             steps=fit.steps, epochs=fit.epochs, learning_rate=optim.lr,
-            unet_lr=config.lr_for("unet") if "unet" in net.components else None,
-            text_encoder_lr=config.lr_for("text_encoder") if config.trains_text_encoder() else None,
+            unet_lr=config.lr_for("unet") if "unet" in parts.trained else None,
+            text_encoder_lr=config.lr_for("text_encoder") if set(parts.trained) - {"unet"} else None,
             optimizer=optim.optimizer, scheduler=optim.scheduler, batch_size=loop.batch_size, seed=loop.seed,
             resolution=(side, side), dataset_size=len(dataset.items), dataset_hash=dataset.hash, tool="lorareg",
             tool_version=__version__, started_at=fit.started_at, finished_at=fit.finished_at,
