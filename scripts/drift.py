@@ -5,7 +5,7 @@
     python3 scripts/drift.py --summary   # only the summary line (what .ci/run prints after the locked suite)
 
 It builds .venv-drift from scratch with the newest versions pyproject.toml's ranges allow (no lock; torch stays
-at 2.13.0, the CPU build, as everywhere here), runs the whole suite there, and compares with
+at 2.13.0, the CPU build, as everywhere here: a newer torch is a CUDA build of several GB), runs the whole suite there, and compares with
 requirements/lock-dev.txt. It reports; it never fails (exit 0), unless it could not build the venv (exit 2). The
 lock changes only by a deliberate commit: scripts/lock.py, then the suite. Details go to .drift/ (report.txt,
 pytest.log, junit.xml, freeze.txt).
@@ -40,12 +40,16 @@ def _pins(text: str) -> dict[str, str]:
 def build_venv(log) -> Path:
     shutil.rmtree(VENV, ignore_errors=True)
     python = VENV / "bin" / "python"
+    # torch stays at the locked CPU build: an eager upgrade would fetch a multi-GB CUDA build of a newer one
+    OUT.mkdir(exist_ok=True)
+    keep_torch = OUT / "keep-torch.txt"
+    keep_torch.write_text(f"{TORCH}\n")
     steps = [
         [sys.executable, "-m", "venv", str(VENV)],
         [str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"],
         [str(python), "-m", "pip", "install", "--quiet", TORCH],
         [str(python), "-m", "pip", "install", "--quiet", "--upgrade", "--upgrade-strategy", "eager",
-         "-e", f"{ROOT}[train,dev]"],
+         "-c", str(keep_torch), "-e", f"{ROOT}[train,dev]"],
     ]
     no_deps = ROOT / "requirements" / "no-deps.txt"
     if no_deps.is_file():
@@ -62,6 +66,9 @@ def changed_packages(python: Path) -> tuple[list[str], str]:
                             text=True, check=True).stdout
     (OUT / "freeze.txt").write_text(frozen)
     locked, newest = _pins((ROOT / "requirements" / "lock-dev.txt").read_text()), _pins(frozen)
+    no_deps = ROOT / "requirements" / "no-deps.txt"
+    if no_deps.is_file():  # installed as they are, outside the resolution
+        locked.update(_pins(no_deps.read_text()))
     changes = [f"{name} {locked[name]} -> {newest[name]}" for name in sorted(locked.keys() & newest.keys())
                if locked[name] != newest[name]]
     changes += [f"{name} new {newest[name]}" for name in sorted(newest.keys() - locked.keys())]
