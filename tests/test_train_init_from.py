@@ -21,8 +21,8 @@ from .test_train_support import tiny_settings
 
 pytestmark = pytest.mark.slow
 
-# UNet attention (some convs too: SD1's proj_in/proj_out are 1x1 convs) and CLIP attention
-_UNET = ("attn1.to_q", "attn2.to_k", "attn2.to_out.0", "proj_in")
+# UNet attention, 1x1 convs (SD1's proj_in), 3x3 ResNet convs (LoCon) and CLIP attention
+_UNET = ("attn1.to_q", "attn2.to_k", "attn2.to_out.0", "proj_in", "resnets.0.conv1")
 _CLIP = ("self_attn.q_proj", "self_attn.out_proj")
 
 
@@ -123,7 +123,9 @@ def test_the_model_output_at_step_zero_is_the_files(tmp_path):
             got = layer(x) - layer.base_layer(x)
             delta = torch.from_numpy(_deltas({module: roles})[module]).float()
             weight = delta.reshape(layer.base_layer.weight.shape)
-            want = (torch.nn.functional.conv2d(x, weight) if weight.ndim == 4 else x @ weight.T)
+            base = layer.base_layer
+            want = (torch.nn.functional.conv2d(x, weight, stride=base.stride, padding=base.padding)
+                    if weight.ndim == 4 else x @ weight.T)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=str(module))
 
 

@@ -79,7 +79,7 @@ def build_metadata(parts, config: TrainConfig, *, dataset, fit) -> AdapterMetada
     targets = sorted({*net.unet_modules(), *(net.text_encoder_modules() if config.trains_text_encoder() else [])})
     init = parts.init_adapter
     if init is not None:  # the file decided the modules, ranks and alphas
-        network_type = "dora" if init.use_dora else "lora"
+        network_type = "dora" if init.use_dora else "locon" if init.has_conv_kernels else "lora"
         rank, alpha = init.rank_alpha()
         targets = sorted({name for names in parts.target_modules.values() for name in names})
     side = config.data.resolution

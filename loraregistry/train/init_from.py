@@ -49,6 +49,12 @@ class InitAdapter:
     def use_dora(self) -> bool:
         return any(m.magnitude is not None for mods in self.modules.values() for m in mods.values())
 
+    @property
+    def has_conv_kernels(self) -> bool:
+        """Whether a module patches a convolution wider than 1x1 (kohya's LoCon)."""
+        return any(m.down.ndim == 4 and m.down.shape[2:] != (1, 1) for mods in self.modules.values()
+                   for m in mods.values())
+
     def rank_alpha(self) -> tuple[int, float]:
         """The most common rank and alpha (what metadata records as the network's)."""
         mods = [m for mods in self.modules.values() for m in mods.values()]
