@@ -502,3 +502,22 @@ def test_diffusers_own_kohya_converter_agrees_with_our_conversion(tmp_path):
     assert_same_deltas(file_deltas(ours, right=right), theirs_deltas, rtol=1e-6)  # theirs: fp32 products
     want = {f"{TR}:{k}": v for k, v in expected_deltas(tensors, modules, SWAPPED, right).items()}
     assert_same_deltas(file_deltas(ours, right=right), want)
+
+
+def test_cli_converts_to_bfl_names(tmp_path, capsys, flux_base, flux_modules):
+    from loraregistry.cli import main
+
+    src = tmp_path / "peft.safetensors"
+    _peft_split_file(src, flux_modules)
+    out = tmp_path / "comfy.safetensors"
+    assert main(["convert", str(src), "--to", "bfl", "-o", str(out), "--base", str(flux_base)]) == 0
+    keys = set(load_tensors(out))
+    assert "diffusion_model.single_blocks.0.linear1.lora_down.weight" in keys
+    assert all(k.startswith("diffusion_model.") for k in keys)
+    assert_same_deltas(file_deltas(out, _sizes(flux_modules), SWAPPED), file_deltas(src))
+    capsys.readouterr()
+    sd1 = Path(__file__).parent / "golden" / "sd1_kohya.safetensors"
+    assert main(["convert", str(sd1), "--to", "bfl", "-o", str(tmp_path / "x.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "bfl has no prefix for component 'unet'" in err and err.count("\n") == 1
+    assert not (tmp_path / "x.safetensors").exists()

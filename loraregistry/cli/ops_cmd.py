@@ -54,7 +54,8 @@ def _render(summary: dict[str, Any], lines: list[str], as_json: bool) -> int:
 
 @click.command()
 @click.argument("input", type=click.Path(path_type=Path, readable=False))
-@click.option("--to", "to", required=True, type=click.Choice(["kohya", "peft", "diffusers"]), help="Target format.")
+@click.option("--to", "to", required=True, type=click.Choice(["kohya", "peft", "diffusers", "bfl"]),
+              help="Target format (bfl: SD3/Flux original names as ComfyUI and ai-toolkit write them).")
 @click.option("--rank", type=click.IntRange(min=1), help="Rank for LyCORIS/LoCon modules that must become plain LoRA "
               "(peft, diffusers): SVD where the exact rank is higher, the error reported per module. Refused where "
               "no module is lowered (kohya keeps LyCORIS modules; use `lorareg resize`).")
@@ -65,7 +66,7 @@ def _render(summary: dict[str, Any], lines: list[str], as_json: bool) -> int:
 @_with_common
 def convert(input: Path, to: str, rank: int | None, max_error: float | None, dialect: tuple[str, ...], output: Path,
             dtype: str | None, base: str | None, force: bool, as_json: bool) -> int:
-    """Convert an adapter to kohya, peft or diffusers keys (tensors kept bit for bit where possible)."""
+    """Convert an adapter to kohya, peft, diffusers or BFL-native keys (tensors kept bit for bit where possible)."""
     from ..ops.convert import convert as run
 
     with about(input):
