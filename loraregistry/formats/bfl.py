@@ -34,6 +34,9 @@ _KEY = re.compile(
     r"(?:(?P<prefix>diffusion_model\.|base_model\.model\.)|text_encoders\.(?P<te>clip_l|clip_g|t5xxl)\.transformer\.)?"
     r"(?P<module>.+?)\.(?P<suffix>lora_A\.weight|lora_B\.weight|lora_down\.weight|lora_up\.weight|alpha|dora_scale)"
 )
+# first segments a BFL-native key can start with: the prefixes and the original models' top-level modules
+_HEADS = frozenset({"diffusion_model", "base_model", "text_encoders"}
+                   | {native.split(".", 1)[0] for table in mmdit.FAMILIES.values() for native in table})
 _SUFFIX_ROLES = {
     "lora_A.weight": ("down", "lora_A"), "lora_B.weight": ("up", "lora_A"),
     "lora_down.weight": ("down", "lora_down"), "lora_up.weight": ("up", "lora_down"),
@@ -67,6 +70,8 @@ class BflFormat(KeyFormat):
     roles = frozenset({"down", "up", "alpha", "dora_scale"})
 
     def parse(self, key: str, *, component: str | None = None) -> ParsedKey | None:
+        if key.split(".", 1)[0] not in _HEADS:  # every other format's keys: one set lookup, no regex
+            return None
         m = _KEY.fullmatch(key)
         if not m:
             return None

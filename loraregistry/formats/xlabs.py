@@ -59,6 +59,8 @@ class XlabsFormat(KeyFormat):
     roles = frozenset({"down", "up"})
 
     def parse(self, key: str, *, component: str | None = None) -> ParsedKey | None:
+        if not key.startswith(("double_blocks.", "single_blocks.", "diffusion_model.")):  # cheap reject first
+            return None
         m = _KEY.fullmatch(key)
         if not m:
             return None
