@@ -180,3 +180,31 @@ def test_diffusers_loads_our_peft_conversion_of_a_kohya_sd3_lora(tmp_path, sd3_b
     inputs = dict(hidden_states=torch.randn(1, 4, 8, 8, generator=g), encoder_hidden_states=torch.randn(1, 3, 16, generator=g),
                   pooled_projections=torch.randn(1, 16, generator=g), timestep=torch.tensor([500.0]))
     assert_diffusers_loads_exactly(tiny_sd3(), peft, want, inputs)
+
+
+@pytest.mark.parametrize(("name", "last"), [("sd3-medium", 23), ("sd35-medium", 23), ("sd35-large", 37)])
+def test_real_shapes_detect_and_convert_exactly(tmp_path, name, last):
+    """First and last (context_pre_only) blocks at the fingerprint's real shapes: the file is detected as that
+    base, converts to peft with verify clean, and every delta (probed: the dense ones are large) is the file's."""
+    from loraregistry.adapter import AdapterFile
+    from tests.test_formats_flux import probe
+
+    fp = fingerprint(name)
+    modules = {}
+    for native, canonical in mmdit.SD3.items():
+        for i in [0, last] if "{i}" in native else [None]:
+            native_name, path = native.replace("{i}", str(i)), canonical.replace("{i}", str(i))
+            specs = [fp.lookup(TR, t) for t in fused_targets(path)]
+            if all(specs) and specs[0].kind == "linear":
+                modules[native_name] = (path, [s.out_features for s in specs], specs[0].in_features)
+    src = tmp_path / "kohya.safetensors"
+    tensors = kohya_native_file(src, modules, rank=2, alpha=1.0, seed=9)
+    assert AdapterFile.open(src).format == "kohya"
+    out = tmp_path / "peft.safetensors"
+    result = convert(src, out, to="peft")
+    assert [f.code for f in result.output.report.findings if f.severity != "info"] == []
+    assert result.output.report.detected_architecture == name
+    right = probe(2)
+    swapped = {"norm_out.linear", f"transformer_blocks.{last}.norm1_context.linear"}
+    want = {f"{TR}:{k}": v for k, v in expected_deltas(tensors, modules, swapped, right).items()}
+    assert_same_deltas(file_deltas(out, right=right), want)
