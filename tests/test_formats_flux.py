@@ -521,3 +521,30 @@ def test_cli_converts_to_bfl_names(tmp_path, capsys, flux_base, flux_modules):
     err = capsys.readouterr().err
     assert "bfl has no prefix for component 'unet'" in err and err.count("\n") == 1
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_clip_and_t5_keys_travel_through_every_format_bitwise(tmp_path):
+    """kohya's lora_te1 (CLIP-L) / lora_te3 (T5) beside the transformer, at FLUX.1's real shapes: to ComfyUI's
+    text_encoders.clip_l / t5xxl names, to peft's text_encoder / text_encoder_2, and back, factors bitwise."""
+    rng = np.random.default_rng(11)
+    layout = {"lora_te1_text_model_encoder_layers_0_self_attn_q_proj": (768, 768),
+              "lora_te3_encoder_block_0_layer_0_SelfAttention_q": (4096, 4096),
+              "lora_unet_double_blocks_0_img_attn_proj": (3072, 3072)}
+    tensors = {}
+    for name, (out, inn) in layout.items():
+        tensors[f"{name}.lora_down.weight"] = rng.normal(0, .1, (2, inn)).astype(np.float16)
+        tensors[f"{name}.lora_up.weight"] = rng.normal(0, .1, (out, 2)).astype(np.float16)
+        tensors[f"{name}.alpha"] = np.array(1.0, np.float32)
+    src = tmp_path / "kohya.safetensors"
+    write_safetensors(src, tensors)
+    bfl, peft, back = (tmp_path / f"{n}.safetensors" for n in ("bfl", "peft", "back"))
+    convert(src, bfl, to="bfl")
+    assert {"text_encoders.clip_l.transformer.text_model.encoder.layers.0.self_attn.q_proj.lora_up.weight",
+            "text_encoders.t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.q.lora_up.weight"} <= set(load_tensors(bfl))
+    convert(bfl, peft, to="peft")
+    assert {"text_encoder.encoder.layers.0.self_attn.q_proj.lora_A.weight",  # transformers 5 CLIPTextModel names
+            "text_encoder_2.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight"} <= set(load_tensors(peft))
+    convert(peft, back, to="kohya")
+    restored = load_tensors(back)
+    assert restored.keys() == tensors.keys()
+    assert all(restored[k].tobytes() == v.tobytes() for k, v in tensors.items() if not k.endswith("alpha"))

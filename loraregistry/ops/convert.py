@@ -183,14 +183,25 @@ def _fuse_all(modules: dict[ModuleKey, dict[str, np.ndarray]],
 
 def _wants_native_names(adapter: AdapterFile, dialect: Mapping[str, str]) -> dict[str, str]:
     """The kohya dialect for transformer modules: original names (fuse) unless told diffusers names; the
-    family from the dialect, else from the declared architecture."""
+    family from the dialect, else from the declared architecture, else from the input's own original names."""
     full = dict(dialect)
     if any(m.component == "transformer" for m in adapter.modules) and "transformer_names" not in full:
         arch = adapter.metadata.base.architecture or ""
         family = "flux" if arch.startswith("flux") else "sd3" if arch.startswith("sd3") else None
+        spelled = adapter.mapping.dialect.get("transformer_names")  # kohya / bfl input: names only one family has
+        family = family or (spelled if spelled in ("flux", "sd3") else None) or _detected_family(adapter)
         if family:
             full["transformer_names"] = family
     return full
+
+
+def _detected_family(adapter: AdapterFile) -> str | None:
+    """flux or sd3 from the base the module shapes fit best (verify's detection), or None."""
+    from ..verify.context import Context
+
+    best = Context.build(adapter, None).detection.best
+    name = best.fingerprint if best is not None else ""
+    return "flux" if name.startswith("flux") else "sd3" if name.startswith("sd3") else None
 
 
 def convert(input: str | os.PathLike[str], output: str | os.PathLike[str], *, to: str, dtype: str | None = None,
