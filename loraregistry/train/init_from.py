@@ -91,7 +91,7 @@ def _plain_module(module: ModuleKey, roles: dict[str, np.ndarray], path: Path) -
         kind = ", ".join(other) or "no down/up factors"
         raise ConfigError(f"network.init_from: {module} is not plain LoRA or DoRA ({kind}); training continues "
                           "plain LoRA only", path=path,
-                          hint="convert it first: `lorareg convert FILE --to peft` lowers LyCORIS modules")
+                          hint="convert it first: `lorareg convert FILE --to peft -o OUT` lowers LyCORIS modules")
     down, up = roles["down"], roles["up"]
     rank = down.shape[0]
     alpha = float(np.asarray(roles.get("alpha", 0.0), dtype=np.float64)) or float(rank)
