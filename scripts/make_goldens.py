@@ -232,6 +232,9 @@ def diffusers_load_check(path: Path, arch: str) -> dict[str, Any]:
     handler = Grab(level=logging.WARNING)
     dl = dlogging.get_logger("diffusers")
     dl.addHandler(handler)
+    # what diffusers warns must not depend on the caller's DIFFUSERS_VERBOSITY (the demo sets it to "error")
+    verbosity = dlogging.get_verbosity()
+    dlogging.set_verbosity_warning()
     result: dict[str, Any] = {"tool": "diffusers", "version": _versions()["diffusers"]}
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -243,6 +246,7 @@ def diffusers_load_check(path: Path, arch: str) -> dict[str, Any]:
         result["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:240]}"
     finally:
         dl.removeHandler(handler)
+        dlogging.set_verbosity(verbosity)
     patched = {}
     for component in ("unet", "transformer", "text_encoder", "text_encoder_2"):
         model = getattr(pipe, component, None)
