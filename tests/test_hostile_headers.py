@@ -137,15 +137,23 @@ def test_header_parsing_is_linear_in_the_entries(tmp_path):
     _empty_entries_header(large, MAX_TENSORS // 2)
 
     def seconds(path: Path) -> float:
+        import gc
+
         best = float("inf")
-        for _ in range(2):
-            start = time.process_time()  # CPU time: the machine may be busy
-            assert len(read_header(path).tensors) in (MAX_TENSORS // 20, MAX_TENSORS // 2)
-            best = min(best, time.process_time() - start)
+        for _ in range(3):
+            gc.collect()
+            gc.disable()  # the collector's passes over many live objects are not the parser's cost
+            try:
+                start = time.process_time()  # CPU time: the machine may be busy
+                assert len(read_header(path).tensors) in (MAX_TENSORS // 20, MAX_TENSORS // 2)
+                best = min(best, time.process_time() - start)
+            finally:
+                gc.enable()
         return best
 
     ratio = seconds(large) / seconds(small)
-    assert ratio < 25, ratio  # 10x the entries: linear is ~10x; quadratic would be ~100x
+    # 10x the entries: linear is ~10x (up to ~25x seen on a loaded 2-core machine); quadratic would be ~100x
+    assert ratio < 50, ratio
 
 
 def test_escaped_spellings_cannot_slip_past_the_entry_cap(tmp_path):
