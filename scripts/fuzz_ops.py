@@ -121,9 +121,9 @@ def _cast(array: np.ndarray, name: str) -> np.ndarray:
         import ml_dtypes
 
         return array.astype(np.float32).astype(ml_dtypes.bfloat16)
-    with np.errstate(all="ignore"):
-        return np.nan_to_num(array.astype(np.float64)).clip(-1e6, 1e6).astype(name) if name in OTHER_DTYPES \
-            else array.astype(np.float32).astype(name)
+    with np.errstate(all="ignore"):  # np.asarray: nan_to_num turns a 0-d array into a numpy scalar
+        return np.asarray(np.nan_to_num(array.astype(np.float64)).clip(-1e6, 1e6).astype(name) if name in OTHER_DTYPES
+                          else array.astype(np.float32).astype(name))
 
 
 def m_shape(rng, tensors, metadata):
@@ -470,10 +470,12 @@ def fuzz(seed_files: list[Seed], indices, *, seed: int, scratch: Path, out: Path
     for index in indices:
         if progress and tally.cases and tally.cases % progress == 0:
             print(f"[{os.getpid()}] {tally.cases} cases: {dict(tally.outcomes)}", file=sys.stderr, flush=True)
-        base, operation, tensors, metadata, applied = build_case(index, seed, seed_files)
+        base = seed_files[index % len(seed_files)]
+        operation, applied = OPERATIONS[(index // len(seed_files)) % len(OPERATIONS)], []
         try:
+            base, operation, tensors, metadata, applied = build_case(index, seed, seed_files)
             write_case(case, tensors, metadata)
-        except Exception:  # noqa: BLE001 - a mutation the writer refuses: a bug of this script
+        except Exception:  # noqa: BLE001 - a mutation that fails, or one the writer refuses: a bug of this script
             tally.add(index, base, operation, applied, Outcome("mutator-bug", None, traceback.format_exc(limit=-12)))
             continue
         outcome = run_case(operation, case, partner, timeout)
