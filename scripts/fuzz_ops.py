@@ -21,7 +21,6 @@ import json
 import math
 import os
 import random
-import signal
 import sys
 import tempfile
 import time
@@ -32,6 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # fuzz_common, beside this file however it is loaded
+from fuzz_common import CaseTimeout, time_limit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -297,29 +299,6 @@ def mutate(rng: random.Random, seed: Seed) -> tuple[dict[str, np.ndarray], dict[
 # --- running a case ----------------------------------------------------------------------------------------
 
 
-class CaseTimeout(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float):
-    """Interrupt a case that runs over ``seconds`` (SIGALRM: main thread only; elsewhere, no guard)."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        yield
-        return
-
-    def expire(signum, frame):
-        raise CaseTimeout(f"over {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _quiet_main(argv: list[str]) -> tuple[int, str, str]:

@@ -28,7 +28,6 @@ import json
 import math
 import os
 import random
-import signal
 import struct
 import sys
 import tempfile
@@ -38,6 +37,9 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # fuzz_common, beside this file however it is loaded
+from fuzz_common import CaseTimeout, time_limit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout
@@ -459,29 +461,6 @@ def case_rng(seed: int, index: int) -> random.Random:
 # --- running a case ------------------------------------------------------------------------------------
 
 
-class CaseTimeout(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float):
-    """Interrupt a case that runs over ``seconds`` (SIGALRM: main thread only; elsewhere, no guard)."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        yield
-        return
-
-    def expire(signum, frame):
-        raise CaseTimeout(f"over {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @dataclass
