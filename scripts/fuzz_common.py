@@ -7,8 +7,9 @@ import signal
 import threading
 
 
-class CaseTimeout(Exception):
-    pass
+class CaseTimeout(BaseException):
+    """A BaseException, so that lorareg's own catch-all (which turns an Exception into exit 70) lets it through
+    and the case counts as a hang, not a crash."""
 
 
 @contextlib.contextmanager
