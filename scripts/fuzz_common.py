@@ -29,3 +29,17 @@ def time_limit(seconds: float):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def parse_args(argv: list[str] | None, description: str, default_out: str):
+    """The command line both fuzzers take."""
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--cases", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--timeout", type=float, default=20.0, help="seconds before a case counts as a hang")
+    parser.add_argument("--out", type=Path, default=Path(default_out), help="where crash/hang reproducers go")
+    return parser.parse_args(argv)

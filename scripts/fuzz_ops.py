@@ -14,7 +14,6 @@ operation and per distinct failure cause, and writes reproducers of failures und
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # fuzz_common, beside this file however it is loaded
-from fuzz_common import CaseTimeout, time_limit  # noqa: E402
+from fuzz_common import CaseTimeout, parse_args, time_limit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -491,13 +490,7 @@ def report(tally: Tally, elapsed: float, jobs: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=100_000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
-    parser.add_argument("--timeout", type=float, default=20.0, help="seconds before a case counts as a hang")
-    parser.add_argument("--out", type=Path, default=Path("fuzz-ops-failures"), help="where reproducers go")
-    args = parser.parse_args(argv)
+    args = parse_args(argv, __doc__.splitlines()[0], "fuzz-ops-failures")
     import resource
 
     os.environ.setdefault("NO_COLOR", "1")

@@ -21,7 +21,6 @@ Prints counts by outcome, mutation and code, the cases/s and the peak RSS; exits
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import json
@@ -39,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # fuzz_common, beside this file however it is loaded
-from fuzz_common import CaseTimeout, time_limit  # noqa: E402
+from fuzz_common import CaseTimeout, parse_args, time_limit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout
@@ -567,13 +566,7 @@ def _worker(args) -> Tally:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=100_000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
-    parser.add_argument("--timeout", type=float, default=20.0, help="seconds before a case counts as a hang")
-    parser.add_argument("--out", type=Path, default=Path("fuzz-failures"), help="where crash/hang reproducers go")
-    args = parser.parse_args(argv)
+    args = parse_args(argv, __doc__.splitlines()[0], "fuzz-failures")
     import resource
 
     os.environ.setdefault("NO_COLOR", "1")
