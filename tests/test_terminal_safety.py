@@ -115,3 +115,17 @@ def test_registry_list_shows_hostile_titles_literally(tmp_path, capsys, monkeypa
     assert main(["registry", "list"]) == 0  # an unbalanced [/bold] in a title was exit 70 (MarkupError)
     out = capsys.readouterr().out
     _assert_inert(out.replace("\n", ""))
+
+
+@pytest.mark.parametrize("name", ["unbalanced markup", "ansi colour", "bidi override"])
+def test_registry_show_and_scan_print_hostile_strings_escaped(tmp_path, capsys, monkeypatch, name):
+    monkeypatch.setenv("LORAREG_HOME", str(tmp_path / "registry"))
+    folder = tmp_path / ("loras" + HOSTILE[name].replace("/", "_"))  # a hostile folder name reaches the scan too
+    folder.mkdir()
+    path = _hostile_file(folder, HOSTILE[name])
+    assert main(["registry", "scan", str(folder), "--no-verify"]) == 0
+    _assert_inert(capsys.readouterr().out.replace("\n", ""))
+    assert main(["registry", "add", str(path)]) == 0
+    ref = capsys.readouterr().out.split()[0]
+    assert main(["registry", "show", ref]) == 0
+    _assert_inert(capsys.readouterr().out.replace("\n", ""))

@@ -13,6 +13,11 @@ from .output import cell, console, emit_json, safe_line, status
 _json = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 
 
+def _say(text: str) -> None:
+    """A line on stdout made of registry fields, which come from files and servers: controls made visible."""
+    click.echo(safe_line(text))
+
+
 @click.group()
 def registry() -> None:
     """The local registry of adapters (under $LORAREG_HOME, else the user data folder)."""
@@ -64,15 +69,15 @@ def scan(folders: tuple[Path, ...], run_verify: bool, jobs: int | None, as_json:
         emit_json(result.to_dict())
         return 0
     for path in result.new:
-        click.echo(f"new      {path}")
+        _say(f"new      {path}")
     for path in result.changed:
-        click.echo(f"changed  {path}")
+        _say(f"changed  {path}")
     for old, new in result.moved:
-        click.echo(f"moved    {old} -> {new}")
+        _say(f"moved    {old} -> {new}")
     for path in result.removed:
-        click.echo(f"removed  {path}")
+        _say(f"removed  {path}")
     for group in result.duplicates:
-        click.echo(f"duplicate weights (tensor sha256 {group['tensor_sha256'][:12]}): " + ", ".join(group["paths"]))
+        _say(f"duplicate weights (tensor sha256 {group['tensor_sha256'][:12]}): " + ", ".join(group["paths"]))
     for path, reason in result.skipped:
         status(f"skipped {path}: {reason}")
     for path, problem in result.sidecar_problems:
@@ -138,22 +143,22 @@ def show(ref: str, as_json: bool) -> int:
     for key in ("id", "sha256", "name", "file_name", "size", "architecture", "format", "network_type", "rank",
                 "content_rating", "trigger_words", "tags", "path", "added_at"):
         value = data[key]
-        click.echo(f"{key:15} {', '.join(value) if isinstance(value, list) else value}")
-    click.echo(f"{'verify':15} {_verdict(entry)}")
-    click.echo(f"{'stored file':15} {_blob_line(entry)}")
+        _say(f"{key:15} {', '.join(value) if isinstance(value, list) else value}")
+    _say(f"{'verify':15} {_verdict(entry)}")
+    _say(f"{'stored file':15} {_blob_line(entry)}")
     for origin in entry.origins:
-        click.echo(f"{'origin':15} {origin.describe()}")
+        _say(f"{'origin':15} {origin.describe()}")
     if entry.sub_base:
-        click.echo(f"{'finer base':15} {entry.sub_base}")
+        _say(f"{'finer base':15} {entry.sub_base}")
     for name, outcome in sorted(entry.loaders.items()):
-        click.echo(f"{'loader':15} {name}: {outcome}")
+        _say(f"{'loader':15} {name}: {outcome}")
     for location in entry.locations:
         moved = f" -> {location['moved_to']}" if location.get("moved_to") else ""
-        click.echo(f"{'location':15} {location['path']} ({location['state']}{moved})")
+        _say(f"{'location':15} {location['path']} ({location['state']}{moved})")
     for fact in entry.imported.get("facts", ()):
-        click.echo(f"{'imported':15} {fact['field']} = {fact['value']} (from {fact['source']}: {fact['file']})")
+        _say(f"{'imported':15} {fact['field']} = {fact['value']} (from {fact['source']}: {fact['file']})")
     for conflict in entry.imported.get("conflicts", ()):
-        click.echo(f"{'conflict':15} {conflict['field']}: the file declares {conflict['declared']!r}, "
+        _say(f"{'conflict':15} {conflict['field']}: the file declares {conflict['declared']!r}, "
                    f"{conflict['source']} says {conflict['imported']!r} (the file's value is kept)")
     return 0
 
@@ -170,7 +175,7 @@ def remove(ref: str, as_json: bool) -> int:
     if as_json:
         emit_json(entry.to_dict())
     else:
-        click.echo(f"removed {entry.id}  {entry.title}")
+        _say(f"removed {entry.id}  {entry.title}")
     return 0
 
 
@@ -215,7 +220,7 @@ def export_sidecars(folders: tuple[Path, ...], force: bool, as_json: bool) -> in
         for r in results:
             if r.action != "unchanged" or r.kept:
                 kept = f" (kept your {', '.join(r.kept)})" if r.kept else ""
-                click.echo(f"{r.action:9} {r.path}{kept}{': ' + r.detail if r.detail else ''}")
+                _say(f"{r.action:9} {r.path}{kept}{': ' + r.detail if r.detail else ''}")
         written = sum(r.action == "written" for r in results)
         status(f"{written} sidecar(s) written, {len(results) - written} not")
     return 1 if any(r.action == "refused" for r in results) else 0
@@ -235,7 +240,7 @@ def check(as_json: bool) -> int:
     else:
         for c in found:
             if c.status != "ok":
-                click.echo(f"{c.sha256[:12]}  {c.title}: {c.status}: {c.detail} ({c.path})")
+                _say(f"{c.sha256[:12]}  {c.title}: {c.status}: {c.detail} ({c.path})")
         checked = sum(1 for c in found if c.status != "unindexed")
         status(f"checked {checked} stored file(s): {len(problems)} problem(s)")
     return 1 if problems else 0
@@ -253,7 +258,7 @@ def rebuild(as_json: bool) -> int:
     else:
         if result.moved_aside:
             status(f"old database kept as {result.moved_aside}")
-        click.echo(f"indexed {result.indexed} adapters")
+        _say(f"indexed {result.indexed} adapters")
         for path, reason in result.skipped:
             status(f"skipped {path}: {reason}")
         for sha, title, reason in result.dropped:
