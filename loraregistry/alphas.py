@@ -45,11 +45,12 @@ def scale_rank(shapes: Mapping[str, tuple[int, ...]]) -> int | None:
     if algo == "lora":
         down, up = shapes.get("down"), shapes.get("up")
         return int(down[0]) if down else (int(up[1]) if up and len(up) > 1 else None)
-    if algo == "loha" and "hada_w1_b" in shapes:
+    # a factor stored as a scalar (a broken file: verify reports its shape) has no rank to divide by
+    if algo == "loha" and shapes.get("hada_w1_b"):
         return int(shapes["hada_w1_b"][0])
     if algo == "lokr":
         for role in ("lokr_w2_b", "lokr_w1_b"):
-            if role in shapes:
+            if shapes.get(role):
                 return int(shapes[role][0])
     return None
 
