@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
-import logging
 import sys
 import types
 from contextlib import nullcontext
@@ -82,15 +81,6 @@ def invokeai() -> SimpleNamespace:
 
     return SimpleNamespace(LayerPatcher=LayerPatcher, normalize=normalize_peft_adapter_names,
                            from_sd=lora_model_from_sd_state_dict, sdxl_keys=convert_sdxl_keys_to_diffusers_format)
-
-
-class _Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
 
 
 def pinned_clip_layout(text_encoder):
