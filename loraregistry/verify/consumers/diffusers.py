@@ -36,6 +36,8 @@ the installed diffusers does with tiny pipelines for every golden and for derive
 
 from __future__ import annotations
 
+from functools import cache
+
 from importlib.metadata import PackageNotFoundError, version
 
 from . import Assessment, Consumer
@@ -54,6 +56,7 @@ _CONVERTS_KOHYA = ("sd1", "sd2", "sdxl")  # Flux has its own converter; SD3 has 
 _FIX = "run `lorareg fix --for diffusers`"
 
 
+@cache  # read package metadata once per process: the verdict runs for every file of a scan
 def _installed(package: str) -> str | None:
     try:
         return version(package)
