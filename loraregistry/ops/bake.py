@@ -6,8 +6,15 @@ is about the largest patched tensor (a few copies of it) plus the adapters' fact
 dtype, shape and byte span.
 
 A single-file checkpoint gives a single file; a diffusers folder gives a new folder: a copy of the base
-folder with the patched component files rewritten (written under a temporary name, renamed when complete;
-an existing output folder is refused, since a folder cannot be replaced atomically).
+folder with the patched component files rewritten (written under a temporary name, every file synced, renamed
+when complete; an existing output folder is refused, since a folder cannot be replaced atomically). Sharded
+components keep their shards and index: every tensor keeps its byte span.
+
+SD3/FLUX.1: a module lands wherever the base stores it (``Checkpoint.locate``): a fused LoRA module (kohya/BFL
+``img_attn.qkv``, ``linear1``; XLabs' single-block q/k/v) on the fused weight of an original-named checkpoint, or
+on the split to_q/to_k/to_v tensors of a diffusers folder; a split (peft) module on its row block of a fused
+weight. Adapters with original names store [shift, scale] rows (``final_layer.adaLN_modulation.1``) as the original
+model does; they are put in diffusers order on loading, and the base location says how it stores them.
 
 Adapters apply in the order given. DoRA's delta depends on the weight it patches, so a DoRA module uses the
 weight patched by the adapters before it, and its weight scales the low-rank part inside the norm (as peft's
@@ -32,10 +39,11 @@ from ..adapter import AdapterFile
 from ..canonical import ModuleKey
 from ..errors import IncompatibleArchitecture, UsageError
 from ..safetensors_io import FLOAT_DTYPES
-from .checkpoint import Checkpoint, WeightLocation, modules_by_tensor, open_checkpoint, write_patched_copy
+from .checkpoint import Checkpoint, Piece, WeightLocation, open_checkpoint, write_patched_copy
 from .common import by_module
 from .errors import UnsupportedModule
 from .merge import MergeInput
+from .mmdit_checkpoint import rows_swapped
 
 # Header keys of a base that describe its old tensors: dropped from the output.
 _STALE_KEYS = frozenset({"modelspec.hash_sha256", "sshs_model_hash", "sshs_legacy_hash"})
@@ -56,11 +64,13 @@ class NonFiniteResult(UsageError):
 
 @dataclass
 class _Loaded:
-    """One adapter, its weight and its modules' tensors ({role: array}, alpha included)."""
+    """One adapter, its weight, its modules' tensors ({role: array}, alpha included) and the transformer modules
+    it names after the original model (whose [shift, scale] rows are in the original order)."""
 
     file: AdapterFile
     weight: float
     modules: dict[ModuleKey, dict[str, np.ndarray]]
+    native: frozenset[ModuleKey] = frozenset()
 
 
 @dataclass
@@ -100,9 +110,10 @@ def bake(adapters: Sequence[MergeInput], *, base: str | os.PathLike[str],
         for a in loaded])
     wanted = {m for a in loaded for m in a.modules}
     report.patched_modules = len(wanted)
+    swapped = {m for m in wanted if m.component == "transformer" and rows_swapped(m.path, checkpoint.shape(m))}
     by_file: dict[Path, dict[str, Callable[[], np.ndarray]]] = {}
-    for (file, key), located in modules_by_tensor(checkpoint, wanted).items():
-        by_file.setdefault(file, {})[key] = _patcher(checkpoint, file, key, located, loaded)
+    for (file, key), located in _pieces_by_tensor(checkpoint, wanted).items():
+        by_file.setdefault(file, {})[key] = _patcher(checkpoint, file, key, located, loaded, swapped)
     report.patched_tensors = sum(len(p) for p in by_file.values())
     report.copied_tensors = sum(len(h.tensors) for h in checkpoint.headers.values()) - report.patched_tensors
     metadata_note = _bake_note(loaded, checkpoint)
@@ -114,13 +125,14 @@ def bake(adapters: Sequence[MergeInput], *, base: str | os.PathLike[str],
 
 
 def _load(item: MergeInput) -> _Loaded:
+    from .fused import natively_named
     from .io import load_canonical
 
     file = AdapterFile.open(item.path)
     if file.unknown_keys:
         raise UnsupportedModule(f"{len(file.unknown_keys)} keys fit no format, e.g. {file.unknown_keys[0]!r}",
                                 path=file.path, hint="bake only what lorareg can read; run lorareg verify")
-    return _Loaded(file, item.weight, by_module(load_canonical(file)))
+    return _Loaded(file, item.weight, by_module(load_canonical(file)), native=frozenset(natively_named(file.mapping)))
 
 
 def _check_output_kind(checkpoint: Checkpoint, out: Path) -> None:
@@ -142,12 +154,12 @@ def _check_fits(loaded: list[_Loaded], checkpoint: Checkpoint) -> None:
     misfits: list[str] = []
     for item in loaded:
         for module in item.modules:
-            loc = checkpoint.modules.get(module)
-            if loc is None:
+            pieces = checkpoint.locate(module)
+            if pieces is None:
                 missing.setdefault(module, item.file.path.name)
                 continue
-            if loc.dtype not in FLOAT_DTYPES:
-                raise UnsupportedModule(f"the base weight of {module} is {loc.dtype}; only float weights can be "
+            for dtype in {p.loc.dtype for p in pieces} - FLOAT_DTYPES:
+                raise UnsupportedModule(f"the base weight of {module} is {dtype}; only float weights can be "
                                         "patched", path=checkpoint.path)
             info = item.file.modules[module]
             if info.algo not in ("lora", "loha", "lokr", "full"):
@@ -156,8 +168,14 @@ def _check_fits(loaded: list[_Loaded], checkpoint: Checkpoint) -> None:
             shape, problems = factor_problems(info)
             if shape is None:
                 raise UnsupportedModule(f"module {module}: {problems[-1].message}", path=item.file.path)
-            if not _same_layout(shape, loc.shape):
-                misfits.append(f"{module} (delta {list(shape)}, base {list(loc.shape)})")
+            base_shape = checkpoint.shape(module)
+            if not _same_layout(shape, base_shape):
+                misfits.append(f"{module} (delta {list(shape)}, base {list(base_shape)})")
+            elif len(pieces) > 1 and _dora_per_column(item.modules[module], shape[0]):
+                raise UnsupportedModule(f"module {module}: a DoRA magnitude per input column needs the whole "
+                                        "weight, which this base stores in pieces", path=item.file.path,
+                                        hint="bake it into a checkpoint with original names, or convert it to "
+                                             "plain LoRA first (lorareg fix --base)")
     if missing:
         names = sorted(map(str, missing))
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
@@ -175,9 +193,26 @@ def _same_layout(delta: tuple[int, ...], weight: tuple[int, ...]) -> bool:
     return delta[0] == weight[0] and math.prod(delta) == math.prod(weight)
 
 
-def _patcher(checkpoint: Checkpoint, file: Path, key: str, located: list[tuple[ModuleKey, WeightLocation]],
-             loaded: list[_Loaded]) -> Callable[[], np.ndarray]:
-    """A callable that returns the patched tensor (stored dtype); runs when the writer reaches it."""
+def _dora_per_column(tensors: dict[str, np.ndarray], rows: int) -> bool:
+    """LyCORIS' default DoRA magnitude [1, in, ...]: norms over all output rows, so not row-separable."""
+    magnitude = tensors.get("dora_scale")
+    return magnitude is not None and magnitude.ndim > 1 and magnitude.shape[0] == 1 and rows != 1
+
+
+def _pieces_by_tensor(checkpoint: Checkpoint, wanted: set[ModuleKey]
+                      ) -> dict[tuple[Path, str], list[tuple[ModuleKey, Piece]]]:
+    """(file, tensor key) -> the module pieces stored in it (q, k and v of a fused weight, two swapped halves)."""
+    grouped: dict[tuple[Path, str], list[tuple[ModuleKey, Piece]]] = {}
+    for module in sorted(wanted):
+        for piece in checkpoint.locate(module) or ():
+            grouped.setdefault((piece.loc.file, piece.loc.key), []).append((module, piece))
+    return grouped
+
+
+def _patcher(checkpoint: Checkpoint, file: Path, key: str, located: list[tuple[ModuleKey, Piece]],
+             loaded: list[_Loaded], swapped: set[ModuleKey]) -> Callable[[], np.ndarray]:
+    """A callable that returns the patched tensor (stored dtype); runs when the writer reaches it. ``swapped``:
+    the [shift, scale] modules, whose rows an adapter with original names holds in the other order."""
     from ..safetensors_io import numpy_dtype
     from .checkpoint import read_weight
 
@@ -187,12 +222,15 @@ def _patcher(checkpoint: Checkpoint, file: Path, key: str, located: list[tuple[M
     def patch() -> np.ndarray:
         whole = WeightLocation(file, key, info.shape, info.dtype)
         weight = read_weight(whole, header, dtype=np.float32)
-        for module, loc in located:
+        for module, piece in located:
+            loc = piece.loc
             view = weight[loc.rows[0]:loc.rows[1]] if loc.rows else weight
             view = view.T if loc.transposed else view  # a view: updates land in ``weight``
+            rows = (piece.start, piece.start + view.shape[0])
             for item in loaded:
                 if module in item.modules and item.weight != 0:
-                    _add_delta(view, item.modules[module], item.weight)
+                    _add_delta(view, item.modules[module], item.weight, rows=rows,
+                               swap_halves=module in swapped and module in item.native)
         with np.errstate(over="ignore", invalid="ignore"):  # checked right below, with a better message
             result = weight.astype(numpy_dtype(info.dtype))
         del weight
@@ -208,22 +246,38 @@ def _patcher(checkpoint: Checkpoint, file: Path, key: str, located: list[tuple[M
 _BLOCK_ELEMENTS = 1 << 22  # rows of up @ down per step: 16 MiB of fp32, whatever the tensor's size
 
 
-def _add_delta(current: np.ndarray, tensors: dict[str, np.ndarray], weight: float) -> None:
-    """``current += weight * delta`` in place, block of rows by block, so no full-size delta is ever held."""
+def _add_delta(current: np.ndarray, tensors: dict[str, np.ndarray], weight: float, *, rows: tuple[int, int],
+               swap_halves: bool = False) -> None:
+    """``current += weight * delta[rows]`` in place (``rows``: the module's rows this block holds; ``swap_halves``:
+    the factors hold the module's rows in [shift, scale] order), block of rows by block, so no full-size delta is
+    ever held. The delta is ``up @ down`` for every algorithm, so row selection is a slice of ``up``."""
     from .delta import exact_factors, module_delta, module_scale
 
-    if "dora_scale" in tensors:  # needs the whole patched weight for its norms; the weight scales inside them
-        scaled = dict(tensors, alpha=np.float64(tensors["alpha"]) * weight)
-        current += module_delta(scaled, out_shape=current.shape, base_weight=current, dtype=np.float32)
-        return
     up, down, _ = exact_factors(tensors, dtype=np.float32)
-    up *= np.float32(weight * module_scale(tensors))
-    rows = current.reshape(current.shape[0], -1) if current.ndim != 2 else current
-    if not np.may_share_memory(rows, current):  # only transposed views are non-contiguous, and they are 2-D
+    # a new array: the factors may be the adapter's own (fp32), and a module can have several pieces
+    up = up * np.float32(weight * module_scale(tensors))  # DoRA: the weight scales inside the norms (peft's merge)
+    magnitude = tensors.get("dora_scale")
+    per_row = magnitude is not None and not _dora_per_column(tensors, up.shape[0])
+    if swap_halves:
+        up = _swap_halves(up)
+        magnitude = _swap_halves(magnitude) if per_row else magnitude
+    up = up[rows[0]:rows[1]]
+    if magnitude is not None:  # needs the patched rows for its norms (per column: the whole weight, checked)
+        part = {"up": up, "down": down, "alpha": np.float32(down.shape[0]),
+                "dora_scale": magnitude[rows[0]:rows[1]] if per_row else magnitude}
+        current += module_delta(part, out_shape=current.shape, base_weight=current, dtype=np.float32)
+        return
+    matrix = current.reshape(current.shape[0], -1) if current.ndim != 2 else current
+    if not np.may_share_memory(matrix, current):  # only transposed views are non-contiguous, and they are 2-D
         raise AssertionError("a reshaped weight must stay a view of the tensor being patched")
-    step = max(1, _BLOCK_ELEMENTS // max(1, rows.shape[1]))
-    for start in range(0, rows.shape[0], step):
-        rows[start:start + step] += up[start:start + step] @ down
+    step = max(1, _BLOCK_ELEMENTS // max(1, matrix.shape[1]))
+    for start in range(0, matrix.shape[0], step):
+        matrix[start:start + step] += up[start:start + step] @ down
+
+
+def _swap_halves(array: np.ndarray) -> np.ndarray:
+    half = array.shape[0] // 2
+    return np.concatenate([array[half:], array[:half]], axis=0)
 
 
 def _bake_note(loaded: list[_Loaded], checkpoint: Checkpoint) -> str:
@@ -253,7 +307,7 @@ def _write_folder(checkpoint: Checkpoint, out: Path, by_file, note: str) -> list
     temp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.lorareg-tmp")
     rewrite = {p.resolve() for p in by_file}
     try:
-        shutil.copytree(root, temp, ignore=lambda folder, names: [
+        shutil.copytree(root, temp, copy_function=_copy_synced, ignore=lambda folder, names: [
             n for n in names if (Path(folder) / n).resolve() in rewrite])
         files = [_write_file(checkpoint, src, temp / src.relative_to(root), patched, note)
                  for src, patched in sorted(by_file.items())]
@@ -264,3 +318,14 @@ def _write_folder(checkpoint: Checkpoint, out: Path, by_file, note: str) -> list
     for f in files:
         f["path"] = str(out / Path(f["path"]).relative_to(temp))
     return files
+
+
+def _copy_synced(src: str, dst: str) -> str:
+    """``shutil.copy2`` and fsync: the folder is renamed into place only once every byte is on disk."""
+    shutil.copy2(src, dst)
+    fd = os.open(dst, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return dst

@@ -6,11 +6,14 @@ Two layouts are read, by header and memory map only (never unpickled):
   mapped through ``formats.sgm``), ``cond_stage_model.transformer.*`` (SD1 CLIP-L),
   ``cond_stage_model.model.*`` (SD2 OpenCLIP), ``conditioner.embedders.0.transformer.*`` /
   ``conditioner.embedders.1.model.*`` (SDXL CLIP-L / OpenCLIP-bigG);
+* a single-file SD3/SD3.5 or FLUX.1 checkpoint with original (BFL / ComfyUI) names (``mmdit_checkpoint``);
 * a diffusers model folder: ``model_index.json`` + ``<component>/diffusion_pytorch_model.safetensors`` or
   ``model.safetensors``, sharded (``*.safetensors.index.json``) or not.
 
 OpenCLIP stacks q/k/v in one ``attn.in_proj_weight`` [3C, C]: the q/k/v modules are its row blocks. Its bare
 ``text_projection`` parameter [C, P] is used as ``x @ P``, i.e. it is the transpose of the Linear weight.
+SD3/FLUX fuse projections the same way (``img_attn.qkv``, ``linear1``); a fused module of a LoRA that the base
+stores split (a diffusers folder) is found through its targets: ``Checkpoint.locate`` gives the row pieces.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..canonical import ModuleKey
 from ..errors import FileAccessError, PickleCheckpointError, UsageError
+from ..formats.mmdit import fused_targets
 from ..safetensors_io import SafetensorsHeader, numpy_dtype, read_header
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -50,7 +54,9 @@ _OPENCLIP_RENAMES = {"attn.out_proj.weight": "self_attn.out_proj", "mlp.c_fc.wei
 @dataclass(frozen=True)
 class WeightLocation:
     """Where one module's weight lives. ``rows`` selects a row block of a stacked tensor (OpenCLIP q/k/v);
-    ``transposed`` marks a tensor stored [in, out]. ``shape`` is the module's weight shape as a layer sees it."""
+    ``transposed`` marks a tensor stored [in, out]; ``halves_swapped`` a block whose two row halves are stored in
+    the other order (SD3/FLUX [shift, scale] against diffusers' [scale, shift]). ``shape`` is the module's weight
+    shape as a layer sees it."""
 
     file: Path
     key: str
@@ -58,6 +64,16 @@ class WeightLocation:
     dtype: str
     rows: tuple[int, int] | None = None
     transposed: bool = False
+    halves_swapped: bool = False
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Rows ``start:start + loc.shape[0]`` of a module's weight (diffusers row order) are the block ``loc`` (never
+    halves-swapped): a module is one piece, or several (a fused module over split tensors, swapped halves)."""
+
+    loc: WeightLocation
+    start: int
 
 
 @dataclass
@@ -74,9 +90,49 @@ class Checkpoint:
         """The ``__metadata__`` of a single-file checkpoint ({} for a folder)."""
         return next(iter(self.headers.values())).metadata if self.kind == "single-file" else {}
 
+    def locate(self, module: ModuleKey) -> list[Piece] | None:
+        """The pieces that hold ``module``'s weight rows, in order; None when the base has no such weight. A fused
+        SD3/FLUX module (``{to_q,to_k,to_v}``) the base stores split is found through its targets."""
+        loc = self.modules.get(module)
+        if loc is not None:
+            return _pieces(loc, 0)
+        targets = fused_targets(module.path)
+        if len(targets) == 1:
+            return None
+        parts = [self.modules.get(ModuleKey(module.component, target)) for target in targets]
+        if None in parts or len({part.shape[1:] for part in parts}) != 1:
+            return None
+        pieces: list[Piece] = []
+        start = 0
+        for part in parts:
+            pieces += _pieces(part, start)
+            start += part.shape[0]
+        return pieces
+
+    def shape(self, module: ModuleKey) -> tuple[int, ...] | None:
+        """The module's weight shape (a fused one: its targets' rows stacked), or None."""
+        pieces = self.locate(module)
+        if pieces is None:
+            return None
+        return (sum(p.loc.shape[0] for p in pieces), *pieces[0].loc.shape[1:])
+
     def read(self, module: ModuleKey, *, dtype=np.float32) -> np.ndarray:
-        """The module's weight as a fresh ``dtype`` array (only its bytes are read)."""
-        return read_weight(self.modules[module], self.headers[self.modules[module].file], dtype=dtype)
+        """The module's weight (diffusers row order) as a fresh ``dtype`` array (only its bytes are read)."""
+        pieces = self.locate(module)
+        if pieces is None:
+            raise KeyError(module)
+        parts = [read_weight(p.loc, self.headers[p.loc.file], dtype=dtype) for p in pieces]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+
+def _pieces(loc: WeightLocation, start: int) -> list[Piece]:
+    if not loc.halves_swapped:
+        return [Piece(loc, start)]
+    first = loc.rows[0] if loc.rows else 0
+    half = loc.shape[0] // 2
+    block = (half, *loc.shape[1:])
+    return [Piece(replace(loc, rows=(first + half, first + 2 * half), shape=block, halves_swapped=False), start),
+            Piece(replace(loc, rows=(first, first + half), shape=block, halves_swapped=False), start + half)]
 
 
 def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
@@ -91,9 +147,9 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     header = read_header(p)
     modules = dict(_single_file_modules(p, header))
     if not modules:
-        raise UsageError("no UNet or text-encoder weights with original SD/SGM key names", path=p,
-                         hint="expected model.diffusion_model.* / cond_stage_model.* / conditioner.embedders.* "
-                              "keys, or pass a diffusers model folder")
+        raise UsageError("no UNet, transformer or text-encoder weights with original SD/SGM/SD3/FLUX key names",
+                         path=p, hint="expected model.diffusion_model.* / cond_stage_model.* / conditioner.embedders.* "
+                                      "/ double_blocks.* / joint_blocks.* keys, or pass a diffusers model folder")
     return Checkpoint(path=p, kind="single-file", headers={p: header}, modules=modules)
 
 
@@ -120,6 +176,9 @@ def read_weight(loc: WeightLocation, header: SafetensorsHeader, *, dtype=np.floa
         raise FileAccessError(f"tensor {loc.key!r} ends past the end of the file", path=loc.file)
     stored_shape = (loc.shape[::-1] if loc.transposed else loc.shape)
     out = raw.reshape(stored_shape).astype(dtype)
+    if loc.halves_swapped:
+        half = out.shape[0] // 2
+        out = np.concatenate([out[half:], out[:half]], axis=0)
     return np.ascontiguousarray(out.T) if loc.transposed else out
 
 
@@ -128,10 +187,17 @@ def read_weight(loc: WeightLocation, header: SafetensorsHeader, *, dtype=np.floa
 
 def _single_file_modules(path: Path, header: SafetensorsHeader) -> Iterator[tuple[ModuleKey, WeightLocation]]:
     from ..formats.sgm import levels_from_sgm, sgm_to_diffusers
+    from . import mmdit_checkpoint
 
     def loc(key: str, **kw) -> WeightLocation:
         info = header.tensors[key]
         return WeightLocation(path, key, kw.pop("shape", info.shape), info.dtype, **kw)
+
+    mmdit = mmdit_checkpoint.detect(header)
+    if mmdit is not None:
+        for module, fields in mmdit_checkpoint.single_file_modules(path, header, *mmdit):
+            yield module, loc(fields.pop("key"), **fields)
+        return
 
     unet: list[str] = []
     for key, info in header.tensors.items():
@@ -236,20 +302,6 @@ def _shards(index_file: Path) -> list[Path]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UsageError(f"not a safetensors shard index ({exc!r})", path=index_file) from None
     return [index_file.parent / name for name in names]
-
-
-# --- grouping ---------------------------------------------------------------------------------------------
-
-
-def modules_by_tensor(checkpoint: Checkpoint, wanted: set[ModuleKey] | None = None,
-                      ) -> dict[tuple[Path, str], list[tuple[ModuleKey, WeightLocation]]]:
-    """(file, tensor key) -> the modules stored in that tensor (three for an OpenCLIP in_proj_weight)."""
-    grouped: dict[tuple[Path, str], list[tuple[ModuleKey, WeightLocation]]] = {}
-    for module, loc in checkpoint.modules.items():
-        if wanted is None or module in wanted:
-            grouped.setdefault((loc.file, loc.key), []).append((module, loc))
-    return grouped
-
 
 
 # --- streaming output ---------------------------------------------------------------------------------------
