@@ -1,16 +1,21 @@
-"""``fix``: rewrite an adapter so that a chosen loader (diffusers, ComfyUI, A1111, Forge) loads all of it.
+"""``fix``: rewrite an adapter so that a chosen loader (diffusers, peft, ComfyUI, InvokeAI, A1111, Forge, kohya
+sd-scripts) loads all of it.
 
 What it changes, only where the target's rules (``verify.consumers``) say it must:
 
-* keys: written in a format every target reads: kohya for the web UIs (and for diffusers when the input is
-  kohya), peft with ``unet.``/``text_encoder.`` prefixes for diffusers otherwise (adds the prefixes bare peft
-  and attention-processor files lack); keys that fit no module are dropped;
+* keys: written in a format every target reads: kohya for the web UIs, InvokeAI and sd-scripts (and for
+  diffusers when the input is kohya), peft with ``unet.``/``text_encoder.`` prefixes for diffusers otherwise
+  (adds the prefixes bare peft and attention-processor files lack), peft keys relative to the one model for
+  peft; SD1/SD2 UNet names in diffusers' block names where InvokeAI or sd-scripts are targets (neither maps
+  the SGM names there); keys that fit no module are dropped;
 * shapes: 1x1-conv factors on Linear modules (kohya SD2 projections) and 2-D factors on 1x1 convs are
-  reshaped to the base layout (exact);
-* algorithms diffusers cannot load: LoHa, LoKr, full and LoCon Tucker modules become plain LoRA, exactly
-  where the rank allows (LoHa r1*r2, LoKr rank(W1)*rank(W2)), else by SVD at ``rank`` with the relative
-  error per module; DoRA needs the exact base weights (``base`` = model folder or checkpoint) and an SVD;
-  an error over ``max_error`` refuses the fix and names the modules;
+  reshaped to the base layout (exact), except for sd-scripts, which builds SD2 with 1x1-conv projections and
+  gets them in that shape;
+* algorithms diffusers, peft and sd-scripts' ``networks.lora`` cannot load: LoHa, LoKr, full and LoCon Tucker
+  modules become plain LoRA, exactly where the rank allows (LoHa r1*r2, LoKr rank(W1)*rank(W2)), else by SVD
+  at ``rank`` with the relative error per module; DoRA (kept for peft, which applies it) needs the exact base
+  weights (``base`` = model folder or checkpoint) and an SVD; an error over ``max_error`` refuses the fix and
+  names the modules;
 * metadata: the base architecture goes into the lorareg record, projected onto ``modelspec.architecture``,
   ``ss_base_model_version`` and ``ss_v2`` (what A1111/Forge file the adapter by);
 * ``strip_bloat``: drops ``ss_tag_frequency``, ``ssmd_cover_images`` and a huge ``ss_dataset_dirs``.
@@ -31,8 +36,12 @@ import numpy as np
 
 from .errors import LoraregError, UsageError
 
-FIX_TARGETS = ("diffusers", "comfyui", "a1111", "forge")
-ALL = FIX_TARGETS  # one kohya-keyed LoRA serves every one of them
+FIX_TARGETS = ("diffusers", "peft", "comfyui", "invokeai", "a1111", "forge", "kohya")
+# One kohya-keyed LoRA serves all of these. Not kohya (sd-scripts creates no module outside its target blocks,
+# and wants SD2's projections as 1x1 convs where diffusers wants Linear) nor peft (keys of one model, no prefix).
+ALL = ("diffusers", "comfyui", "invokeai", "a1111", "forge")
+LOWERING = ("diffusers", "peft", "kohya")  # loaders that apply plain LoRA only: the others read every LyCORIS kind
+SD_NAMES_ONLY = ("invokeai", "kohya")  # map SD1/SD2 UNet keys by diffusers block names only
 BLOAT_KEYS = ("ss_tag_frequency", "ssmd_cover_images")
 HUGE_VALUE = 64 * 1024  # bytes; ss_dataset_dirs over this is bloat
 DEFAULT_MAX_ERROR = 0.01
@@ -90,8 +99,31 @@ def parse_fix_targets(text: str) -> tuple[str, ...]:
     unknown = [n for n in names if n not in FIX_TARGETS]
     if unknown or not names:
         raise UsageError(f"unknown --for target {', '.join(map(repr, unknown)) or repr(text)}",
-                         hint=f"known: {', '.join(FIX_TARGETS)}, all (kohya/peft: use `lorareg convert`)")
-    return tuple(dict.fromkeys(names))
+                         hint=f"known: {', '.join(FIX_TARGETS)}, all ({', '.join(ALL)})")
+    chosen = tuple(dict.fromkeys(names))
+    if "peft" in chosen and len(chosen) > 1:
+        raise UsageError("--for peft cannot be combined with other targets: peft reads keys relative to one "
+                         "model, every other loader needs component prefixes or kohya names",
+                         hint="fix once --for peft and once for the others, into two files")
+    return chosen
+
+
+def _modelled_targets(chosen: tuple[str, ...], family: str | None, every: bool, path) -> tuple[str, ...]:
+    """The targets whose rules model the file's family. ``all`` quietly leaves the others out; a target named
+    on its own that does not model the family is a usage error (no claim can be checked for it)."""
+    from .verify.consumers import CONSUMERS
+
+    modelled = tuple(t for t in chosen if CONSUMERS[t].models(family))
+    unmodelled = [t for t in chosen if t not in modelled]
+    if unmodelled and (not every or not modelled):
+        raise UsageError(f"the rules of {', '.join(unmodelled)} do not model {family} adapters, so fix cannot "
+                         "check a repair for them", path=path,
+                         hint=f"pick targets that model {family}: "
+                              f"{', '.join(t for t in FIX_TARGETS if CONSUMERS[t].models(family)) or 'none'}")
+    if family == "sd2" and {"kohya", "diffusers"} <= set(modelled):
+        raise UsageError("--for kohya and diffusers need opposite SD2 projection shapes (sd-scripts: 1x1 conv, "
+                         "diffusers: Linear)", path=path, hint="fix for each of them into its own file")
+    return modelled
 
 
 def fix(input: str | os.PathLike[str], output: str | os.PathLike[str], *, targets: str = "all",
@@ -106,6 +138,8 @@ def fix(input: str | os.PathLike[str], output: str | os.PathLike[str], *, target
 
     from .ops.io import load_canonical
 
+    from .verify.consumers.facts import family_of
+
     chosen = parse_fix_targets(targets)
     if rank is not None and rank < 1:
         raise UsageError(f"--rank must be at least 1, got {rank}")
@@ -113,6 +147,7 @@ def fix(input: str | os.PathLike[str], output: str | os.PathLike[str], *, target
     adapter = AdapterFile.open(input)
     tensors = load_canonical(adapter)  # the checks every operation makes: a broken module is exit 2 here too
     ctx = Context.build(adapter, load_base(base) if base is not None else None)
+    chosen = _modelled_targets(chosen, family_of(ctx), chosen == ALL and "all" in targets.lower(), input)
     result = FixResult(targets=chosen, before=consumer_verdicts(ctx, chosen))
     plan = _plan(ctx, chosen, result, strip_bloat)
     if not result.needed:
@@ -136,6 +171,8 @@ class _Plan:
     lower: bool  # turn every non-plain module into plain LoRA
     header: dict[str, str]
     architecture: str | None
+    conv_projections: bool = False  # SD2 projections as 1x1 convs (sd-scripts)
+    keep_dora: bool = False  # peft applies DoRA: keep the magnitude instead of folding it in by SVD
 
 
 def _plan(ctx, targets: tuple[str, ...], result: FixResult, strip_bloat: bool) -> _Plan:
@@ -155,22 +192,46 @@ def _plan(ctx, targets: tuple[str, ...], result: FixResult, strip_bloat: bool) -
     if strip_bloat and bloat:
         result.changes.append(f"strip header bloat: {', '.join(bloat)}")
         header = {k: v for k, v in header.items() if k not in bloat}
-    wants_kohya = any(t != "diffusers" for t in targets) or adapter.format in ("kohya", "mixed")
-    # diffusers' SD3 loader converts no kohya keys, and ComfyUI reads SD3's `transformer.` keys too
-    fmt = "kohya" if wants_kohya and facts.family != "sd3" else "peft"
-    dialect = _dialect(fmt, facts.family, adapter)
+    if targets == ("peft",):
+        fmt, dialect = "peft", _peft_dialect(facts, input_path=adapter.path) if result.needed else {}
+    else:
+        wants_kohya = any(t != "diffusers" for t in targets) or adapter.format in ("kohya", "mixed")
+        # diffusers' SD3 loader converts no kohya keys, and ComfyUI reads SD3's `transformer.` keys too
+        fmt = "kohya" if wants_kohya and facts.family != "sd3" else "peft"
+        dialect = _dialect(fmt, facts.family, adapter, sd_names=any(t in SD_NAMES_ONLY for t in targets))
     if facts.unknown_keys and result.needed:
         result.changes.append(f"drop {len(facts.unknown_keys)} keys that fit no module")
-    return _Plan(format=fmt, dialect=dialect, lower="diffusers" in targets, header=header,
-                 architecture=_architecture(ctx, facts.family, header))
+    return _Plan(format=fmt, dialect=dialect, lower=any(t in LOWERING for t in targets), header=header,
+                 architecture=_architecture(ctx, facts.family, header), conv_projections=_conv_projections(
+                     targets, facts.family), keep_dora="peft" in targets)
 
 
-def _dialect(fmt: str, family: str | None, adapter) -> dict[str, str]:
-    """Spellings every target matches: CLIP paths with ``text_model``; kohya ``lora_te`` for SD1/SD2."""
+def _conv_projections(targets: tuple[str, ...], family: str | None) -> bool:
+    """sd-scripts builds SD1 AND SD2 with 1x1-conv transformer projections, so SD2's Linear ones get 4-D factors."""
+    return "kohya" in targets and family == "sd2"
+
+
+def _peft_dialect(facts, *, input_path) -> dict[str, str]:
+    """peft keys relative to the one model peft wraps (no component prefix). A file for several models has no
+    such spelling: peft loads one model at a time."""
+    components = sorted({m.component for m in facts.modules.values()})
+    if len(components) > 1:
+        raise UnfixableFile(f"peft wraps one model, and this file holds {', '.join(components)}: no single peft "
+                            "file loads them all", path=input_path,
+                            hint="load it with diffusers' load_lora_weights, which loads each component")
+    dialect = {"component_prefix": "no", "text_encoder.text_model": "yes", "text_encoder_2.text_model": "yes"}
+    return {**dialect, "component": components[0]} if components else dialect
+
+
+def _dialect(fmt: str, family: str | None, adapter, *, sd_names: bool = False) -> dict[str, str]:
+    """Spellings every target matches: CLIP paths with ``text_model``; kohya ``lora_te`` for SD1/SD2; with
+    ``sd_names`` (InvokeAI, sd-scripts) SD1/SD2 UNet keys in diffusers' block names, which is all they map."""
     dialect = {"text_encoder.text_model": "yes", "text_encoder_2.text_model": "yes"}
     if fmt == "peft":
         return {**dialect, "component_prefix": "yes"}
     kept = {k: v for k, v in adapter.mapping.dialect.items() if adapter.format == "kohya" and k == "unet_names"}
+    if sd_names and family in ("sd1", "sd2"):
+        kept.pop("unet_names", None)
     if family in ("sd1", "sd2"):
         kept["te_prefix"] = "lora_te"
     if family in ("sd3", "flux"):
@@ -209,18 +270,39 @@ def _fixed_tensors(ctx, tensors, plan: _Plan, rank: int | None, base: str | None
 
     shapes = {m: spec.weight_shape for m in ctx.adapter.modules
               if ctx.target is not None and (spec := ctx.target.lookup(m.component, m.path)) is not None}
-    if not plan.lower:
-        return tensors
-    tensors = _undora(tensors, shapes, rank, base, result)
-    converted, rows = convert_tensors(tensors, to="peft", rank=rank, shapes=shapes)
-    result.modules += rows
-    reshaped = sum(1 for m, s in shapes.items() if _stored_shape(tensors, m) not in (None, s)
-                   and m.path.endswith((".proj_in", ".proj_out")))
-    if reshaped:
-        result.changes.append(f"reshape {reshaped} projection modules to the base layout")
-    if rows:
-        result.changes.append(f"lower {sum(r.change == 'lowered' for r in rows)} LyCORIS modules to plain LoRA")
-    return converted
+    if plan.lower:
+        if plan.conv_projections:  # the layout sd-scripts' own SD2 UNet has: factors follow it
+            shapes = {m: (*s, 1, 1) if len(s) == 2 and m.path.endswith((".proj_in", ".proj_out")) else s
+                      for m, s in shapes.items()}
+        if not plan.keep_dora:
+            tensors = _undora(tensors, shapes, rank, base, result)
+        converted, rows = convert_tensors(tensors, to="peft", rank=rank, shapes=shapes)
+        result.modules += rows
+        reshaped = sum(1 for m, s in shapes.items() if _stored_shape(tensors, m) not in (None, s)
+                       and m.path.endswith((".proj_in", ".proj_out")))
+        if reshaped:
+            result.changes.append(f"reshape {reshaped} projection modules to the base layout")
+        if rows:
+            result.changes.append(f"lower {sum(r.change == 'lowered' for r in rows)} LyCORIS modules to plain LoRA")
+        tensors = converted
+    if plan.dialect.get("transformer_names") in ("sd3", "flux"):
+        tensors = _fused(ctx.adapter, tensors, result)
+    return tensors
+
+
+def _fused(adapter, tensors, result: FixResult):
+    """Original SD3/Flux names (sd-scripts', ComfyUI's) fuse the split q/k/v (and Flux's linear1) targets, as
+    ``convert --to kohya`` does: [shift, scale] rows in the original order, then the block-diagonal fusion."""
+    from .ops.convert import convert_tensors
+    from .ops.fused import natively_named, reorder_scale_shift
+
+    moved = {m for m in adapter.modules if m.component == "transformer"} - natively_named(adapter.mapping)
+    tensors = reorder_scale_shift(tensors, moved)
+    fused, rows = convert_tensors(tensors, to="kohya", stored=set(adapter.mapping.mapped.values()), fuse=True)
+    if any(r.change == "fused" for r in rows):
+        result.changes.append(f"fuse {sum(r.change == 'fused' for r in rows)} split targets into the original "
+                              "modules")
+    return fused
 
 
 def _stored_shape(tensors, module) -> tuple[int, ...] | None:
@@ -291,7 +373,7 @@ def _write_checked(input, output, tensors, plan: _Plan, ctx, targets, base):
         after = consumer_verdicts(temp, targets, base=base)
         failing = [v for v in after if not v.ok]
         if failing:
-            reasons = "; ".join(f"{v.consumer}: {v.findings[0].message}" if v.findings else v.consumer
+            reasons = "; ".join(v.findings[0].message if v.findings else v.consumer  # names its consumer
                                 for v in failing)
             raise FixDoesNotLoad(f"the fixed file still does not fully load, not written: {reasons}", path=out,
                                  hint="this needs a change fix does not make; see `lorareg verify --target`")

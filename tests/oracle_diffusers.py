@@ -9,6 +9,7 @@ LoRA into the tiny transformer / text encoders and ``<Pipeline>.save_lora_weight
 from __future__ import annotations
 
 import logging
+import re
 from functools import cache
 from pathlib import Path
 
@@ -158,8 +159,13 @@ def peft_load(path: Path, arch: str, component: str) -> RealLoad:
         targets = [n for n in names if n in existing]
         if targets:
             dora = any("lora_magnitude_vector" in k for k in state)
+            # per-module ranks, as the rank_pattern of the adapter_config.json PeftModel.from_pretrained reads
+            ranks = {m.path: state[k].shape[0] for k, m in owner.items()
+                     if m.component == component and ("lora_A" in k or "lora_down" in k)}
+            pattern = {re.escape(path): r for path, r in ranks.items() if path in targets and r != _rank(state)}
             inject_adapter_in_model(LoraConfig(r=_rank(state), lora_alpha=_rank(state), target_modules=targets,
-                                               use_dora=dora), model, adapter_name=ADAPTER)
+                                               rank_pattern=pattern, alpha_pattern=pattern, use_dora=dora),
+                                    model, adapter_name=ADAPTER)
             before = {n: p.detach().clone() for n, p in model.named_parameters() if ADAPTER in n}
             try:
                 result = set_peft_model_state_dict(model, state, adapter_name=ADAPTER)

@@ -101,9 +101,43 @@ def test_output_equal_to_input_is_refused_with_exit_2(lorareg, tmp_path, capsys)
 
 def test_unknown_target_lists_the_known_ones(lorareg, tmp_path, capsys):
     out = tmp_path / "out.safetensors"
-    assert lorareg("fix", GOLDEN / "sd1_kohya.safetensors", "-o", out, "--for", "invokeai") == 2
+    assert lorareg("fix", GOLDEN / "sd1_kohya.safetensors", "-o", out, "--for", "automatic1111") == 2
     err = capsys.readouterr().err
-    assert "'invokeai'" in err and "diffusers, comfyui, a1111, forge, all" in err
+    assert "'automatic1111'" in err and "diffusers, peft, comfyui, invokeai, a1111, forge, kohya, all" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("targets,message", [
+    ("peft,diffusers", "cannot be combined"),  # bare keys of one model vs component prefixes
+    ("kohya,diffusers", "opposite SD2 projection shapes"),
+    ("a1111", "do not model flux"),
+])
+def test_targets_that_cannot_be_served_by_one_file_are_usage_errors(targets, message, lorareg, tmp_path, capsys):
+    source, base = {"a1111": (GOLDEN / "mmdit" / "flux_diffusers.safetensors", "flux1-dev")}.get(
+        targets, (GOLDEN / "sd2_kohya_conv_proj.safetensors", "sd2-512"))
+    out = tmp_path / "out.safetensors"
+    assert lorareg("fix", source, "-o", out, "--for", targets, "--base", base) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_all_leaves_out_the_loaders_that_do_not_model_the_family(tmp_path):
+    """FLUX.1: a1111 has no rules for it, so "all" fixes for the loaders that do."""
+    from loraregistry.verify.consumers import CONSUMERS
+    from tests.oracle_diffusers import pipeline_dir
+
+    result = fix(GOLDEN / "mmdit" / "flux_diffusers.safetensors", tmp_path / "out.safetensors", targets="all",
+                 base=str(pipeline_dir("flux", str(tmp_path))))
+    assert "a1111" not in result.targets
+    assert result.targets == tuple(t for t in ("diffusers", "comfyui", "invokeai", "forge")
+                                   if CONSUMERS[t].models("flux"))
+    assert {v.consumer: v.outcome for v in result.after} == dict.fromkeys(result.targets, "loads")
+
+
+def test_peft_for_a_file_of_several_models_is_refused_with_exit_1(lorareg, tmp_path, capsys):
+    out = tmp_path / "out.safetensors"
+    assert lorareg("fix", GOLDEN / "sd1_kohya.safetensors", "-o", out, "--for", "peft") == 1
+    assert "peft wraps one model" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -207,6 +207,13 @@ def _loha(folder: Path) -> Path:
     return write_adapter_kohya(folder / "loha.safetensors", tensors)
 
 
+def _te1_prefix(folder: Path) -> Path:
+    """Real SD1 shapes, the text encoder under ``lora_te1_`` as diffusers' ``convert_state_dict_to_kohya`` writes
+    it for SD1 too (SD1 loaders that match the prefix exactly, InvokeAI among them, skip those modules)."""
+    tensors = {key.replace("lora_te_", "lora_te1_", 1): array for key, array in lora_tensors("sd1").items()}
+    return write_adapter_kohya(folder / "te1.safetensors", tensors)
+
+
 def _alpha_is_rank(tensors: dict) -> dict:
     """peft/diffusers/attention-processor files keep no alpha tensor: make alpha = rank so nothing is lost."""
     return {key: array for key, array in tensors.items() if not key.endswith(".alpha")}
@@ -222,6 +229,9 @@ FIXTURES: dict[str, tuple[Callable[[Path], Path], str | None]] = {
         folder, "bare_peft", _alpha_is_rank(lora_tensors("sd1", components=("unet",))), "peft",
         component_prefix="no", component="unet"), None),
     "real_sd1_loha": (_loha, None),
+    "real_sd1_kohya_unet_only": (lambda folder: write_adapter_kohya(
+        folder / "unet_only.safetensors", lora_tensors("sd1", components=("unet",))), None),
+    "real_sd1_kohya_te1_prefix": (_te1_prefix, None),
     **{bad.name: (bad.build, bad.base) for bad in KNOWN_BAD_ADAPTERS},
     **{p.stem: ((lambda folder, p=p: Path(shutil.copy(p, folder / p.name))), None)
        for p in sorted(GOLDEN.glob("*.safetensors"))},
@@ -257,15 +267,6 @@ def test_verify_prints_command_hints(printed_hints):
     assert {"LRG500", "LRG502", "LRG503", "LRG506", "LRG507"} <= codes
 
 
-# Loader-verdict hints (verify/consumers/, not this test's to fix) that do not do what they say today. Each must
-# still fail: when one starts working, this test says so and its entry goes.
-KNOWN_BROKEN = {
-    "lorareg fix --for kohya": "fix has no kohya target (it knows diffusers, comfyui, a1111, forge): exit 2",
-    "lorareg convert --to peft": "the peft verdict wants keys peft's own model matches, but convert --to peft "
-                                 "writes diffusers' component prefixes, which the peft verdict then refuses",
-}
-
-
 def test_every_printed_hint_runs_and_clears_its_finding(printed_hints, tmp_path):
     failures = []
     for (code, hint), name in sorted(printed_hints.items()):
@@ -288,10 +289,7 @@ def test_every_printed_hint_runs_and_clears_its_finding(printed_hints, tmp_path)
         after = verify_json(written, base)
         if code in {_identity(f) for f in _findings(after)}:
             failures.append(f"{name} {code}: still reported after {hint!r}")
-    broken = {snippet for snippet in KNOWN_BROKEN if any(f"`{snippet}`" in failure for failure in failures)}
-    unexpected = [f for f in failures if not any(f"`{snippet}`" in f for snippet in KNOWN_BROKEN)]
-    assert unexpected == [], "\n".join(unexpected)
-    assert broken == set(KNOWN_BROKEN), "a known-broken hint works now: remove it from KNOWN_BROKEN"
+    assert failures == [], "\n".join(failures)
 
 
 # --- every command hint in the source --------------------------------------------------------------
@@ -323,14 +321,15 @@ class SourceHint:
 
 COMMANDS: dict[str, SourceHint | str] = {
     "lorareg convert": SourceHint(("convert", "FILE", "--to", "peft", "-o", "OUT"), check=_written_file),
-    "lorareg convert --to peft": FINDING,
     "lorareg convert FILE --to <format> -o OUT": FINDING,
     "lorareg convert FILE --to peft --dialect component_prefix=yes -o OUT": FINDING,
     "lorareg convert FILE --to peft -o OUT": FINDING,
     "lorareg fix --for a1111": FINDING,
     "lorareg fix --for comfyui": FINDING,
     "lorareg fix --for diffusers": FINDING,
+    "lorareg fix --for invokeai": FINDING,
     "lorareg fix --for kohya": FINDING,
+    "lorareg fix --for peft": FINDING,
     "lorareg meta import FILE": FINDING,
     "lorareg meta set FILE --base <id>": FINDING,
     "lorareg meta set FILE --license <id>": FINDING,

@@ -14,7 +14,8 @@ from .output import emit_json, status
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path, readable=False),
               help="Where to write the fixed adapter (never the input).")
 @click.option("--for", "targets", default="all", show_default=True, metavar="TARGET",
-              help="diffusers, comfyui, a1111, forge (comma list) or all.")
+              help="diffusers, peft, comfyui, invokeai, a1111, forge, kohya (comma list), or all (diffusers, comfyui, "
+                   "invokeai, a1111, forge: one kohya-keyed file).")
 @click.option("--rank", type=int, help="Rank for modules that need an SVD (LoHa/LoKr over it, DoRA).")
 @click.option("--max-error", type=float, help="Refuse when a module's relative error exceeds this (default 0.01).")
 @click.option("--strip-bloat", is_flag=True, help="Drop ss_tag_frequency, cover images and a huge ss_dataset_dirs.")

@@ -44,7 +44,7 @@ LAYER_MARKERS = frozenset({"dora_scale", "dora_magnitude", "lora_up.weight", "ha
                            "diff", "on_input", "w_norm"})
 BUNDLED = "bundle_emb"
 _SGM = ("input_blocks", "middle_block", "output_blocks")
-_FIX = "run `lorareg fix --for a1111` to write kohya keys"
+_FIX = "run `lorareg fix --for invokeai` to write the kohya keys it reads"
 
 
 def assess(facts: AdapterFacts) -> Assessment:
@@ -76,13 +76,16 @@ def assess(facts: AdapterFacts) -> Assessment:
         elif not stem.startswith(prefix):
             a.skip([m.module], f"InvokeAI patches each model only with its own prefix "
                                f"({', '.join(f'{c} {p}' for c, p in prefixes.items())})",
-                   hint=_FIX if m.component == "unet" else "rename the CLIP keys to the prefix above")
-        elif m.fit == ABSENT or (m.component == "unet" and family != "sdxl" and any(b in stem for b in _SGM)):
+                   hint=_FIX)
+        elif m.component == "unet" and family != "sdxl" and any(b in stem for b in _SGM) and m.fit != ABSENT:
+            a.skip([m.module], "SD1/SD2 SGM block names are not converted and find no module ('Failed to find "
+                               "module for LoRA layer key')", hint=_FIX)
+        elif m.fit == ABSENT:
             a.skip([m.module], "the model has no such module ('Failed to find module for LoRA layer key')")
         elif m.component.startswith("text_encoder") and "_text_model_" not in stem:
             a.skip([m.module], "CLIP names without 'text_model' find no module in the transformers InvokeAI pins "
                                "('Failed to find module for LoRA layer key')",
-                   hint="rename the CLIP keys to lora_te…_text_model_encoder_layers_…, as sd-scripts writes them")
+                   hint=_FIX)
     mismatched = [m for m in facts.modules.values() if m.module not in a.skipped and m.fit == MISMATCH]
     if mismatched:
         a.refuse(f"RuntimeError: the delta of {len(mismatched)} modules does not fit the weight, e.g. "

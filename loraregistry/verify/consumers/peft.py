@@ -23,17 +23,20 @@ from . import Assessment, Consumer
 from .facts import ABSENT, FITS, UNCHECKED, AdapterFacts
 
 VERSION_RANGE = "0.9 - 0.21"
-_FIX = "run `lorareg convert --to peft`"
+_FIX = "run `lorareg fix --for peft`"
+# A file for several models has no peft spelling that loads in one: no command can repair that.
+_ONE_MODEL = "peft wraps one model and this file holds several: load it with diffusers, or save each model's own"
 
 
 def assess(facts: AdapterFacts) -> Assessment:
     a = Assessment("peft")
+    fix = _FIX if len(facts.components) <= 1 else _ONE_MODEL
     not_peft = [m.module for m in facts.modules.values() if m.key_format != "peft"]
-    a.skip(not_peft, "their keys are not peft parameter names", hint=_FIX)
+    a.skip(not_peft, "their keys are not peft parameter names", hint=fix)
     prefixed = [m.module for m in facts.modules.values() if m.key_format == "peft"
                 and all(k.startswith(f"{m.component}.") for k in m.keys)]
     a.skip(prefixed, "their keys carry a diffusers component prefix ('unet.'), which peft's model lacks",
-           hint="load the file with diffusers, or strip the prefix for each component")
+           hint=f"{_FIX} to strip it" if fix == _FIX else _ONE_MODEL)
     components = {m.component for m in facts.modules.values() if m.module not in a.skipped}
     if len(components) > 1:
         a.note("consumer-skips-modules", f"keys for {len(components)} components: peft wraps one model at a time",
@@ -42,7 +45,7 @@ def assess(facts: AdapterFacts) -> Assessment:
     bad = [m for m in facts.modules.values() if m.module not in a.skipped and m.fit not in (FITS, ABSENT, UNCHECKED)]
     if bad:
         a.refuse(f"RuntimeError: size mismatch for {len(bad)} modules ({bad[0].fit}), e.g. '{bad[0].module}'",
-                 key=str(bad[0].module), hint=_FIX)
+                 key=str(bad[0].module), hint=fix)
     a.ignore(list(facts.unknown_keys), "are unexpected keys")
     return a
 
