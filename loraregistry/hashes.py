@@ -13,10 +13,13 @@ Definitions (FORMATS.md section 5):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import struct
 import zlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,8 +138,37 @@ def content_hashes(path: str | os.PathLike[str], data_offset: int) -> tuple[str,
     return whole.hexdigest(), data.hexdigest()
 
 
+# (device, inode, size, mtime_ns, data_offset) of a file just written -> the AutoV3 hashed while writing it
+_KNOWN_TENSOR_SHA256: ContextVar[tuple[tuple[int, int, int, int, int], str] | None] = ContextVar(
+    "known_tensor_sha256", default=None)
+
+
+def _identity(st: os.stat_result, data_offset: int) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, data_offset)
+
+
+@contextlib.contextmanager
+def known_tensor_sha256(path: str | os.PathLike[str], data_offset: int, digest: str) -> Iterator[None]:
+    """Within the block, ``tensor_sha256(path, data_offset)`` answers ``digest`` without reading the file, as long
+    as the path still names the very file it named on entry (same device, inode, size and mtime).
+
+    For the verify that follows a write which hashed the bytes as it wrote them (``ops.outfile``): the data is
+    not read a second time to learn what the writer already knows. Scoped to the block and the calling context
+    (thread), so nothing else ever sees it."""
+    token = _KNOWN_TENSOR_SHA256.set((_identity(os.stat(path), data_offset), digest))
+    try:
+        yield
+    finally:
+        _KNOWN_TENSOR_SHA256.reset(token)
+
+
 def tensor_sha256(path: str | os.PathLike[str], data_offset: int) -> str:
-    """AutoV3 alone: sha256 of the bytes from ``data_offset`` to the end."""
+    """AutoV3 alone: sha256 of the bytes from ``data_offset`` to the end (``known_tensor_sha256`` may know it)."""
+    known = _KNOWN_TENSOR_SHA256.get()
+    if known is not None:
+        with contextlib.suppress(OSError):
+            if _identity(os.stat(path), data_offset) == known[0]:
+                return known[1]
     h = hashlib.sha256()
     with Path(path).open("rb") as f:
         f.seek(data_offset)

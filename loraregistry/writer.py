@@ -77,14 +77,12 @@ def peft_adapter_metadata(tensors: Mapping[CanonicalKey, np.ndarray],
     return flat
 
 
-def write_adapter(path: str | os.PathLike[str], tensors: Mapping[CanonicalKey, np.ndarray], *, format: str,
-                  dialect: Mapping[str, str] | None = None, metadata=None,
-                  header: Mapping[str, str] | None = None) -> None:
-    """Write canonical ``tensors`` as ``format`` (kohya / peft / diffusers / attn_procs), atomically.
-
-    ``metadata`` (an ``AdapterMetadata``) is stored under ``lorareg`` and projected onto ``modelspec.*`` and
-    ``ss_*``; ``header`` holds other str->str keys to keep.
-    """
+def adapter_layout(tensors: Mapping[CanonicalKey, np.ndarray], *, format: str,
+                   dialect: Mapping[str, str] | None = None,
+                   header: Mapping[str, str] | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """(file key -> array, header metadata) of canonical ``tensors`` written as ``format``, without a record:
+    alpha moved to where ``format`` keeps it (see module docstring), keys spelled in ``dialect``, ``header``
+    kept. ``write_adapter`` writes exactly this; operations that hash while they write use it directly."""
     from .formats import from_canonical
 
     body = dict(tensors)
@@ -100,8 +98,20 @@ def write_adapter(path: str | os.PathLike[str], tensors: Mapping[CanonicalKey, n
             extra["lora_adapter_metadata"] = json.dumps(peft_adapter_metadata(tensors, dialect), indent=2, sort_keys=True)
             extra.setdefault("format", "pt")
     names = from_canonical(list(body), format=format, dialect=dict(dialect or {}))
+    return {names[ck]: np.asarray(arr) for ck, arr in body.items()}, extra
+
+
+def write_adapter(path: str | os.PathLike[str], tensors: Mapping[CanonicalKey, np.ndarray], *, format: str,
+                  dialect: Mapping[str, str] | None = None, metadata=None,
+                  header: Mapping[str, str] | None = None) -> None:
+    """Write canonical ``tensors`` as ``format`` (kohya / peft / diffusers / attn_procs), atomically.
+
+    ``metadata`` (an ``AdapterMetadata``) is stored under ``lorareg`` and projected onto ``modelspec.*`` and
+    ``ss_*``; ``header`` holds other str->str keys to keep.
+    """
+    named, extra = adapter_layout(tensors, format=format, dialect=dialect, header=header)
     if metadata is not None:
         from .schema import merge_projection
 
         extra = merge_projection(extra, metadata)
-    write_safetensors(path, {names[ck]: np.asarray(arr) for ck, arr in body.items()}, extra)
+    write_safetensors(path, named, extra)

@@ -5,10 +5,10 @@
 ``alpha_pattern`` of ``lora_adapter_metadata`` for peft/diffusers files, else alpha = rank (what every
 loader assumes). Downstream maths then only ever computes ``scale = alpha / rank`` (``delta.module_scale``).
 
-``write_op_output(path, tensors, ...)`` writes next to ``path`` under a temporary name, fills the
-record's network facts and tensor hash from what was written, runs ``verify`` on it, and renames it into
-place only when verify finds no error (or ``force``). An output path that names an input is refused
-before anything is written.
+``write_op_output(path, tensors, ...)`` fills the record's network facts and tensor hash from the tensors in
+memory, writes the file once next to ``path`` under a temporary name (``outfile``), runs ``verify`` on it, and
+renames it into place only when verify finds no error (or ``force``). An output path that names an input is
+refused before anything is written.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -174,30 +174,37 @@ def write_op_output(path: str | os.PathLike[str], tensors: Mapping[CanonicalKey,
     """Write canonical ``tensors`` as ``format`` to ``path`` via a verified temporary file.
 
     ``metadata``: the record to store (``op_metadata``); its ``network`` and ``tensor_sha256`` are
-    replaced by what was written. ``header``: other str->str keys to keep. ``inputs``: paths the output
+    replaced by what is written. ``header``: other str->str keys to keep. ``inputs``: paths the output
     must not overwrite (OutputIsInput, exit 2, nothing written). ``base``: passed to ``verify`` (an
     architecture id or a model folder/checkpoint). Verify errors -> OutputFailsVerify (exit 1) listing
     them, and no file, unless ``force``. Alpha is stored the way ``format`` stores it (``writer``).
+
+    One write, one hash of each kind (``outfile``): the record is built from the tensors in memory, the data
+    hashed from memory, the file written once (fsync) while its whole-file sha256 is taken, and verify reads
+    the written file again (header, alphas, the value scan) but is told the tensor hash instead of re-hashing.
     """
     from ..atomic_write import new_temp_path
-    from ..hashes import file_sha256, hash_file, tensor_sha256
-    from ..safetensors_io import rewrite_metadata
+    from ..hashes import known_tensor_sha256
     from ..schema import merge_projection
     from ..verify import verify
-    from ..writer import write_adapter
+    from ..writer import adapter_layout
+    from .outfile import Layout
 
     out = check_output_path(path, inputs)
     temp = new_temp_path(out)  # not *.safetensors: a killed run's leftover is no adapter, and is swept
     try:
         with about(out):  # a full disk or a vanished folder: one line naming the output
-            write_adapter(temp, tensors, format=format, dialect=dialect, header=header)
-            data_sha256 = None  # rewrite_metadata keeps every tensor byte: hashed once, here
+            named, extra = adapter_layout(tensors, format=format, dialect=dialect, header=header)
+            layout = Layout.of(named)
+            data_sha256 = layout.data_sha256()
+            encoded, parsed = layout.header(extra, path=temp)
             if metadata is not None:
-                written = AdapterFile.open(temp)
-                data_sha256 = tensor_sha256(temp, written.header.data_offset)
-                record = metadata.model_copy(update={"network": _network_info(written), "tensor_sha256": data_sha256})
-                rewrite_metadata(temp, merge_projection(written.header.metadata, record))
-            report = verify(temp, base=base)
+                draft = _in_memory_adapter(parsed, layout.arrays, temp)
+                record = metadata.model_copy(update={"network": _network_info(draft), "tensor_sha256": data_sha256})
+                encoded, parsed = layout.header(merge_projection(extra, record), path=temp)
+            sha256 = layout.write(temp, encoded)
+            with known_tensor_sha256(temp, parsed.data_offset, data_sha256):
+                report = verify(temp, base=base)
             errors = [f for f in report.findings if f.severity == "error"]
             if errors and not force:
                 listed = "; ".join(f"{f.code} {f.message}" for f in errors[:5])
@@ -210,12 +217,21 @@ def write_op_output(path: str | os.PathLike[str], tensors: Mapping[CanonicalKey,
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
     _fsync_folder(out.parent)
-    if data_sha256 is None:
-        hashes = hash_file(out)
-        return WrittenOutput(path=out, sha256=hashes.sha256, tensor_sha256=hashes.autov3 or "", report=report,
-                             forced=bool(errors))
-    return WrittenOutput(path=out, sha256=file_sha256(out), tensor_sha256=data_sha256, report=report,
-                         forced=bool(errors))
+    return WrittenOutput(path=out, sha256=sha256, tensor_sha256=data_sha256, report=report, forced=bool(errors))
+
+
+def _in_memory_adapter(header, arrays: Mapping[str, np.ndarray], path: Path) -> AdapterFile:
+    """The ``AdapterFile`` that ``AdapterFile.open`` will read from the file ``header`` and ``arrays`` make, built
+    before the file exists: the header's modules, with the scalar alphas read from the arrays instead of the data."""
+    adapter = AdapterFile.from_header(header, path=path)
+    for module, info in adapter.modules.items():
+        key = info.keys.get("alpha")
+        if key is not None:
+            alpha = arrays[key]
+            scalar = alpha.size == 1 and (alpha.dtype.kind in "fiu" or alpha.dtype.name.startswith(("bfloat", "float8")))
+            value = float(alpha.reshape(-1)[0]) if scalar else None  # what AdapterFile reads from the stored bytes
+            adapter.modules[module] = replace(info, alpha=value, alpha_unknown=False)
+    return adapter
 
 
 def _fsync_folder(folder: Path) -> None:
