@@ -29,7 +29,8 @@ import numpy as np
 
 from ..canonical import ModuleKey
 from ..errors import FileAccessError, PickleCheckpointError, UsageError
-from ..formats.mmdit import fused_targets
+from ..formats.mmdit import fused_targets, infer_family
+from . import mmdit_checkpoint
 from ..safetensors_io import SafetensorsHeader, numpy_dtype, read_header
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -84,6 +85,8 @@ class Checkpoint:
     kind: str  # "single-file" or "diffusers"
     headers: dict[Path, SafetensorsHeader]  # every weight file lorareg reads or rewrites
     modules: dict[ModuleKey, WeightLocation]
+    family: str | None = None  # flux / sd3 where the transformer's names or modules tell
+
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -146,11 +149,13 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     refuse_pickle(p)
     header = read_header(p)
     modules = dict(_single_file_modules(p, header))
+    mmdit = mmdit_checkpoint.detect(header)
     if not modules:
         raise UsageError("no UNet, transformer or text-encoder weights with original SD/SGM/SD3/FLUX key names",
                          path=p, hint="expected model.diffusion_model.* / cond_stage_model.* / conditioner.embedders.* "
                                       "/ double_blocks.* / joint_blocks.* keys, or pass a diffusers model folder")
-    return Checkpoint(path=p, kind="single-file", headers={p: header}, modules=modules)
+    return Checkpoint(path=p, kind="single-file", headers={p: header}, modules=modules,
+                      family=mmdit[1] if mmdit else None)
 
 
 def refuse_pickle(path: Path) -> None:
@@ -187,7 +192,6 @@ def read_weight(loc: WeightLocation, header: SafetensorsHeader, *, dtype=np.floa
 
 def _single_file_modules(path: Path, header: SafetensorsHeader) -> Iterator[tuple[ModuleKey, WeightLocation]]:
     from ..formats.sgm import levels_from_sgm, sgm_to_diffusers
-    from . import mmdit_checkpoint
 
     def loc(key: str, **kw) -> WeightLocation:
         info = header.tensors[key]
@@ -276,7 +280,9 @@ def _open_folder(root: Path) -> Checkpoint:
     if not modules:
         raise UsageError("no component safetensors weights in this diffusers folder", path=root,
                          hint="expected unet/diffusion_pytorch_model.safetensors, text_encoder/model.safetensors")
-    return Checkpoint(path=root, kind="diffusers", headers=headers, modules=modules)
+    paths = {m.path for m in modules if m.component == "transformer"}
+    return Checkpoint(path=root, kind="diffusers", headers=headers, modules=modules,
+                      family=infer_family(paths) if paths else None)
 
 
 def component_weight_files(folder: Path) -> list[Path]:

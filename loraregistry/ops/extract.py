@@ -4,6 +4,12 @@ Modules are those kohya's LoRA wraps: UNet attention blocks (Linear and 1x1 conv
 Linears; with ``conv_rank`` also the ResNet, down- and up-sampler modules (kxk kernels at ``conv_rank``,
 flattened to [out, in*kh*kw]). Each difference is read in fp32 from the two files, one module at a time.
 
+SD3/FLUX.1 transformers (single files with original names, or diffusers folders; ``Checkpoint.locate``): every
+Linear of the transformer blocks, as kohya's ``lora_flux`` / ``lora_sd3`` wrap them. For kohya output the units are
+the original modules, so a fused ``qkv`` / ``linear1`` is one SVD of the fused weight (a folder's split q/k/v rows
+stacked) with [shift, scale] rows in the original order; for peft (diffusers) output they are the diffusers modules,
+one SVD per q/k/v slice.
+
 The truncated SVD is exact (LAPACK) for small matrices and randomized (Halko et al. 2011: Gaussian sketch
 with oversampling, a few power iterations, seeded per module) for large ones. Each module reports the energy
 kept, ``sum(S[:r]^2) / ||D||_F^2``, and the relative error ``||D - D_r||_F / ||D||_F``. Modules whose
@@ -112,8 +118,9 @@ def extract(*, base: str | os.PathLike[str], tuned: str | os.PathLike[str], outp
     check_output_path(output, [base, tuned])
     arch = _resolve_architecture(architecture)
     a, b = open_checkpoint(base), open_checkpoint(tuned)
-    modules = _paired_modules(a, b, with_conv=conv_rank is not None)
-    architecture = _architecture(arch, a, {m: a.modules[m].shape for m in modules})  # refuse a wrong --arch early
+    family = a.family
+    modules = _paired_modules(a, b, with_conv=conv_rank is not None, fused=to == "kohya" and family is not None)
+    architecture = _architecture(arch, a, _split_shapes(a, modules))  # refuse a wrong --arch early
     report = ExtractReport(output=str(output), architecture=architecture, rank=rank, conv_rank=conv_rank, format=to)
     tensors: dict[CanonicalKey, np.ndarray] = {}
     for module in progress(modules, total=len(modules), description="extract"):
@@ -130,10 +137,14 @@ def extract(*, base: str | os.PathLike[str], tuned: str | os.PathLike[str], outp
     if not report.modules:
         raise UsageError(f"the checkpoints do not differ in any of the {len(modules)} modules compared",
                          hint="is --tuned the fine-tuned model? lower --min-diff to keep tiny differences")
-    written = write_op_output(output, tensors, format=to, dialect=_dialect(to, tensors),
+    if to == "kohya" and family is not None:  # original names: [shift, scale] rows as the original stores them
+        from .fused import reorder_scale_shift
+
+        tensors = reorder_scale_shift(tensors, {k.module for k in tensors if k.component == "transformer"})
+    written = write_op_output(output, tensors, format=to, dialect=_dialect(to, tensors, family),
                               metadata=_metadata(a, b, report, dtype=dtype, min_diff=min_diff, seed=seed,
                                                  power_iterations=power_iterations),
-                              inputs=[base, tuned], force=force, base=str(a.path))
+                              inputs=[base, tuned], force=force, base=_verify_base(a, architecture))
     report.sha256, report.tensor_sha256, report.forced = written.sha256, written.tensor_sha256, written.forced
     return report
 
@@ -170,11 +181,33 @@ def _selected(module: ModuleKey, shape: tuple[int, ...], with_conv: bool) -> boo
     return bool(_ATTENTION.match(module.path)) and one_by_one or with_conv and bool(_CONV_BLOCKS.match(module.path))
 
 
-def _paired_modules(a: Checkpoint, b: Checkpoint, *, with_conv: bool) -> list[ModuleKey]:
-    wanted = sorted(m for m, loc in a.modules.items() if _selected(m, loc.shape, with_conv))
-    missing = [str(m) for m in wanted if m not in b.modules]
-    differ = [f"{m} ({list(a.modules[m].shape)} vs {list(b.modules[m].shape)})" for m in wanted
-              if m in b.modules and a.modules[m].shape != b.modules[m].shape]
+def _units(wanted: list[ModuleKey], *, fused: bool) -> list[ModuleKey]:
+    """The modules to extract: SD3/FLUX q/k/v (and FLUX's proj_mlp) fused into the original module when ``fused``
+    (kohya names), else the diffusers modules (a single file addresses both, see ``mmdit_checkpoint``; a fused
+    weight it could not split stays fused)."""
+    from ..formats import fused_targets, is_fused
+    from .targets import fused_path_of
+
+    present = set(wanted)
+    units = set()
+    for module in wanted:
+        if module.component != "transformer":
+            units.add(module)
+        elif fused:
+            path = module.path if is_fused(module.path) else fused_path_of(module.path) or module.path
+            units.add(ModuleKey(module.component, path))
+        elif not is_fused(module.path) or not all(ModuleKey(module.component, t) in present
+                                                  for t in fused_targets(module.path)):
+            units.add(module)
+    return sorted(units)
+
+
+def _paired_modules(a: Checkpoint, b: Checkpoint, *, with_conv: bool, fused: bool = False) -> list[ModuleKey]:
+    selected = sorted(m for m, loc in a.modules.items() if _selected(m, loc.shape, with_conv))
+    wanted = [m for m in _units(selected, fused=fused) if a.shape(m) is not None]
+    missing = [str(m) for m in wanted if b.shape(m) is None]
+    differ = [f"{m} ({list(a.shape(m))} vs {list(b.shape(m))})" for m in wanted
+              if b.shape(m) is not None and a.shape(m) != b.shape(m)]
     if missing or differ:
         problems = ([f"{len(missing)} modules missing from the tuned model, e.g. {missing[0]}"] if missing else []) + \
                    ([f"{len(differ)} modules differ in shape, e.g. {differ[0]}"] if differ else [])
@@ -186,14 +219,39 @@ def _paired_modules(a: Checkpoint, b: Checkpoint, *, with_conv: bool) -> list[Mo
 
 
 def _is_linear_like(checkpoint: Checkpoint, module: ModuleKey) -> bool:
-    shape = checkpoint.modules[module].shape
+    shape = checkpoint.shape(module)
     return len(shape) == 2 or shape[2:] == (1, 1)
+
+
+def _split_shapes(checkpoint: Checkpoint, modules: list[ModuleKey]) -> dict[ModuleKey, tuple[int, ...]]:
+    """Weight shape per diffusers module (a fused unit by its targets): what the shipped fingerprints list."""
+    from ..formats import fused_targets
+
+    shapes = {}
+    for module in modules:
+        for target in fused_targets(module.path) if module.component == "transformer" else (module.path,):
+            key = ModuleKey(module.component, target)
+            shape = checkpoint.shape(key)
+            if shape is not None:
+                shapes[key] = shape
+    return shapes
+
+
+def _verify_base(checkpoint: Checkpoint, architecture: str | None) -> str | None:
+    """What the written output is verified against: the base itself where verify reads its layout (a folder, an
+    SD/SDXL single file), else the detected architecture (verify does not read SD3/FLUX original names)."""
+    from .mmdit_checkpoint import detect
+
+    if checkpoint.kind == "single-file" and detect(checkpoint.headers[checkpoint.path]) is not None:
+        return architecture
+    return str(checkpoint.path)
 
 
 def _extract_module(a: Checkpoint, b: Checkpoint, module: ModuleKey, rank: int, *, min_diff: float, seed: int,
                     power_iterations: int) -> tuple[dict[str, np.ndarray], ModuleResult] | None:
     # fp32 holds any difference of fp16/bf16/fp32 weights exactly enough; fp64 weights keep fp64
-    dtype = np.float64 if "F64" in (a.modules[module].dtype, b.modules[module].dtype) else np.float32
+    stored = {p.loc.dtype for checkpoint in (a, b) for p in checkpoint.locate(module)}
+    dtype = np.float64 if "F64" in stored else np.float32
     base = a.read(module, dtype=dtype)
     diff = b.read(module, dtype=dtype)
     diff -= base
@@ -246,12 +304,22 @@ def _architecture(requested: str | None, checkpoint: Checkpoint,
     if len(candidates) == 1:
         return candidates[0]
     declared = resolve(checkpoint.metadata.get("modelspec.architecture", "")) if candidates else None
-    return declared.id if declared is not None and declared.id in candidates else None
+    if declared is not None and declared.id in candidates:
+        return declared.id
+    if set(candidates) == {"flux1-dev", "flux1-schnell"}:  # one fingerprint; only dev embeds the guidance scale
+        guided = ModuleKey("transformer", "time_text_embed.guidance_embedder.linear_1") in checkpoint.modules
+        return "flux1-dev" if guided else "flux1-schnell"
+    return None
 
 
-def _dialect(to: str, tensors: dict[CanonicalKey, np.ndarray]) -> dict[str, str]:
-    """kohya SDXL files name UNet modules by SGM blocks, as kohya's own SDXL scripts write them."""
-    if to == "kohya" and any(k.component == "text_encoder_2" for k in tensors):
+def _dialect(to: str, tensors: dict[CanonicalKey, np.ndarray], family: str | None) -> dict[str, str]:
+    """kohya SDXL files name UNet modules by SGM blocks, as kohya's own SDXL scripts write them; kohya SD3/FLUX
+    files name the transformer's modules after the original model (``lora_unet_double_blocks_0_img_attn_qkv``)."""
+    if to != "kohya":
+        return {}
+    if family is not None and any(k.component == "transformer" for k in tensors):
+        return {"transformer_names": family}
+    if any(k.component == "text_encoder_2" for k in tensors):
         return {"unet_names": "sgm", "unet_levels": "3"}
     return {}
 
