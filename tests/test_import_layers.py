@@ -74,3 +74,42 @@ def test_core_module_imports_no_upper_layer(path):
 def test_the_checker_sees_lazy_imports(tmp_path):
     sample = PACKAGE / "adapter.py"
     assert "loraregistry.alphas" in imports_of(sample)  # imported inside a method
+
+
+# --- what a header-level verify imports --------------------------------------------------------------------
+
+_IMPORTS_OF_VERIFY = """
+import io, json, sys, contextlib
+from loraregistry.cli import main
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    code = main(["verify", "--no-tensors", "--json", sys.argv[1]])
+json.loads(out.getvalue())
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
+"""
+# Heavy or needless for a header-level verify of a file without a lorareg record: pydantic and the modules that
+# build models (validation is light, see schema.light), rich (--json prints plain text), numpy and torch (no
+# tensor is read), the Hub client.
+_NOT_FOR_VERIFY = ("pydantic", "pydantic_core", "loraregistry.schema.metadata", "loraregistry.schema.foreign_models",
+                   "loraregistry.verify.output_models", "rich", "numpy", "torch", "huggingface_hub")
+
+
+def test_header_level_verify_of_a_kohya_file_imports_little(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from tests.adapters import lora_tensors, write_adapter
+
+    path = write_adapter(tmp_path / "kohya.safetensors", lora_tensors("sd1"),
+                         {"ss_network_module": "networks.lora", "ss_network_dim": "2", "ss_network_alpha": "1.0",
+                          "ss_base_model_version": "sd_v1", "ss_training_started_at": "1684342410.5",
+                          "modelspec.trigger_phrase": "sks", "modelspec.license": "mit"})
+    done = subprocess.run([sys.executable, "-c", _IMPORTS_OF_VERIFY, str(path)], capture_output=True, text=True,
+                          check=True, cwd=PACKAGE.parent)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["code"] == 0
+    loaded = [name for name in result["modules"] if any(name == top or name.startswith(top + ".")
+                                                         for top in _NOT_FOR_VERIFY)]
+    assert loaded == []
+    assert "loraregistry.schema.light" in result["modules"]  # the metadata was judged, lightly

@@ -1,40 +1,20 @@
-"""Shared machinery of the tolerant import models for foreign metadata (kohya, ModelSpec, diffusers).
+"""What the readers of foreign metadata (kohya, ModelSpec, diffusers) share, without pydantic: the value parsers
+(foreign spellings -> canonical Python values) and ``Found`` / ``Findings``.
 
-Safetensors metadata is str -> str and written by many tools, so a foreign value that does not parse
-is never fatal: the field becomes ``None`` and a warning names the key, the value and the problem.
-Every lenient field is declared as ``Annotated[T | None, ..., Lenient]``; ``Lenient`` wraps the normal
-validation of ``T`` and turns its failure into that warning.
+The tolerant pydantic models built on these parsers live in ``foreign_models`` and load only when the light
+reader (``light``) cannot vouch for a value: a header-level ``verify`` of a clean file never builds them.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from typing import Annotated, Any
-
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, WrapValidator
+from typing import Any
 
 # Values that mean "not set" in the wild: str(None) from kohya, "Dynamic" from resize_lora (rank varies).
 NULL_STRINGS = frozenset({"", "none", "null", "nan", "dynamic", "undefined"})
-
-
-def _lenient(value: Any, handler: Any, info: ValidationInfo) -> Any:
-    if value is None or (isinstance(value, str) and value.strip().lower() in NULL_STRINGS):
-        return None
-    try:
-        return handler(value)
-    except ValidationError as exc:
-        context = info.context or {}
-        problem = exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")
-        where = f"{context.get('where', '')}{info.field_name}"
-        context.get("warnings", []).append(f"{where} = {short(value)}: ignored ({problem})")
-        return None
-
-
-Lenient = WrapValidator(_lenient)
 
 
 def short(value: Any, limit: int = 80) -> str:
@@ -106,27 +86,14 @@ def parse_json(value: Any) -> Any:
         raise ValueError("not valid JSON") from None
 
 
-LenientStr = Annotated[Annotated[str, Field(min_length=1, max_length=20_000)] | None, Lenient]
-LenientBool = Annotated[bool | None, Lenient]
-LenientPositiveInt = Annotated[Annotated[int, Field(ge=1)] | None, Lenient]
-LenientSeed = Annotated[Annotated[int, Field(ge=0)] | None, Lenient]
-LenientPositiveFloat = Annotated[Annotated[float, Field(gt=0)] | None, Lenient]
-LenientNonNegativeFloat = Annotated[Annotated[float, Field(ge=0)] | None, Lenient]
-LenientList = Annotated[list[str] | None, BeforeValidator(parse_list), Lenient]
-LenientResolution = Annotated[tuple[int, int] | None, BeforeValidator(parse_resolution), Lenient]
-LenientTimestamp = Annotated[datetime | None, BeforeValidator(parse_timestamp), Lenient]
-LenientSha256 = Annotated[str | None, BeforeValidator(parse_sha256), Lenient]
-
-
-class ForeignRecord(BaseModel):
-    """Base of the tolerant import models: unknown keys are ignored, NaN/inf refused, nothing raises."""
-
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, str_strip_whitespace=True, frozen=True)
-
-    @classmethod
-    def read(cls, data: Mapping[str, Any], *, where: str, warnings: list[str]) -> Any:
-        """Validate ``data`` leniently; problems go to ``warnings`` as '<where><key> = value: ignored (why)'."""
-        return cls.model_validate(dict(data), context={"warnings": warnings, "where": where})
+def single_learning_rate(value: Any) -> Any:
+    """sd-scripts writes a list for SDXL's two text encoders: '[0.0001, 5e-05]'. One value if they agree."""
+    if isinstance(value, str) and value.strip().startswith("["):
+        rates = parse_json(value)
+        if isinstance(rates, list) and rates and all(rate == rates[0] for rate in rates):
+            return rates[0]
+        raise ValueError("differs per text encoder; lorareg records one rate")
+    return value
 
 
 # --- what one source says about the canonical record --------------------------------------------

@@ -12,45 +12,17 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Mapping
-from typing import Annotated, Any
-
-from pydantic import BeforeValidator, Field
+from typing import TYPE_CHECKING, Any
 
 from ..alphas import split_components
 from ..canonical import COMPONENTS
-from ._foreign import (
-    Findings,
-    ForeignRecord,
-    Lenient,
-    LenientBool,
-    LenientPositiveFloat,
-    LenientPositiveInt,
-    LenientStr,
-    parse_json,
-)
+from ._foreign import Findings, parse_json
+
+if TYPE_CHECKING:
+    from .foreign_models import PeftConfig
 
 KEY = "lora_adapter_metadata"
 _PEFT_TYPES = {"LORA": "lora", "LOHA": "loha", "LOKR": "lokr"}
-
-
-def _as_list(value: Any) -> Any:
-    return [value] if isinstance(value, str) else value  # peft allows one regex string
-
-
-class PeftConfig(ForeignRecord):
-    """The keys of a peft LoraConfig / LoHaConfig / LoKrConfig that lorareg reads."""
-
-    peft_type: LenientStr = None
-    r: LenientPositiveInt = None
-    lora_alpha: LenientPositiveFloat = None
-    alpha: LenientPositiveFloat = None  # LoHa / LoKr spell it without the prefix
-    rank_pattern: Annotated[dict[str, Annotated[int, Field(ge=1)]] | None, Lenient] = None
-    alpha_pattern: Annotated[dict[str, Annotated[float, Field(gt=0)]] | None, Lenient] = None
-    target_modules: Annotated[list[Annotated[str, Field(min_length=1, max_length=500)]] | None,
-                              BeforeValidator(_as_list), Lenient] = None
-    use_dora: LenientBool = None
-    base_model_name_or_path: LenientStr = None
-    revision: LenientStr = None
 
 
 def read_diffusers(header: Mapping[str, str]) -> Findings:
@@ -66,6 +38,8 @@ def read_diffusers(header: Mapping[str, str]) -> Findings:
     if not isinstance(data, dict):
         found.warnings.append(f"{KEY}: expected a JSON object, got {type(data).__name__}; ignored")
         return found
+    from .foreign_models import PeftConfig  # pydantic: only files that carry this key load it
+
     configs = {
         component: PeftConfig.read(raw, where=f"{KEY}.{component + '.' if component else ''}", warnings=found.warnings)
         for component, raw in split_components(data).items()

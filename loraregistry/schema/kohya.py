@@ -10,95 +10,35 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Annotated, Any
-
-from pydantic import BaseModel, BeforeValidator, Field
+from typing import TYPE_CHECKING, Any
 
 from ..architectures.ids import ARCHITECTURES, resolve
-from ._foreign import (
-    Findings,
-    ForeignRecord,
-    Lenient,
-    LenientBool,
-    LenientNonNegativeFloat,
-    LenientPositiveFloat,
-    LenientPositiveInt,
-    LenientResolution,
-    LenientSeed,
-    LenientSha256,
-    LenientStr,
-    LenientTimestamp,
-    parse_json,
-    short,
-)
-from .metadata import AdapterMetadata
+from ._foreign import Findings, short
+from .light import light_record
+
+if TYPE_CHECKING:
+    from .metadata import AdapterMetadata
 
 PREFIXES = ("ss_", "sshs_")
 
 
-def _single_learning_rate(value: Any) -> Any:
-    """sd-scripts writes a list for SDXL's two text encoders: '[0.0001, 5e-05]'. One value if they agree."""
-    if isinstance(value, str) and value.strip().startswith("["):
-        rates = parse_json(value)
-        if isinstance(rates, list) and rates and all(rate == rates[0] for rate in rates):
-            return rates[0]
-        raise ValueError("differs per text encoder; lorareg records one rate")
-    return value
-
-
-class _DatasetDir(BaseModel):
-    img_count: int = Field(ge=0)
-
-
-LearningRate = Annotated[Annotated[float, Field(ge=0)] | None, BeforeValidator(_single_learning_rate), Lenient]
-DatasetDirs = Annotated[dict[str, _DatasetDir] | None, BeforeValidator(parse_json), Lenient]
-JsonObject = Annotated[dict[str, Any] | None, BeforeValidator(parse_json), Lenient]
-
-
-class KohyaMetadata(ForeignRecord):
-    """The ``ss_*`` keys lorareg reads (all others stay in ``sources['kohya']`` untouched)."""
-
-    ss_output_name: LenientStr = None
-    ss_v2: LenientBool = None
-    ss_v_parameterization: LenientBool = None
-    ss_base_model_version: LenientStr = None
-    ss_network_module: LenientStr = None
-    ss_network_dim: LenientPositiveInt = None
-    ss_network_alpha: LenientPositiveFloat = None
-    ss_network_args: JsonObject = None
-    ss_sd_model_name: LenientStr = None
-    ss_new_sd_model_hash: LenientSha256 = None
-    sshs_model_hash: LenientSha256 = None
-    ss_learning_rate: LearningRate = None
-    ss_unet_lr: LearningRate = None
-    ss_text_encoder_lr: LearningRate = None
-    ss_optimizer: LenientStr = None
-    ss_lr_scheduler: LenientStr = None
-    ss_batch_size_per_device: LenientPositiveInt = None
-    ss_seed: LenientSeed = None
-    ss_resolution: LenientResolution = None
-    ss_steps: LenientPositiveInt = None
-    ss_max_train_steps: LenientPositiveInt = None
-    ss_epoch: LenientPositiveInt = None
-    ss_num_epochs: LenientPositiveInt = None
-    ss_training_started_at: LenientTimestamp = None
-    ss_training_finished_at: LenientTimestamp = None
-    ss_mixed_precision: LenientStr = None
-    ss_noise_offset: LenientNonNegativeFloat = None
-    ss_min_snr_gamma: LenientPositiveFloat = None
-    ss_clip_skip: LenientPositiveInt = None
-    ss_training_comment: LenientStr = None
-    ss_sd_scripts_commit_hash: LenientStr = None
-    ss_dataset_dirs: DatasetDirs = None
-
-
-class KohyaNetworkArgs(ForeignRecord):
-    """The keys of ``ss_network_args`` (JSON of the ``--network_args`` strings) that lorareg reads."""
-
-    algo: LenientStr = None
-    conv_dim: LenientPositiveInt = None
-    conv_alpha: LenientPositiveFloat = None
-    dora_wd: LenientBool = None
+# The fields lorareg reads, by light kind (``light.KINDS``); the pydantic models in ``foreign_models`` declare the
+# same fields with the same types (a test holds them together). Every other ss_* key stays in sources['kohya'].
+FIELDS = {
+    "ss_output_name": "str", "ss_v2": "bool", "ss_v_parameterization": "bool", "ss_base_model_version": "str",
+    "ss_network_module": "str", "ss_network_dim": "positive_int", "ss_network_alpha": "positive_float",
+    "ss_network_args": "json_object", "ss_sd_model_name": "str", "ss_new_sd_model_hash": "sha256",
+    "sshs_model_hash": "sha256", "ss_learning_rate": "learning_rate", "ss_unet_lr": "learning_rate",
+    "ss_text_encoder_lr": "learning_rate", "ss_optimizer": "str", "ss_lr_scheduler": "str",
+    "ss_batch_size_per_device": "positive_int", "ss_seed": "seed", "ss_resolution": "resolution",
+    "ss_steps": "positive_int", "ss_max_train_steps": "positive_int", "ss_epoch": "positive_int",
+    "ss_num_epochs": "positive_int", "ss_training_started_at": "timestamp", "ss_training_finished_at": "timestamp",
+    "ss_mixed_precision": "str", "ss_noise_offset": "non_negative_float", "ss_min_snr_gamma": "positive_float",
+    "ss_clip_skip": "positive_int", "ss_training_comment": "str", "ss_sd_scripts_commit_hash": "str",
+    "ss_dataset_dirs": "dataset_dirs",
+}
+# The keys of ``ss_network_args`` (JSON of the ``--network_args`` strings) that lorareg reads.
+NETWORK_ARG_FIELDS = {"algo": "str", "conv_dim": "positive_int", "conv_alpha": "positive_float", "dora_wd": "bool"}
 
 
 # key -> AdapterMetadata field, for keys that map one to one
@@ -141,7 +81,12 @@ def is_kohya_key(key: str) -> bool:
 def read_kohya(header: Mapping[str, str]) -> Findings:
     """What the ``ss_*`` keys of a header say about the canonical record."""
     found = Findings("kohya")
-    record = KohyaMetadata.read({k: v for k, v in header.items() if is_kohya_key(k)}, where="", warnings=found.warnings)
+    raw = {k: v for k, v in header.items() if is_kohya_key(k)}
+    record = light_record(FIELDS, raw)
+    if record is None:  # a value the light reader cannot vouch for: the pydantic model judges it, with its warning
+        from .foreign_models import KohyaMetadata
+
+        record = KohyaMetadata.read(raw, where="", warnings=found.warnings)
     for key, path in _DIRECT.items():
         found.put(path, getattr(record, key), key)
     for path, keys in _FIRST_OF.items():
@@ -161,7 +106,7 @@ def read_kohya(header: Mapping[str, str]) -> Findings:
     return found
 
 
-def _read_architecture(record: KohyaMetadata, found: Findings) -> None:
+def _read_architecture(record: Any, found: Findings) -> None:
     version = record.ss_base_model_version
     if version is not None:
         arch = resolve(version)
@@ -177,10 +122,13 @@ def _read_architecture(record: KohyaMetadata, found: Findings) -> None:
         found.put("base.architecture", arch_id, "ss_v2")
 
 
-def _read_network(record: KohyaMetadata, found: Findings) -> None:
-    args = KohyaNetworkArgs()
-    if record.ss_network_args is not None:
-        args = KohyaNetworkArgs.read(record.ss_network_args, where="ss_network_args.", warnings=found.warnings)
+def _read_network(record: Any, found: Findings) -> None:
+    raw_args = record.ss_network_args or {}
+    args = light_record(NETWORK_ARG_FIELDS, raw_args)
+    if args is None:
+        from .foreign_models import KohyaNetworkArgs
+
+        args = KohyaNetworkArgs.read(raw_args, where="ss_network_args.", warnings=found.warnings)
     found.put("network.conv_rank", args.conv_dim, "ss_network_args")
     found.put("network.conv_alpha", args.conv_alpha, "ss_network_args")
     module = record.ss_network_module

@@ -32,9 +32,7 @@ from pydantic_core import PydanticCustomError
 
 from ..architectures.ids import ARCHITECTURES, resolve
 from ..errors import MetadataError
-
-SCHEMA_VERSION = "1"
-HEADER_KEY = "lorareg"
+from .keys import HEADER_KEY, SCHEMA_VERSION
 
 # Spelled out for the JSON Schema; tests check they equal canonical.NETWORK_TYPES / COMPONENTS.
 NetworkType = Literal["lora", "locon", "loha", "lokr", "dora", "full"]

@@ -10,21 +10,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING
 
 from ..architectures.ids import ARCHITECTURES, Architecture, resolve
-from ._foreign import (
-    Findings,
-    ForeignRecord,
-    Lenient,
-    LenientList,
-    LenientResolution,
-    LenientSha256,
-    LenientStr,
-    LenientTimestamp,
-    short,
-)
-from .metadata import AdapterMetadata
+from ._foreign import Findings, short
+from .light import light_record
+
+if TYPE_CHECKING:
+    from .metadata import AdapterMetadata
 
 PREFIX = "modelspec."
 SPEC_VERSION = "1.0.1"
@@ -37,24 +30,14 @@ UNTITLED = "Untitled LoRA"  # the MUST title when the record has no name
 _PLACEHOLDER_TITLE = re.compile(r"^(?:(?:LoRA|TextualInversion|Checkpoint)@[\d.]+|" + re.escape(UNTITLED) + ")$")
 
 
-class ModelSpecMetadata(ForeignRecord):
-    """The ``modelspec.*`` keys lorareg reads, without their prefix."""
-
-    sai_model_spec: LenientStr = None
-    architecture: LenientStr = None
-    implementation: LenientStr = None
-    title: LenientStr = None
-    description: LenientStr = None
-    author: LenientStr = None
-    date: LenientTimestamp = None
-    hash_sha256: LenientSha256 = None
-    license: LenientStr = None
-    usage_hint: LenientStr = None
-    tags: LenientList = None
-    trigger_phrase: LenientList = None
-    prediction_type: Annotated[Literal["epsilon", "v", "flow"] | None, Lenient] = None
-    resolution: LenientResolution = None
-    merged_from: LenientList = None
+# The ``modelspec.*`` keys lorareg reads (without their prefix), by light kind (``light.KINDS``); the pydantic
+# model in ``foreign_models`` declares the same fields with the same types (a test holds them together).
+FIELDS = {
+    "sai_model_spec": "str", "architecture": "str", "implementation": "str", "title": "str", "description": "str",
+    "author": "str", "date": "timestamp", "hash_sha256": "sha256", "license": "str", "usage_hint": "str",
+    "tags": "list", "trigger_phrase": "list", "prediction_type": "prediction_type", "resolution": "resolution",
+    "merged_from": "list",
+}
 
 
 _DIRECT = {
@@ -79,7 +62,11 @@ def read_modelspec(header: Mapping[str, str]) -> Findings:
     """What the ``modelspec.*`` keys of a header say about the canonical record."""
     found = Findings("modelspec")
     raw = {k.removeprefix(PREFIX): v for k, v in header.items() if is_modelspec_key(k)}
-    spec = ModelSpecMetadata.read(raw, where=PREFIX, warnings=found.warnings)
+    spec = light_record(FIELDS, raw)
+    if spec is None:  # a value the light reader cannot vouch for: the pydantic model judges it, with its warning
+        from .foreign_models import ModelSpecMetadata
+
+        spec = ModelSpecMetadata.read(raw, where=PREFIX, warnings=found.warnings)
     for name, path in _DIRECT.items():
         found.put(path, getattr(spec, name), PREFIX + name)
     if spec.title and not _PLACEHOLDER_TITLE.match(spec.title):

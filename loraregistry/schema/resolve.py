@@ -19,9 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from ..architectures.ids import ARCHITECTURES, resolve
 from ..canonical import NETWORK_TYPES, WeightFacts
@@ -30,7 +28,13 @@ from . import kohya, modelspec
 from ._foreign import Findings, Found, short
 from .diffusers_meta import KEY as DIFFUSERS_KEY
 from .diffusers_meta import read_diffusers
-from .metadata import HEADER_KEY, AdapterMetadata, describe_validation_error, read_header_value, to_header_value
+from .keys import HEADER_KEY
+from .light import certainly_valid
+
+if TYPE_CHECKING:  # the pydantic models load only where a record is built (see ``import_light``)
+    from pydantic import ValidationError
+
+    from .metadata import AdapterMetadata
 
 _SUB_RECORDS = ("base", "network", "training", "provenance")
 _READERS: dict[str, Callable[[Mapping[str, str]], Findings]] = {
@@ -78,15 +82,53 @@ def import_metadata(header_metadata: Mapping[str, str], *, facts: WeightFacts | 
     Foreign values that do not parse become warnings; only an invalid ``lorareg`` record (our own
     schema) or a non-string value raises MetadataError.
     """
-    for key, value in header_metadata.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise MetadataError(f"header metadata must map str to str; {short(key)} -> {type(value).__name__}")
     warnings: list[str] = []
     chosen: dict[str, Found] = {}
     source_of: dict[str, str] = {}
+    inferred = _merge(header_metadata, facts, chosen, source_of, warnings)
+    metadata, dropped = _build(chosen, source_of, warnings)
+    inferred = [path for path in dict.fromkeys([*metadata.inferred, *inferred]) if path not in dropped]
+    return ImportedMetadata(
+        metadata=metadata,
+        sources=split_sources(header_metadata),
+        inferred=inferred,
+        warnings=warnings,
+        origins={path: found.key for path, found in sorted(chosen.items())},
+    )
 
+
+@dataclass
+class LightImport:
+    """What ``import_metadata`` would give for a header whose merged fields need no judging: the warnings and the
+    field values (dotted path -> value, as the record would hold them), without building the record."""
+
+    values: dict[str, Any]
+    warnings: list[str]
+
+
+def import_light(header_metadata: Mapping[str, str], *, facts: WeightFacts | None = None) -> LightImport | None:
+    """``import_metadata`` without the pydantic record, for headers with no ``lorareg`` record whose merged fields
+    ``light.certainly_valid`` vouches for (then the record would take every value as it is and add no warning);
+    None otherwise: call ``import_metadata``. Header-level verify asks this first."""
+    if HEADER_KEY in header_metadata:
+        return None
+    warnings: list[str] = []
+    chosen: dict[str, Found] = {}
+    _merge(header_metadata, facts, chosen, {}, warnings)
+    values = {path: found.value for path, found in chosen.items()}
+    return LightImport(values, warnings) if certainly_valid(values) else None
+
+
+def _merge(header_metadata: Mapping[str, str], facts: WeightFacts | None, chosen: dict[str, Found],
+           source_of: dict[str, str], warnings: list[str]) -> list[str]:
+    """Fill ``chosen`` / ``source_of`` from every source in precedence order and return the inferred paths."""
+    for key, value in header_metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise MetadataError(f"header metadata must map str to str; {short(key)} -> {type(value).__name__}")
     record = None
     if HEADER_KEY in header_metadata:
+        from .metadata import read_header_value
+
         record, record_warnings = read_header_value(header_metadata[HEADER_KEY])
         warnings += record_warnings
         for path, value in flatten(record).items():
@@ -104,16 +146,7 @@ def import_metadata(header_metadata: Mapping[str, str], *, facts: WeightFacts | 
             elif not _same(path, chosen[path].value, found.value):
                 warnings.append(_conflict(path, chosen[path], found, keeping=chosen[path].key))
 
-    inferred = _apply_facts(facts, chosen, source_of, warnings) if facts is not None else []
-    metadata, dropped = _build(chosen, source_of, warnings)
-    inferred = [path for path in dict.fromkeys([*metadata.inferred, *inferred]) if path not in dropped]
-    return ImportedMetadata(
-        metadata=metadata,
-        sources=split_sources(header_metadata),
-        inferred=inferred,
-        warnings=warnings,
-        origins={path: found.key for path, found in sorted(chosen.items())},
-    )
+    return _apply_facts(facts, chosen, source_of, warnings) if facts is not None else []
 
 
 # A LoraConfig names target modules and pattern keys as peft matches them (leaf names, regexes, paths without
@@ -235,6 +268,10 @@ def _build(chosen: dict[str, Found], source_of: dict[str, str],
            warnings: list[str]) -> tuple[AdapterMetadata, set[str]]:
     """Validate the merged fields; a foreign value the schema refuses is dropped with a warning, and retried.
     Returns the record and the dropped paths."""
+    from pydantic import ValidationError
+
+    from .metadata import AdapterMetadata, describe_validation_error
+
     dropped: set[str] = set()
     while True:
         try:
@@ -320,6 +357,8 @@ def project_metadata(meta: AdapterMetadata) -> dict[str, str]:
     """Header metadata for a record: ``lorareg`` + ModelSpec (MUST keys always, when the architecture is
     declared) + the minimal kohya ``ss_*`` set, so A1111, ComfyUI and Civitai tools read it. Foreign keys
     come from the declared fields only (``declared_view``). Sorted keys."""
+    from .metadata import to_header_value
+
     projected = {HEADER_KEY: to_header_value(meta), **_foreign_projection(declared_view(meta))}
     return dict(sorted(projected.items()))
 

@@ -145,13 +145,15 @@ def read_declaration(header_metadata: Mapping[str, str]) -> Declaration:
     from ..architectures import resolve
     from ..schema.diffusers_meta import read_diffusers
     from ..schema.kohya import read_kohya
-    from ..schema.metadata import HEADER_KEY, read_header_value
+    from ..schema.keys import HEADER_KEY
     from ..schema.modelspec import read_modelspec
 
     sources: dict[str, str] = {}
     prediction: str | None = None
     resolution: int | None = None
     if HEADER_KEY in header_metadata:
+        from ..schema.metadata import read_header_value  # pydantic: only files with a record load it
+
         try:
             record, _ = read_header_value(header_metadata[HEADER_KEY])
         except MetadataError:

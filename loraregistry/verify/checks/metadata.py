@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 
 from ...errors import MetadataError
-from ...schema import HEADER_KEY, import_metadata, read_header_value
+from ...schema.keys import HEADER_KEY
 from ..context import Context
 from ..findings import Finding, finding
 
@@ -40,6 +41,8 @@ def check_record(ctx: Context) -> list[Finding]:
     raw = ctx.adapter.header.metadata.get(HEADER_KEY)
     if raw is None:
         return []
+    from ...schema.metadata import read_header_value  # pydantic: only files with a record load it
+
     try:
         read_header_value(raw)
     except MetadataError as exc:
@@ -60,15 +63,36 @@ def check_declared_sources(ctx: Context) -> list[Finding]:
 
 
 def _imported(ctx: Context):
-    """The merged record; an invalid lorareg record (reported by check_record) is left out, not fatal."""
+    """The merged record's warnings and fields; an invalid lorareg record (reported by check_record) is left out,
+    not fatal. A header whose fields need no judging is read without building the pydantic record (same result,
+    see ``schema.light``)."""
+    from ...schema.resolve import import_light, import_metadata
+
     header = ctx.adapter.header.metadata
     try:
-        return import_metadata(header, facts=ctx.adapter.facts)
+        light = import_light(header, facts=ctx.adapter.facts)
+    except MetadataError:
+        light = None  # import_metadata below says the same and is handled there
+    if light is not None:
+        return _Imported(light.warnings, light.values.get("trigger_words") or [], light.values.get("license"))
+    try:
+        imported = import_metadata(header, facts=ctx.adapter.facts)
     except MetadataError:
         try:
-            return import_metadata({k: v for k, v in header.items() if k != HEADER_KEY}, facts=ctx.adapter.facts)
+            imported = import_metadata({k: v for k, v in header.items() if k != HEADER_KEY},
+                                       facts=ctx.adapter.facts)
         except MetadataError:
             return None
+    return _Imported(imported.warnings, imported.metadata.trigger_words, imported.metadata.license)
+
+
+@dataclass(frozen=True)
+class _Imported:
+    """What check_imported reads of the merged record."""
+
+    warnings: list[str]
+    trigger_words: list[str]
+    license: str | None
 
 
 def check_imported(ctx: Context) -> list[Finding]:
@@ -83,12 +107,11 @@ def check_imported(ctx: Context) -> list[Finding]:
         name = _import_warning_code(warning, ctx.adapter.alphas_unknown)
         if name is not None:
             findings.append(finding(name, warning, hint=hints[name]))
-    meta = imported.metadata
-    if not meta.trigger_words:
+    if not imported.trigger_words:
         findings.append(finding("missing-trigger-words", "got no trigger words, expected the words that activate "
                                 "the adapter", hint="declare them with `lorareg meta set FILE --trigger-words <words>` "
                                 "(comma-separated), or none if it needs none"))
-    if not meta.license:
+    if not imported.license:
         findings.append(finding("missing-license", "got no license, expected a license id such as 'openrail++'",
                                 hint="declare it with `lorareg meta set FILE --license <id>`"))
     return findings

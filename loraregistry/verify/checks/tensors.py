@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ...errors import MetadataError
 from ...hashes import tensor_sha256
-from ...schema import HEADER_KEY, read_header_value
+from ...schema.keys import HEADER_KEY
 from ..context import Context
 from ..findings import Finding, finding
 from ..health import EXTREME_DELTA_RMS, HealthScan, scan
@@ -73,6 +73,8 @@ def check_hashes(ctx: Context) -> list[Finding]:
     metadata = ctx.adapter.header.metadata
     declared: list[tuple[str, str, str]] = []  # (code name, header key, hex)
     if HEADER_KEY in metadata:
+        from ...schema.metadata import read_header_value  # pydantic: only files with a record load it
+
         try:
             record, _ = read_header_value(metadata[HEADER_KEY])
         except MetadataError:
