@@ -4,7 +4,8 @@
 Each golden is a small ``<name>.safetensors`` written by the real tool where one exists (diffusers, peft,
 lycoris-lora) over the tiny seeded models of ``tests/tiny_models.py``, plus ``<name>.json`` with the facts a
 reader must recover from it (format family, network type, rank, alpha, components, module counts, sample keys,
-metadata, writer and version) and how diffusers 0.42 loads it.
+metadata, writer and version). What loaders do with a golden is never recorded: the oracle tests load each one
+live (tests/test_oracle_*.py).
 
 kohya sd-scripts is not on PyPI, so the ``*_kohya`` files are written by ``kohya_lora_state_dict`` below, which
 follows sd-scripts ``networks/lora.py`` naming, shapes, init-free layout and metadata. The legacy attn-procs file
@@ -14,7 +15,7 @@ Determinism: torch is seeded per golden and metadata dates are fixed. Python's h
 lycoris turn sets of module names into lists), so the script re-executes itself with ``PYTHONHASHSEED=0``
 unless the variable is already set.
 
-Usage: python scripts/make_goldens.py [--out DIR] [--only NAME ...] [--no-load-check]
+Usage: python scripts/make_goldens.py [--out DIR] [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -208,55 +209,6 @@ def key_facts(path: Path, default_component: str) -> dict[str, Any]:
         "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "tensor_sha256": tensor_data_sha256(path),
     }
-
-
-# --------------------------------------------------------------------------------------------- load check
-
-
-def diffusers_load_check(path: Path, arch: str) -> dict[str, Any]:
-    """Load the file into a fresh tiny pipeline with diffusers' own loader and count what got patched."""
-    import logging
-    import warnings
-
-    from diffusers.utils import logging as dlogging
-
-    from tests.oracle_diffusers import pipeline
-
-    pipe = pipeline(arch)  # tiny SD1/SD2/SDXL, or tiny SD3/FLUX transformer + CLIP encoders
-    records: list[str] = []
-
-    class Grab(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage().splitlines()[0][:200])
-
-    handler = Grab(level=logging.WARNING)
-    dl = dlogging.get_logger("diffusers")
-    dl.addHandler(handler)
-    # what diffusers warns must not depend on the caller's DIFFUSERS_VERBOSITY (the demo sets it to "error")
-    verbosity = dlogging.get_verbosity()
-    dlogging.set_verbosity_warning()
-    result: dict[str, Any] = {"tool": "diffusers", "version": _versions()["diffusers"]}
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            pipe.load_lora_weights(str(path), adapter_name="golden")
-        records += [str(w.message).splitlines()[0][:200] for w in caught if "deprecat" not in str(w.message).lower()]
-        result["error"] = None
-    except Exception as exc:  # noqa: BLE001 - the point is to record what the loader does
-        result["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:240]}"
-    finally:
-        dl.removeHandler(handler)
-        dlogging.set_verbosity(verbosity)
-    patched = {}
-    for component in ("unet", "transformer", "text_encoder", "text_encoder_2"):
-        model = getattr(pipe, component, None)
-        if model is None:
-            continue
-        n = sum(1 for _, m in model.named_modules() if hasattr(m, "lora_A") and "golden" in m.lora_A)
-        patched[component] = n
-    result["modules_patched"] = patched
-    result["warnings"] = sorted(set(records))
-    return result
 
 
 # --------------------------------------------------------------------------------------------- diffusers / peft
@@ -764,17 +716,17 @@ def flux_diffusers_transformer_only(ctx: Ctx) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- driver
 
 
-def build(names: list[str], out: Path, load_check: bool = True) -> list[Path]:
+def build(names: list[str], out: Path) -> list[Path]:
     """Write ``names`` (SD1/SD2/SDXL builders into ``out``, SD3/FLUX ones into ``out/mmdit``)."""
     written = []
     for folder, registry in ((out, _BUILDERS), (out / MMDIT_DIR, _MMDIT_BUILDERS)):
         chosen = [n for n in names if n in registry]
         if chosen:
-            written += _build(chosen, registry, folder, load_check)
+            written += _build(chosen, registry, folder)
     return written
 
 
-def _build(names: list[str], registry, out: Path, load_check: bool) -> list[Path]:
+def _build(names: list[str], registry, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     versions = _versions()
     written = []
@@ -791,8 +743,6 @@ def _build(names: list[str], registry, out: Path, load_check: bool) -> list[Path
             record["byte_reproducible"] = len(record["metadata"]) <= 1
             if not record["byte_reproducible"]:
                 record["not_byte_reproducible_because"] = NOT_BYTE_REPRODUCIBLE_REASON
-            if load_check:
-                record["diffusers_load"] = diffusers_load_check(path, facts["arch"])
             (out / f"{name}.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
             written.append(path)
     return written
@@ -802,7 +752,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--only", nargs="*", choices=sorted(_BUILDERS) + sorted(_MMDIT_BUILDERS), default=None)
-    parser.add_argument("--no-load-check", action="store_true", help="skip loading each golden with diffusers")
     args = parser.parse_args(argv)
     if "PYTHONHASHSEED" not in os.environ:
         # peft and lycoris build lists from sets of module names; fix their order for reproducible output
@@ -814,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.getLogger().setLevel(logging.ERROR)
     names = args.only or [*_BUILDERS, *_MMDIT_BUILDERS]
-    for path in build(names, args.out, load_check=not args.no_load_check):
+    for path in build(names, args.out):
         print(f"{path.stat().st_size:>8}  {path}")
     return 0
 
