@@ -371,3 +371,45 @@ def test_bad_input_is_one_line_exit_2_no_output(case, loras, tmp_path, run_cli):
         with pytest.raises(BaseMissingModules) as info:
             bake([MergeInput(adapter)], base=base, output=out)
         assert info.value.missing == ["transformer:transformer_blocks.1.attn.{add_q_proj,add_k_proj,add_v_proj}"]
+
+
+def test_comfyui_checkpoint_text_encoders_are_patched_and_extracted(tmp_path):
+    """A ComfyUI full FLUX checkpoint: transformer under ``model.diffusion_model.``, CLIP-L and T5 under
+    ``text_encoders.*``. A kohya LoRA's ``lora_te1_`` (CLIP) and ``lora_te3_`` (T5, FLUX's text_encoder_2) modules
+    patch exactly their tensors; extract finds the CLIP module again (kohya trains no T5 by default)."""
+    from loraregistry.ops.extract import extract
+
+    rng = np.random.default_rng(5)
+    clip = "text_encoders.clip_l.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight"
+    t5 = "text_encoders.t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.q.weight"
+    linear2 = "model.diffusion_model.single_blocks.1.linear2.weight"
+    state = single_file("flux", _numpy(tiny("flux").state_dict()), "model.diffusion_model.")
+    state |= {clip: rng.normal(size=(8, 8)).astype("f4"), t5: rng.normal(size=(8, 8)).astype("f4"),
+              "text_encoders.t5xxl.transformer.shared.weight": rng.normal(size=(32, 8)).astype("f4"),
+              "text_encoders.t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight":
+                  rng.normal(size=(32, 2)).astype("f4")}
+    base = tmp_path / "flux-full.safetensors"
+    write_safetensors(base, state)
+    factors = {"lora_unet_single_blocks_1_linear2": (16, 80, 1.0),
+               "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": (8, 8, 2.0),
+               "lora_te3_encoder_block_0_layer_0_SelfAttention_q": (8, 8, 2.0)}
+    lora, deltas = {}, {}
+    for name, (out, inn, alpha) in factors.items():
+        down, up = rng.normal(size=(2, inn)).astype("f4"), rng.normal(size=(out, 2)).astype("f4")
+        lora |= {f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up,
+                 f"{name}.alpha": np.array(alpha, "f4")}
+        deltas[name] = 0.5 * alpha / 2 * up.astype(np.float64) @ down.astype(np.float64)
+    write_safetensors(tmp_path / "lora.safetensors", lora)
+    out = tmp_path / "baked.safetensors"
+    report = bake([MergeInput(tmp_path / "lora.safetensors", 0.5)], base=base, output=out)
+    assert report.patched_tensors == 3
+    baked = load_tensors(out)
+    for key, name in ((linear2, "lora_unet_single_blocks_1_linear2"),
+                      (clip, "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"),
+                      (t5, "lora_te3_encoder_block_0_layer_0_SelfAttention_q")):
+        np.testing.assert_allclose(baked[key] - state[key], deltas[name], rtol=1e-5, atol=1e-6, err_msg=key)
+    assert _changed(base, out) == {linear2, clip, t5}
+    extracted = extract(base=base, tuned=out, output=tmp_path / "x.safetensors", rank=2, to="peft", force=True)
+    assert {m.module for m in extracted.modules} == {
+        "transformer:single_transformer_blocks.1.proj_out",
+        "text_encoder:text_model.encoder.layers.0.self_attn.q_proj"}

@@ -222,15 +222,15 @@ def _patcher(checkpoint: Checkpoint, file: Path, key: str, located: list[tuple[M
     def patch() -> np.ndarray:
         whole = WeightLocation(file, key, info.shape, info.dtype)
         weight = read_weight(whole, header, dtype=np.float32)
-        for module, piece in located:
-            loc = piece.loc
-            view = weight[loc.rows[0]:loc.rows[1]] if loc.rows else weight
-            view = view.T if loc.transposed else view  # a view: updates land in ``weight``
-            rows = (piece.start, piece.start + view.shape[0])
-            for item in loaded:
-                if module in item.modules and item.weight != 0:
-                    _add_delta(view, item.modules[module], item.weight, rows=rows,
-                               swap_halves=module in swapped and module in item.native)
+        for item in loaded:  # adapter by adapter: a DoRA module sees the weight patched by those before it
+            for module, piece in located:
+                if module not in item.modules or item.weight == 0:
+                    continue
+                loc = piece.loc
+                view = weight[loc.rows[0]:loc.rows[1]] if loc.rows else weight
+                view = view.T if loc.transposed else view  # a view: updates land in ``weight``
+                _add_delta(view, item.modules[module], item.weight, rows=(piece.start, piece.start + view.shape[0]),
+                           swap_halves=module in swapped and module in item.native)
         with np.errstate(over="ignore", invalid="ignore"):  # checked right below, with a better message
             result = weight.astype(numpy_dtype(info.dtype))
         del weight

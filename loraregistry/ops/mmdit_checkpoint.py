@@ -99,6 +99,8 @@ def target_rows(targets: tuple[str, ...], shape: tuple[int, ...]) -> list[int] |
 
 def rows_swapped(path: str, shape: tuple[int, ...]) -> bool:
     """Whether the original stores this module's rows as [shift, scale] where diffusers has [scale, shift]."""
+    if not shape or shape[0] % 2:  # no halves to exchange (not a weight any real model has)
+        return False
     if path in mmdit.SCALE_SHIFT_SWAPPED:
         return True
     return bool(_CONTEXT_NORM.fullmatch(path)) and len(shape) == 2 and shape[0] == 2 * shape[1]
