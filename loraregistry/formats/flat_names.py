@@ -45,17 +45,27 @@ def flatten(path: str) -> str:
     return path.replace(".", "_")
 
 
+@cache
+def _widest_word(vocabulary: frozenset[str]) -> int:
+    """How many "_"-separated parts the longest vocabulary word has: no segment can be wider."""
+    return max((word.count("_") + 1 for word in vocabulary), default=1)
+
+
 def split_flat(flat: str, vocabulary: frozenset[str] = VOCABULARY) -> str | None:
-    """The dotted path whose flattening is ``flat``, cut into vocabulary words, or None."""
+    """The dotted path whose flattening is ``flat``, cut into vocabulary words, or None.
+
+    Work is linear in the name: a segment is at most as wide as the widest vocabulary word, and each start is
+    tried once (a hostile header may hold 100,000 long unknown names)."""
     parts = flat.split("_")
     failed: set[int] = set()
+    widest = _widest_word(vocabulary)
 
     def parse(start: int) -> list[str] | None:
         if start == len(parts):
             return []
         if start in failed:
             return None
-        for end in range(len(parts), start, -1):  # longest segment first
+        for end in range(min(len(parts), start + widest), start, -1):  # longest segment first
             segment = "_".join(parts[start:end])
             if segment in vocabulary or (end == start + 1 and segment.isdigit()):
                 rest = parse(end)
@@ -89,6 +99,8 @@ def resolve(component: str, flat: str, roots: frozenset[str]) -> str | None:
     """
     if (path := name_index(component).get(flat)) is not None:
         return path
+    if not any(flat == root or flat.startswith(root + "_") for root in roots):
+        return None  # the first segment can be no root: nothing to split (most unknown names end here)
     path = split_flat(flat)
     if path is None or path.split(".", 1)[0] not in roots:
         return None

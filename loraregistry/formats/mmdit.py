@@ -25,6 +25,8 @@ the halves of the up factor: see ``SCALE_SHIFT_SWAPPED``.
 from __future__ import annotations
 
 import re
+from functools import cache
+from typing import NamedTuple
 
 # native (dotted, {i} = block index) -> canonical template
 FLUX: dict[str, str] = {
@@ -97,33 +99,47 @@ def is_fused(path: str) -> bool:
     return _FUSED.fullmatch(path) is not None
 
 
-def _pattern(template: str, *, flat: bool) -> re.Pattern[str]:
-    text = template.replace(".", "_") if flat else template
-    return re.compile(re.escape(text).replace(re.escape("{i}"), r"(?P<i>\d+)"))
+# Every rule is a template with at most one ``{i}``, a whole segment between separators (``double_blocks.{i}.img_attn``);
+# it matches a name when the name, with one all-digit segment written back as ``{i}``, is the template itself.
+# So a name is looked up, not matched against every pattern: a header may hold 100,000 names that are none.
 
 
-def _compile(table: dict[str, str], *, flat: bool, reverse: bool) -> list[tuple[re.Pattern[str], str]]:
-    pairs = [(canonical, native) for native, canonical in table.items()] if reverse else list(table.items())
-    return [(_pattern(src, flat=flat), dst) for src, dst in pairs]
+class _Rules(NamedTuple):
+    templates: dict[str, tuple[int, str]]  # template as names spell it -> (rule order, output template)
+    heads: frozenset[str]  # the templates' first segments
 
 
-_FLAT_NATIVE = {family: _compile(table, flat=True, reverse=False) for family, table in FAMILIES.items()}
-_DOTTED_NATIVE = {family: _compile(table, flat=False, reverse=False) for family, table in FAMILIES.items()}
-_CANONICAL = {family: _compile(table, flat=False, reverse=True) for family, table in FAMILIES.items()}
+@cache
+def _rules(family: str, *, flat: bool, reverse: bool) -> _Rules:
+    """The rules of one family and direction, ready for lookup."""
+    pairs = [(canonical, native) for native, canonical in FAMILIES[family].items()] if reverse \
+        else list(FAMILIES[family].items())
+    templates: dict[str, tuple[int, str]] = {}
+    for order, (source, target) in enumerate(pairs):
+        templates.setdefault(source.replace(".", "_") if flat else source, (order, target))
+    separator = "_" if flat else "."
+    return _Rules(templates, frozenset(template.split(separator, 1)[0] for template in templates))
 
 
-def _apply(rules: list[tuple[re.Pattern[str], str]], name: str) -> str | None:
-    for pattern, template in rules:
-        if m := pattern.fullmatch(name):
-            return template.replace("{i}", m["i"]) if "i" in pattern.groupindex else template
-    return None
+def _apply(rules: _Rules, name: str, separator: str) -> str | None:
+    """The first rule (in table order) whose template the name spells, with its index filled in; None if none."""
+    parts = name.split(separator)
+    if parts[0] not in rules.heads and "{i}" not in rules.heads:
+        return None  # no template starts so: most names that are no module end here
+    best = rules.templates.get(name) if "{i}" not in name else None  # "{i}" spelled out is no index
+    for at, part in enumerate(parts):
+        if part.isdecimal():  # what the patterns' \d+ matched: any Unicode decimal digits
+            rule = rules.templates.get(separator.join([*parts[:at], "{i}", *parts[at + 1:]]))
+            if rule is not None and (best is None or rule[0] < best[0]):
+                best = (rule[0], rule[1].replace("{i}", part))
+    return None if best is None else best[1]
 
 
 def parse_flat(flat: str) -> dict[str, str]:
     """family -> canonical path, for every family in which the kohya flat name is a known module."""
     found = {}
-    for family, rules in _FLAT_NATIVE.items():
-        if (path := _apply(rules, flat)) is not None:
+    for family in FAMILIES:
+        if (path := _apply(_rules(family, flat=True, reverse=False), flat, "_")) is not None:
             found[family] = path
     return found
 
@@ -132,8 +148,8 @@ def parse_dotted(name: str) -> dict[str, str]:
     """family -> canonical path, for every family in which the dotted original name (``double_blocks.0.img_attn.qkv``,
     as BFL, ComfyUI and ai-toolkit spell it) is a known module."""
     found = {}
-    for family, rules in _DOTTED_NATIVE.items():
-        if (path := _apply(rules, name)) is not None:
+    for family in FAMILIES:
+        if (path := _apply(_rules(family, flat=False, reverse=False), name, ".")) is not None:
             found[family] = path
     return found
 
@@ -150,7 +166,7 @@ def infer_family(paths: set[str]) -> str | None:
 
 def to_native(path: str, family: str) -> str | None:
     """The original dotted module name of a canonical transformer path in ``family``, or None."""
-    return _apply(_CANONICAL[family], path)
+    return _apply(_rules(family, flat=False, reverse=True), path, ".")
 
 
 def families_of(path: str) -> frozenset[str]:
