@@ -33,6 +33,14 @@ class Sample:
 
 
 @dataclass(frozen=True)
+class Figure:
+    """An image about the adapter (a training loss plot) in the repo, and its caption."""
+
+    path_in_repo: str
+    caption: str
+
+
+@dataclass(frozen=True)
 class CardInput:
     repo_id: str
     filename: str
@@ -40,6 +48,7 @@ class CardInput:
     architecture: Architecture | None
     sha256: str
     samples: Sequence[Sample] = ()
+    figures: Sequence[Figure] = ()
 
 
 def base_model(meta: AdapterMetadata, arch: Architecture | None) -> str | None:
@@ -128,6 +137,11 @@ def _section(card: CardInput) -> str:
         f"| sha256 | `{card.sha256}` (AutoV2 `{card.sha256[:10]}`) |",
         "| Metadata | [`lorareg.json`](./lorareg.json) (verified with lorareg before upload) |",
     ]
+    if card.figures:
+        lines += ["", "## Training", ""]
+        for figure in card.figures:
+            lines += [f"![{_md(figure.caption)}](./{figure.path_in_repo})", "", _md(figure.caption), ""]
+        lines.pop()
     return "\n".join(lines)
 
 
@@ -139,6 +153,11 @@ def _network(meta: AdapterMetadata) -> str:
     if net.alpha:
         parts.append(f"alpha {net.alpha:g}")
     return ", ".join(parts)
+
+
+def _md(text: str) -> str:
+    """``text`` as literal markdown: no markup, links or HTML of its own."""
+    return "".join(f"\\{c}" if c in "\\`*_[]()<>#!|" else c for c in " ".join(text.split()))
 
 
 def _py(text: str) -> str:

@@ -15,6 +15,7 @@ from .uri import check_file_name, check_repo_id, is_commit_sha
 
 METADATA_FILE = "lorareg.json"
 SAMPLES_FOLDER = "samples"
+FIGURES_FOLDER = "figures"
 README_CAP = 4 << 20  # a model card; the Hub's largest are well under this
 ANSWER_CAP = 16 << 20  # what the Hub answers to create_repo, the LFS batch and the commit: a few KB
 
@@ -35,10 +36,12 @@ class PushResult:
 
 def push(path: str | os.PathLike[str], repo_id: str, *, private: bool = False, endpoint: str | None = None,
          token: str | None = None, revision: str | None = None, samples: Sequence[str | os.PathLike[str]] = (),
-         commit_message: str | None = None, base: str | None = None) -> PushResult:
+         commit_message: str | None = None, base: str | None = None,
+         figures: Sequence[tuple[str | os.PathLike[str], str]] = ()) -> PushResult:
     """Verify ``path`` (refusing on any error, before touching the network), then create ``repo_id`` if
     needed and commit the adapter at the repo root, ``lorareg.json``, the samples (``samples/<name>``; the
-    prompt comes from a same-name ``.txt`` next to the image, else the trigger words) and README.md.
+    prompt comes from a same-name ``.txt`` next to the image, else the trigger words), the figures
+    (``figures/<name>``: (image, caption) pairs such as a training loss plot, shown in the card) and README.md.
 
     The token comes from ``token`` or huggingface_hub's usual sources; it is sent only to ``endpoint``.
     """
@@ -58,7 +61,7 @@ def push(path: str | os.PathLike[str], repo_id: str, *, private: bool = False, e
     from huggingface_hub import CommitOperationAdd
 
     from ..architectures import resolve
-    from .card import CardInput, Sample, build_card
+    from .card import CardInput, Figure, Sample, build_card
     from .bounded import capped_answers
     from .client import default_endpoint, hub_api, hub_errors
 
@@ -66,6 +69,7 @@ def push(path: str | os.PathLike[str], repo_id: str, *, private: bool = False, e
     sample_files = [(Path(s), f"{SAMPLES_FOLDER}/{check_file_name(Path(s).name)}") for s in samples]
     trigger_prompt = ", ".join(meta.trigger_words) or (meta.name or source.stem)
     card_samples = [Sample(in_repo, _prompt_for(p, trigger_prompt)) for p, in_repo in sample_files]
+    figure_files = [(Path(f), f"{FIGURES_FOLDER}/{check_file_name(Path(f).name)}", caption) for f, caption in figures]
     api = hub_api(endpoint, token)
     with hub_errors(endpoint=endpoint, repo_id=repo_id, revision=revision), default_endpoint(endpoint), \
             capped_answers(endpoint, ANSWER_CAP):
@@ -73,11 +77,14 @@ def push(path: str | os.PathLike[str], repo_id: str, *, private: bool = False, e
         existing = _read_readme(endpoint, token, repo_id, revision)
         readme = build_card(CardInput(repo_id=repo_id, filename=filename, metadata=meta,
                                       architecture=resolve(meta.base.architecture), sha256=adapter.hashes.sha256,
-                                      samples=card_samples), existing=existing)
+                                      samples=card_samples,
+                                      figures=[Figure(in_repo, caption) for _, in_repo, caption in figure_files]),
+                           existing=existing)
         operations = [
             CommitOperationAdd(path_in_repo=filename, path_or_fileobj=str(source)),
             CommitOperationAdd(path_in_repo=METADATA_FILE, path_or_fileobj=_metadata_json(meta)),
             *(CommitOperationAdd(path_in_repo=in_repo, path_or_fileobj=str(p)) for p, in_repo in sample_files),
+            *(CommitOperationAdd(path_in_repo=in_repo, path_or_fileobj=str(p)) for p, in_repo, _ in figure_files),
             CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=readme.encode("utf-8")),
         ]
         info = api.create_commit(repo_id, operations=operations, revision=revision,
