@@ -409,6 +409,11 @@ def test_comfyui_checkpoint_text_encoders_are_patched_and_extracted(tmp_path):
                       (t5, "lora_te3_encoder_block_0_layer_0_SelfAttention_q")):
         np.testing.assert_allclose(baked[key] - state[key], deltas[name], rtol=1e-5, atol=1e-6, err_msg=key)
     assert _changed(base, out) == {linear2, clip, t5}
+    # a T5-only kohya LoRA reads as SD3's text_encoder_3 (nothing in it tells FLUX): the FLUX base tells
+    t5_only = tmp_path / "t5.safetensors"
+    write_safetensors(t5_only, {k: v for k, v in lora.items() if k.startswith("lora_te3_")})
+    bake([MergeInput(t5_only, 0.5)], base=base, output=tmp_path / "t5-baked.safetensors")
+    assert _changed(base, tmp_path / "t5-baked.safetensors") == {t5}
     extracted = extract(base=base, tuned=out, output=tmp_path / "x.safetensors", rank=2, to="peft", force=True)
     assert {m.module for m in extracted.modules} == {
         "transformer:single_transformer_blocks.1.proj_out",

@@ -120,6 +120,7 @@ def test_samples_grid_and_dora(tmp_path, one_thread):  # noqa: F811
     from PIL import Image
 
     from loraregistry.train import train
+    from loraregistry.train.samples import read_cells
 
     config = tiny_config(tmp_path, network={"use_dora": True}, output={"formats": ["diffusers"]},
                          train={"steps": 2, "sample_every": 1, "sample_prompts": ["lrgshape, a", "b"],
@@ -127,7 +128,9 @@ def test_samples_grid_and_dora(tmp_path, one_thread):  # noqa: F811
     result = train(config, quiet=True)
     grids = sorted((result.run_dir / "samples").glob("*.png"))
     assert [g.name for g in grids] == ["step-00000001.png", "step-00000002.png"]
-    assert Image.open(grids[0]).size == (3 * 32, 2 * 32)
+    assert Image.open(grids[0]).width == 3 * 32  # 3 seeds a row; labels add height (test_train_feedback.py)
+    assert [(c["row"], c["seed"]) for c in read_cells(grids[0])["cells"]] == [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2),
+                                                                              (1, 3)]
     (out,) = result.outputs
     assert out.report.ok and AdapterFile.open(out.path).network_type == "dora"
     _, patched, _ = diffusers_load(out.path.parent, "sd1")

@@ -1,4 +1,5 @@
-"""``lorareg train --config run.toml [--set k=v ...] [--resume latest|PATH]`` and ``lorareg train init``."""
+"""``lorareg train --config run.toml [--set k=v ...] [--resume latest|PATH] [--push-to REPO]``, ``lorareg train
+init`` and ``lorareg train push RUN --repo REPO`` (a finished run to the Hub, again or for the first time)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from .output import emit_json, status
 _COMMON = (  # flag -> dotted field: the settings people change between runs most
     ("base", "model.base"), ("data", "data.folder"), ("output", "output.dir"), ("name", "output.name"),
     ("steps", "train.steps"), ("lr", "optim.lr"), ("rank", "network.rank"), ("seed", "train.seed"),
-    ("init_from", "network.init_from"),
+    ("init_from", "network.init_from"), ("push_to", "output.push_to"), ("push_endpoint", "output.push_endpoint"),
 )
 
 
@@ -31,6 +32,11 @@ _COMMON = (  # flag -> dotted field: the settings people change between runs mos
 @click.option("--seed", type=int, help="= --set train.seed=...")
 @click.option("--init-from", "init_from", metavar="ADAPTER",
               help="Continue an existing LoRA file (its modules, ranks, alphas); = --set network.init_from=...")
+@click.option("--push-to", "push_to", metavar="USER/NAME",
+              help="When training ends, push the verified adapter, samples and loss plot to this Hub repo; "
+                   "= --set output.push_to=...")
+@click.option("--push-endpoint", "push_endpoint", metavar="URL",
+              help="Hub-compatible endpoint for --push-to (default: $HF_ENDPOINT, else https://huggingface.co).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--threads", type=click.IntRange(min=1), metavar="N",
@@ -59,13 +65,21 @@ def train(ctx: click.Context, config_path: Path | None, overrides: tuple[str, ..
             raise ConfigError(f"--set {item}: expected SECTION.FIELD=VALUE")
         settings[key.strip()] = parse_value(value.strip())
     config = TrainConfig.load(config_path, settings)
+    if config.output.push_to:
+        from ..hub import env
+        from ..train.push import check_target
+
+        check_target(config)  # a bad repo id fails now, not after training
+        env.prepare(config.output.push_endpoint)  # before anything imports huggingface_hub
     from ..train.run import train as run_training
 
     result = run_training(config, resume=resume, quiet=quiet or as_json)
     if as_json:
         emit_json(result.to_dict())
-        return 0
-    _render(result.to_dict())
+    else:
+        _render(result.to_dict())
+    if result.push is not None and result.push.error is not None:  # the outputs are in place: say how to retry
+        raise result.push.failure(result.outputs[0].path if result.outputs else None)
     return 0
 
 
@@ -82,13 +96,47 @@ def _render(summary: dict) -> None:
         if out["registry_error"]:
             note = f" (not registered: {out['registry_error']})"
         click.echo(f"{out['format']}: {out['path']} verified ok{note}")
+    if summary["validation"]:
+        first, last = summary["validation"][0], summary["validation"][-1]
+        status(f"validation loss on {last['images']} held-out images: {first['loss']:.4f} (step {first['step']}) -> "
+               f"{last['loss']:.4f} (step {last['step']})")
     if summary["outputs"]:
         status(f"check again with: lorareg verify {summary['outputs'][0]['path']} --base {summary['verify_base']}")
+    push = summary["push"]
+    if push and push["ok"]:
+        click.echo(f"pushed to {push['repo_id']} at {push['commit'][:12]} ({', '.join(push['files'])})")
+        click.echo(push["commit_url"])
+
+
+@train.command("push")
+@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--repo", "repo_id", required=True, metavar="USER/NAME", help="Repo to push to (created if missing).")
+@click.option("--private", is_flag=True, help="Create the repo as private.")
+@click.option("--base", help="Verify against this base instead of the one the run verified with.")
+@click.option("--endpoint", envvar="HF_ENDPOINT", metavar="URL",
+              help="Hub-compatible endpoint (default: $HF_ENDPOINT, else https://huggingface.co).")
+@click.option("--token", metavar="TOKEN", help="Access token (default: HF_TOKEN or `hf auth login`).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def push(run_dir: Path, repo_id: str, private: bool, base: str | None, endpoint: str | None, token: str | None,
+         as_json: bool) -> int:
+    """Push a finished training run: its verified adapter, last sample grid and loss plot, with a model card."""
+    from ..hub import env
+
+    endpoint = env.prepare(endpoint)
+    from ..train.push import push_run
+
+    result = push_run(run_dir, repo_id, endpoint=endpoint, token=token, private=private, base=base)
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        click.echo(f"pushed {run_dir} to {repo_id} at {result.commit[:12]} ({', '.join(result.files)})")
+        click.echo(result.commit_url)
+    return 0
 
 
 @train.command("init")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default=Path("run.toml"))
-@click.option("--preset", type=click.Choice(["sd15", "sdxl", "tiny"]), default="sd15", show_default=True)
+@click.option("--preset", type=click.Choice(["sd15", "sdxl", "flux", "sd35", "tiny"]), default="sd15", show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def init(path: Path, preset: str, force: bool) -> None:
     """Write an annotated training config template."""

@@ -30,6 +30,7 @@ import numpy as np
 from ..canonical import ModuleKey
 from ..errors import FileAccessError, PickleCheckpointError, UsageError
 from ..formats.mmdit import fused_targets, infer_family
+from ..formats.paths import is_t5_path
 from . import mmdit_checkpoint
 from ..safetensors_io import SafetensorsHeader, numpy_dtype, read_header
 
@@ -96,7 +97,7 @@ class Checkpoint:
     def locate(self, module: ModuleKey) -> list[Piece] | None:
         """The pieces that hold ``module``'s weight rows, in order; None when the base has no such weight. A fused
         SD3/FLUX module (``{to_q,to_k,to_v}``) the base stores split is found through its targets."""
-        loc = self.modules.get(module)
+        loc = self.modules.get(module) or self.modules.get(self._t5_alias(module))
         if loc is not None:
             return _pieces(loc, 0)
         targets = fused_targets(module.path)
@@ -111,6 +112,13 @@ class Checkpoint:
             pieces += _pieces(part, start)
             start += part.shape[0]
         return pieces
+
+    def _t5_alias(self, module: ModuleKey) -> ModuleKey:
+        """T5 is FLUX's ``text_encoder_2`` and SD3's ``text_encoder_3``; a T5-only LoRA cannot tell which (kohya's
+        ``lora_te3_`` reads as SD3's), the base can."""
+        if module.component in ("text_encoder_2", "text_encoder_3") and is_t5_path(module.path):
+            return ModuleKey("text_encoder_2" if self.family == "flux" else "text_encoder_3", module.path)
+        return module
 
     def shape(self, module: ModuleKey) -> tuple[int, ...] | None:
         """The module's weight shape (a fused one: its targets' rows stacked), or None."""

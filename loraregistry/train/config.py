@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -35,6 +37,8 @@ Scheduler = Literal["constant", "constant_with_warmup", "linear", "cosine", "cos
 OutputFormat = Literal["kohya", "diffusers"]
 TrainedComponent = Literal["unet", "text_encoder", "text_encoder_2"]
 OnBadItem = Literal["skip", "stop"]
+# accelerate's trackers (accelerate.tracking.LOGGER_TYPE_TO_CLASS)
+Tracker = Literal["tensorboard", "wandb", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab", "trackio"]
 OnMissingCaption = Literal["skip", "stop", "empty"]
 
 # Module-name suffixes peft matches. "attn" is what the diffusers LoRA scripts train; "transformer" adds the
@@ -92,6 +96,15 @@ class DataConfig(_Section):
     cache_dir: Path | None = Field(None, description="latent / text-embedding cache (default: user cache)")
     missing_caption: OnMissingCaption = Field("skip", description="image without caption: skip, stop or empty")
     bad_image: OnBadItem = Field("skip", description="unreadable image: skip (reported) or stop")
+    validation_split: int | float = Field(0, description="images held out for the validation loss: a count (2) or "
+                                                         "a fraction (0.1); which ones follows from train.seed")
+
+    @field_validator("validation_split")
+    @classmethod
+    def _split(cls, value: int | float) -> int | float:
+        if value < 0 or (isinstance(value, float) and value >= 1):
+            raise ValueError("takes a count of images (a whole number >= 0) or a fraction (0 < x < 1)")
+        return value
 
     @model_validator(mode="after")
     def _step_divides(self) -> DataConfig:
@@ -159,6 +172,22 @@ class OptimConfig(_Section):
     max_grad_norm: float | None = Field(1.0, gt=0, description="clip gradients to this norm; omit to disable")
 
 
+Seed = Annotated[int, Field(ge=0, lt=2**63)]
+
+
+class SamplePrompt(_Section):
+    """One row of the sample grid."""
+
+    prompt: str
+    negative_prompt: str | None = Field(None, description="default: train.sample_negative_prompt")
+    seeds: list[Seed] | None = Field(None, min_length=1, description="default: train.sample_seeds")
+
+
+# a plain prompt, or a table: errors then name the table's field, not "should be a valid string"
+SampleEntry = Annotated[Union[Annotated[str, Tag("prompt")], Annotated[SamplePrompt, Tag("table")]],
+                        Discriminator(lambda v: "prompt" if isinstance(v, str) else "table")]
+
+
 class LoopConfig(_Section):
     """The ``[train]`` section."""
 
@@ -173,11 +202,27 @@ class LoopConfig(_Section):
     checkpoint_every: int = Field(0, ge=0, description="0 = no intermediate checkpoints")
     keep_checkpoints: Positive = 2
     sample_every: int = Field(0, ge=0, description="0 = samples only at the end (if prompts are set)")
-    sample_prompts: list[str] = Field(default_factory=list)
-    sample_seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0])
+    sample_prompts: list[SampleEntry] = Field(
+        default_factory=list, description='a grid row each: "a prompt", or {prompt, negative_prompt, seeds}')
+    sample_negative_prompt: str = Field("", description="negative prompt of the sample prompts that set none")
+    sample_seeds: list[Seed] = Field(default_factory=lambda: [0], description="seeds of the rows that set none")
     sample_steps: Positive = 20
     sample_guidance: float = Field(7.0, ge=0)
-    log_every: Positive = 1
+    log_every: Positive = Field(1, description="log to the trackers every N steps (loss.csv has every step)")
+    validate_every: int = Field(0, ge=0, description="validation loss every N steps (0 = at the end only); needs "
+                                                     "data.validation_split")
+    validation_draws: Positive = Field(4, le=256, description="fixed (noise, timestep) draws per held-out image, "
+                                                              "the same at every validation: values compare")
+
+    def sample_rows(self) -> list[SamplePrompt]:
+        """Every sample prompt with its negative prompt and seeds filled in from the section's defaults."""
+        rows = []
+        for entry in self.sample_prompts:
+            row = SamplePrompt(prompt=entry) if isinstance(entry, str) else entry
+            rows.append(SamplePrompt(prompt=row.prompt, seeds=row.seeds or list(self.sample_seeds),
+                                     negative_prompt=self.sample_negative_prompt if row.negative_prompt is None
+                                     else row.negative_prompt))
+        return rows
 
     @model_validator(mode="after")
     def _length(self) -> LoopConfig:
@@ -200,6 +245,20 @@ class OutputConfig(_Section):
     author: str | None = None
     tags: list[str] = Field(default_factory=list)
     add_to_registry: bool = Field(True, description="add the result to the local registry")
+    trackers: list[Tracker] | None = Field(None, description="accelerate trackers to log to (each must be installed);"
+                                                             " default: tensorboard when installed")
+    push_to: str | None = Field(None, description="Hub repo (user/name): push the verified adapter, samples and "
+                                                  "loss plot there when training ends")
+    push_endpoint: str | None = Field(None, description="Hub-compatible endpoint (default: $HF_ENDPOINT, else "
+                                                        "huggingface.co)")
+    push_private: bool = Field(False, description="create the push_to repo as private")
+
+    @field_validator("trackers")
+    @classmethod
+    def _unique_trackers(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError(f"lists a tracker twice: {value}")
+        return value
 
 
 class TrainConfig(_Section):
@@ -211,6 +270,13 @@ class TrainConfig(_Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: LoopConfig
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _validation_needs_a_split(self) -> TrainConfig:
+        if self.train.validate_every and not self.data.validation_split:
+            raise _cross("train.validate_every", "needs held-out images: set data.validation_split (a count or a "
+                                                  "fraction)")
+        return self
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -327,4 +393,6 @@ def describe(exc: ValidationError) -> str:
 def _model_at(loc: list[str]) -> type[BaseModel] | None:
     if not loc:
         return TrainConfig
-    return SECTIONS.get(loc[0]) if len(loc) == 1 else None
+    if loc[-1] == "table":  # a train.sample_prompts entry
+        return SamplePrompt
+    return SECTIONS.get.get(loc[0]) if len(loc) == 1 else None

@@ -1,8 +1,9 @@
 """``train(config)``: the whole run, start to finish, as one library call the CLI renders.
 
 config -> dataset scan (fails fast, before any model loads) -> ``build_components`` -> cached latents and text ->
-``Trainer.fit`` -> export (verified) -> local registry. The run folder (``output.dir``) holds the adapters,
-``checkpoints/``, ``samples/``, ``loss.csv``, ``loss.png`` and ``run.json`` (this result as data).
+``Trainer.fit`` -> export (verified) -> local registry -> Hub (``output.push_to``). The run folder (``output.dir``)
+holds the adapters, ``checkpoints/``, ``samples/``, ``loss.csv``, ``validation.csv`` (with held-out images),
+``loss.png``, ``trackers/`` (TensorBoard events) and ``run.json`` (this result as data).
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from .components import Components, build_components
 from .config import TrainConfig
 from .data import scan_dataset
 from .export import ExportedFile, build_metadata, export, register
+from .feedback import accelerator_settings
+from .push import PushOutcome, check_target, push_after_training
 from .tiny import is_tiny, tiny_pipeline_from_spec
 from .trainer import FitResult, Trainer
+from .validation import Validator, split
 
 
 @dataclass
@@ -33,6 +37,7 @@ class TrainResult:
     cache: CacheStats = field(default_factory=CacheStats)
     architecture: str = ""
     verify_base: str | None = None  # what the outputs were verified against (`lorareg verify --base`)
+    push: PushOutcome | None = None  # output.push_to: what the push did
 
     def to_dict(self) -> dict[str, Any]:
         losses = self.fit.losses
@@ -42,6 +47,7 @@ class TrainResult:
             "loss_first": losses[0]["loss"] if losses else None, "loss_last": losses[-1]["loss"] if losses else None,
             "resumed_from": str(self.fit.resumed_from) if self.fit.resumed_from else None,
             "samples": [str(p) for p in self.fit.samples], "dataset": self.dataset,
+            "validation": self.fit.validation, "push": self.push.to_dict() if self.push else None,
             "cache": {"encoded": self.cache.encoded, "reused": self.cache.reused}, "verify_base": self.verify_base,
             "outputs": [{"format": f.format, "path": str(f.path), "ok": f.report.ok if f.report else None,
                          "findings": [x.code for x in f.report.findings] if f.report else [],
@@ -50,7 +56,8 @@ class TrainResult:
 
 
 def train(config: TrainConfig, *, resume: str | None = None, quiet: bool = False) -> TrainResult:
-    dataset = scan_dataset(config.data)
+    check_target(config)
+    dataset, held_out = split(scan_dataset(config.data), config)
     accelerator = make_accelerator(config)
     run_dir = config.output.dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -60,12 +67,16 @@ def train(config: TrainConfig, *, resume: str | None = None, quiet: bool = False
     cache_root = config.data.cache_dir or default_cache_dir()
     cache = TensorCache(cache_root)
     training_set = TrainingSet(dataset, parts, config, cache)
+    validator = Validator(held_out, parts, config, cache) if held_out else None
     with accelerator.main_process_first():
         training_set.prepare()
+        if validator is not None:
+            validator.prepare()
     _cast_frozen_weights(parts, config)
-    fit = Trainer(config, parts, training_set, run_dir=run_dir, accelerator=accelerator, quiet=quiet).fit(resume=resume)
-    result = TrainResult(run_dir=run_dir, fit=fit, dataset=dataset.report(), cache=cache.stats,
-                         architecture=parts.architecture.id)
+    fit = Trainer(config, parts, training_set, run_dir=run_dir, accelerator=accelerator, quiet=quiet,
+                  validator=validator).fit(resume=resume)
+    result = TrainResult(run_dir=run_dir, fit=fit, cache=cache.stats, architecture=parts.architecture.id,
+                         dataset={**dataset.report(), "validation_images": len(held_out.items) if held_out else 0})
     if accelerator.is_main_process:
         metadata = build_metadata(parts, config, dataset=dataset, fit=fit)
         result.verify_base = verify_base(parts, cache_root)
@@ -74,6 +85,8 @@ def train(config: TrainConfig, *, resume: str | None = None, quiet: bool = False
             register(result.outputs)
         (run_dir / "run.json").write_text(json.dumps({"config": config.model_dump(mode="json"), **result.to_dict()},
                                                      indent=2, sort_keys=True, default=str))
+        if config.output.push_to:
+            result.push = push_after_training(run_dir, config)
     accelerator.wait_for_everyone()
     return result
 
@@ -86,12 +99,12 @@ def make_accelerator(config: TrainConfig):
     from accelerate.state import AcceleratorState, PartialState
 
     try:
-        return Accelerator(mixed_precision=config.train.mixed_precision)
+        return Accelerator(mixed_precision=config.train.mixed_precision, **accelerator_settings(config))
     except ValueError:
         if PartialState().num_processes > 1:
             raise
         AcceleratorState._reset_state()
-        return Accelerator(mixed_precision=config.train.mixed_precision)
+        return Accelerator(mixed_precision=config.train.mixed_precision, **accelerator_settings(config))
 
 
 def _cast_frozen_weights(parts: Components, config: TrainConfig) -> None:
@@ -106,6 +119,10 @@ def _cast_frozen_weights(parts: Components, config: TrainConfig) -> None:
         module = getattr(parts.pipeline, name, None)
         if module is not None:
             module.to(dtype=dtype)
+    if config.model.fp8_base:
+        from .components import store_frozen_fp8
+
+        store_frozen_fp8(parts, dtype)
 
 
 def verify_base(parts: Components, cache_root: Path) -> str:

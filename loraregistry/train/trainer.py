@@ -22,7 +22,7 @@ from . import checkpoint
 from .batches import TrainingSet
 from .checkpoint import Position
 from .config import TrainConfig
-from .feedback import LossLog, ProgressBar, TensorBoard, plot_losses
+from .feedback import VALIDATION_FIELDS, CsvLog, LossLog, ProgressBar, Trackers, plot_losses
 from .optim import build_optimizer, build_scheduler, parameter_groups
 from .step import train_step
 
@@ -42,12 +42,15 @@ class FitResult:
     samples: list[Path] = field(default_factory=list)
     seconds: float = 0.0
     step_seconds: list[float] = field(default_factory=list)  # wall time of each optimizer step, logging included
+    validation: list[dict[str, Any]] = field(default_factory=list)  # validation.csv's rows: step, loss, images, draws
 
 
 class Trainer:
     def __init__(self, config: TrainConfig, parts, training_set: TrainingSet, *, run_dir: Path, accelerator,
-                 quiet: bool = False) -> None:
+                 quiet: bool = False, validator=None) -> None:
+        """``validator``: a ``validation.Validator`` over held-out images (prepared), or None."""
         self.config = config
+        self.validator = validator
         self.parts = parts
         self.data = training_set
         self.run_dir = run_dir
@@ -98,8 +101,11 @@ class Trainer:
             position = checkpoint.load(resumed_from, models=parts.trained, optimizer=optimizer, scheduler=scheduler,
                                        generator=generator, config_json=config_json)
         main = acc.is_main_process
-        log = LossLog(self.run_dir / "loss.csv", resume_step=position.step if resume else None) if main else None
-        board = TensorBoard(self.run_dir / "tensorboard") if main else None
+        resume_step = position.step if resume else None
+        log = LossLog(self.run_dir / "loss.csv", resume_step=resume_step) if main else None
+        validation_log = (CsvLog(self.run_dir / "validation.csv", VALIDATION_FIELDS, resume_step=resume_step)
+                          if main and self.validator is not None else None)
+        trackers = Trackers(acc, config, resume_step=resume_step)
         bar = ProgressBar(total, start=position.step, quiet=self.quiet or not main)
         samples: list[Path] = []
         step_seconds: list[float] = []
@@ -111,35 +117,40 @@ class Trainer:
                 tick = time.perf_counter()
                 loss = self._optimizer_step(position, optimizer, scheduler, params, generator)
                 position.step += 1
+                lr = scheduler.get_last_lr()[0]
                 if main:
-                    lr = scheduler.get_last_lr()[0]
                     log.add(position.step, position.epoch, loss, lr)
-                    board.add(position.step, loss, lr)
                     bar.update(position.step, loss)
+                if position.step % config.train.log_every == 0 or position.step == total:
+                    trackers.log({"train/loss": loss, "train/lr": lr}, position.step)
                 step_seconds.append(time.perf_counter() - tick)
+                if self._validate_now(position.step, total):
+                    self._validate(position.step, validation_log, trackers, bar)
                 self._maybe_checkpoint(position, total, optimizer, scheduler, generator, config_json)
                 if config.train.sample_every and position.step % config.train.sample_every == 0:
-                    samples += self._samples(position.step)
+                    samples += self._samples(position.step, trackers)
                 if hang_after and position.step == hang_after:
                     while True:  # see HANG_AFTER_STEP_ENV
                         time.sleep(1)
             if config.train.sample_prompts and (not samples or config.train.sample_every == 0
                                                 or total % config.train.sample_every):
-                samples += self._samples(total)
+                samples += self._samples(total, trackers)
         finally:
             bar.close()
-            if board is not None:
-                board.close()
-            if log is not None:
-                log.close()
+            trackers.close()
+            for csv_log in (log, validation_log):
+                if csv_log is not None:
+                    csv_log.close()
         losses = log.rows if log is not None else []
+        validation = validation_log.rows if validation_log is not None else []
         if main:
-            plot_losses(losses, self.run_dir / "loss.png")
+            plot_losses(losses, self.run_dir / "loss.png", validation)
         per_epoch = max(1, len(self._plan(0)))
         consumed = position.epoch * per_epoch + position.batch_index
         return FitResult(steps=total, epochs=max(1, math.ceil(consumed / per_epoch)), losses=losses,
                          started_at=started, finished_at=datetime.now(timezone.utc), resumed_from=resumed_from,
-                         samples=samples, seconds=time.perf_counter() - clock, step_seconds=step_seconds)
+                         samples=samples, seconds=time.perf_counter() - clock, step_seconds=step_seconds,
+                         validation=validation)
 
     def _optimizer_step(self, position: Position, optimizer, scheduler, params, generator) -> float:
         acc, config = self.accelerator, self.config
@@ -188,12 +199,26 @@ class Trainer:
                             keep=self.config.train.keep_checkpoints)
         self.accelerator.wait_for_everyone()
 
-    def _samples(self, step: int) -> list[Path]:
+    def _samples(self, step: int, trackers: Trackers) -> list[Path]:
         if not self.config.train.sample_prompts or not self.accelerator.is_main_process:
             return []
         from .samples import render_grid
 
-        return [render_grid(self.parts, self.config, self.run_dir / "samples" / f"step-{step:08d}.png")]
+        grid = render_grid(self.parts, self.config, self.run_dir / "samples" / f"step-{step:08d}.png", step=step)
+        trackers.log_image("samples", grid.image, step)
+        return [grid.path]
+
+    def _validate_now(self, step: int, total: int) -> bool:
+        every = self.config.train.validate_every
+        return self.validator is not None and (step == total or bool(every and step % every == 0))
+
+    def _validate(self, step: int, log: CsvLog | None, trackers: Trackers, bar: ProgressBar) -> None:
+        """Every process takes part (the loss is reduced across them); the main one records it."""
+        result = self.validator.loss(self.accelerator)
+        if log is not None:
+            log.append({"step": step, "loss": result.loss, "images": result.images, "draws": result.draws})
+            bar.validation(result.loss)
+        trackers.log({"validation/loss": result.loss}, step)
 
     def _set_up_models(self) -> None:
         import torch
