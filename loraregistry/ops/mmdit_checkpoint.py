@@ -15,6 +15,8 @@ targets' widths come from the weight itself: each of q, k and v is as wide as th
 FLUX's ``proj_mlp`` takes the rest of ``linear1``. Rows that the original stores as [shift, scale] against diffusers'
 [scale, shift] (``final_layer.adaLN_modulation.1``; SD3's last, ``context_pre_only`` context adaLN, the one whose
 output is 2 x its input) are marked ``halves_swapped``: the module's rows are the tensor's with its halves exchanged.
+
+Header facts only, no numpy: a header-level reader (verify's ``--base``) can use it as it is.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from ..canonical import ModuleKey
 from ..formats import fused_targets, mmdit
+from ..formats.paths import with_text_model
 from ..safetensors_io import SafetensorsHeader
 
 TRANSFORMER_PREFIXES = ("model.diffusion_model.", "")
@@ -107,8 +110,6 @@ def rows_swapped(path: str, shape: tuple[int, ...]) -> bool:
 
 
 def _text_encoder(head: str, path: str, family: str) -> tuple[str, str] | None:
-    from .checkpoint import canonical_text_path
-
     if head == "t5xxl":
         # T5's Linears are in its blocks; the embeddings and the position bias table are 2-D but no Linear
         if not path.startswith("encoder.block.") or "relative_attention_bias" in path:
@@ -116,4 +117,5 @@ def _text_encoder(head: str, path: str, family: str) -> tuple[str, str] | None:
         return ("text_encoder_2" if family == "flux" else "text_encoder_3"), path
     if "embeddings." in path:
         return None
-    return ("text_encoder" if head == "clip_l" else "text_encoder_2"), canonical_text_path(path)
+    component = "text_encoder" if head == "clip_l" else "text_encoder_2"
+    return component, with_text_model(component, path)[0]

@@ -395,4 +395,4 @@ def _model_at(loc: list[str]) -> type[BaseModel] | None:
         return TrainConfig
     if loc[-1] == "table":  # a train.sample_prompts entry
         return SamplePrompt
-    return SECTIONS.get.get(loc[0]) if len(loc) == 1 else None
+    return SECTIONS.get(loc[0]) if len(loc) == 1 else None
