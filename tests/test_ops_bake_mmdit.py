@@ -74,7 +74,8 @@ _SD3_BLOCK = {"x_block.attn.qkv": ["attn.to_q", "attn.to_k", "attn.to_v"], "x_bl
               "x_block.mlp.fc2": ["ff.net.2"], "x_block.adaLN_modulation.1": ["norm1.linear"],
               "context_block.attn.qkv": ["attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"],
               "context_block.attn.proj": ["attn.to_add_out"], "context_block.mlp.fc1": ["ff_context.net.0.proj"],
-              "context_block.mlp.fc2": ["ff_context.net.2"], "context_block.adaLN_modulation.1": ["norm1_context.linear"]}
+              "context_block.mlp.fc2": ["ff_context.net.2"],
+              "context_block.adaLN_modulation.1": ["norm1_context.linear"]}
 
 
 def _swap(array: np.ndarray) -> np.ndarray:

@@ -8,7 +8,6 @@ output, per diffusers q/k/v slice for peft output. Expected deltas are computed 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
