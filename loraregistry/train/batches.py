@@ -45,7 +45,8 @@ class TrainingSet:
                                             for i in dataset.items]
         self.latents: list[tuple[Any, Any]] = []
         self._text: dict[str, TextConditioning] = {}
-        self.cache_text = not any(name != "unet" for name in parts.trained)  # init_from may add text encoders
+        # init_from may add text encoders
+        self.cache_text = not any(name not in ("unet", "transformer") for name in parts.trained)
 
     # --- caching ---------------------------------------------------------------------------------------------
 
@@ -68,8 +69,10 @@ class TrainingSet:
         """Cached conditioning of one caption (shuffled variants are cached as they appear)."""
         if caption in self._text:
             return self._text[caption]
-        keys = [self.parts.content_keys[n] for n in ("text_encoder", "text_encoder_2") if n in self.parts.content_keys]
-        key = content_key("text", caption, keys)
+        names = ("text_encoder", "text_encoder_2", "text_encoder_3")
+        keys = [self.parts.content_keys[n] for n in names if n in self.parts.content_keys]
+        # FLUX / SD3: the T5 length changes the sequence (SD keys stay as they were: their caches remain valid)
+        key = content_key("text", caption, keys, *([self.parts.text_max_length] if self.parts.is_flow else []))
         entry = self.cache.get("text", key)
         if entry is None:
             import torch

@@ -2,7 +2,9 @@
 
 Bases: ``tiny:<arch>`` (built from configs), a local diffusers folder, a single-file checkpoint (diffusers needs the
 component configs for those: ``model.single_file_config``), or a Hub id that is already in the HF cache. Nothing is
-ever downloaded: Hub lookups run with ``local_files_only=True``.
+ever downloaded: Hub lookups run with ``local_files_only=True``. SD1/SD2/SDXL train a UNet with a DDPM schedule;
+FLUX.1 and SD3.x (``FluxPipeline`` / ``StableDiffusion3Pipeline`` folders) train their transformer with flow
+matching (``flow.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ from .errors import BaseModelError, ConfigError
 from .tiny import is_tiny, tiny_pipeline_from_spec
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+FLOW_FAMILIES = ("flux", "sd3")  # trained with flow matching; their denoiser is the pipeline's ``transformer``
+PIPELINE_CLASSES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "FluxPipeline", "StableDiffusion3Pipeline")
+# Module-name prefixes of the MMDiT blocks: transformer targets are matched inside them only
+TRANSFORMER_BLOCKS = ("transformer_blocks.", "single_transformer_blocks.")
 # ResNet / sampler convolutions LoCon adds (kohya: ResnetBlock2D, Downsample2D, Upsample2D).
 CONV_SUFFIXES = ("conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv")
 
@@ -41,7 +47,7 @@ class Components:
 
     pipeline: Any
     architecture: Architecture
-    prediction_type: str  # "epsilon" or "v"
+    prediction_type: str  # "epsilon", "v" or "flow"
     source: BaseSource
     noise_scheduler: Any
     trained: dict[str, Any] = field(default_factory=dict)
@@ -49,10 +55,25 @@ class Components:
     conv_modules: list[str] = field(default_factory=list)  # UNet convolutions with LoCon rank/alpha
     content_keys: dict[str, str] = field(default_factory=dict)  # component -> weights key for caches
     init_adapter: Any = None  # init_from.InitAdapter when the run continues a file
+    text_max_length: int | None = None  # T5 tokens per caption (FLUX / SD3)
+
+    @property
+    def is_flow(self) -> bool:
+        """FLUX.1 / SD3.x: a transformer trained with flow matching."""
+        return self.architecture.family in FLOW_FAMILIES
+
+    @property
+    def denoiser_name(self) -> str:
+        return "transformer" if self.is_flow else "unet"
+
+    @property
+    def denoiser(self):
+        return getattr(self.pipeline, self.denoiser_name)
 
     @property
     def unet(self):
-        return self.pipeline.unet
+        """The denoiser (the UNet, or the FLUX/SD3 transformer), for callers that only need its device and dtype."""
+        return self.denoiser
 
     @property
     def vae(self):
@@ -70,7 +91,7 @@ class Components:
         return [self.model(n) for n in TEXT_ENCODERS if getattr(self.pipeline, n, None) is not None]
 
     def tokenizers(self) -> list[Any]:
-        names = ("tokenizer", "tokenizer_2")
+        names = ("tokenizer", "tokenizer_2", "tokenizer_3")
         return [getattr(self.pipeline, n) for n in names if getattr(self.pipeline, n, None) is not None]
 
 
@@ -80,18 +101,17 @@ def build_components(config: TrainConfig, *, pipeline=None) -> Components:
     ``pipeline``: an SD / SDXL pipeline already in memory to train instead of loading ``model.base`` (which then
     only names it in the metadata)."""
     import torch
-    from diffusers import DDPMScheduler
 
     pipeline, source = load_base(config) if pipeline is None else (pipeline, BaseSource(spec=config.model.base))
     arch = detect_architecture(pipeline)
     arch = check_override(arch, config.model.architecture)
-    scheduler_pred = pipeline.scheduler.config.get("prediction_type", "epsilon")
-    prediction = config.model.prediction_type or ("v" if scheduler_pred == "v_prediction" else "epsilon")
-    if arch.family == "sd2" and config.model.architecture is None:
-        arch = get("sd2-768-v" if prediction == "v" else "sd2-512")
-    noise_scheduler = DDPMScheduler.from_config(
-        pipeline.scheduler.config, prediction_type="v_prediction" if prediction == "v" else "epsilon")
-    for name in ("unet", "vae", *TEXT_ENCODERS):
+    if arch.family in FLOW_FAMILIES:
+        prediction, noise_scheduler = _flow_schedule(pipeline, config, arch)
+    else:
+        prediction, noise_scheduler = _ddpm_schedule(pipeline, config, arch)
+        if arch.family == "sd2" and config.model.architecture is None:
+            arch = get("sd2-768-v" if prediction == "v" else "sd2-512")
+    for name in ("unet", "transformer", "vae", *TEXT_ENCODERS):
         module = getattr(pipeline, name, None)
         if module is not None:
             module.requires_grad_(False)
@@ -99,10 +119,54 @@ def build_components(config: TrainConfig, *, pipeline=None) -> Components:
                        noise_scheduler=noise_scheduler)
     parts.content_keys = {name: weights_key(getattr(pipeline, name)) for name in ("vae", *TEXT_ENCODERS)
                           if getattr(pipeline, name, None) is not None}
+    if config.model.fp8_base and config.train.mixed_precision == "no":
+        raise ConfigError("model.fp8_base needs train.mixed_precision = \"bf16\" or \"fp16\": float8 weights are "
+                          "only stored, the layers compute in that dtype", hint='set train.mixed_precision = "bf16"')
+    if parts.is_flow:
+        from .flow import check_flow_config, text_length
+
+        check_flow_config(parts, config)
+        parts.text_max_length = text_length(parts, config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed)
         inject_lora(parts, config)
     return parts
+
+
+def _ddpm_schedule(pipeline, config: TrainConfig, arch: Architecture):
+    from diffusers import DDPMScheduler
+
+    if config.flow.model_fields_set:
+        raise ConfigError(f"flow.{sorted(config.flow.model_fields_set)[0]} is set but a {arch.id} base is trained "
+                          "with a noise schedule, not flow matching", hint="drop the [flow] section")
+    scheduler_pred = pipeline.scheduler.config.get("prediction_type", "epsilon")
+    prediction = config.model.prediction_type or ("v" if scheduler_pred == "v_prediction" else "epsilon")
+    return prediction, DDPMScheduler.from_config(
+        pipeline.scheduler.config, prediction_type="v_prediction" if prediction == "v" else "epsilon")
+
+
+def _flow_schedule(pipeline, config: TrainConfig, arch: Architecture):
+    """The base's own flow-matching scheduler (its shift decides the default sigmas, as in diffusers' scripts)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    if config.model.prediction_type is not None:
+        raise ConfigError(f"model.prediction_type is set but a {arch.id} base predicts the flow (noise - image)",
+                          hint="drop model.prediction_type")
+    if "guidance_scale" in config.flow.model_fields_set and not pipeline.transformer.config.get("guidance_embeds"):
+        raise ConfigError(f"flow.guidance_scale is set but a {arch.id} base has no guidance input",
+                          hint="only FLUX.1 dev is guidance-distilled; drop flow.guidance_scale")
+    return "flow", FlowMatchEulerDiscreteScheduler.from_config(pipeline.scheduler.config)
+
+
+def store_frozen_fp8(parts: Components, compute_dtype) -> None:
+    """``model.fp8_base``: the denoiser's frozen layers keep float8 weights and are cast to ``compute_dtype`` for
+    each forward; the LoRA layers (peft's ``lora_*`` modules) and the norms / embeddings diffusers skips stay as
+    they are."""
+    import torch
+    from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
+
+    parts.denoiser.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype,
+                                            skip_modules_pattern=(*DEFAULT_SKIP_MODULES_PATTERN, "lora_"))
 
 
 # --- loading -------------------------------------------------------------------------------------------------
@@ -134,9 +198,9 @@ def _from_folder(path: Path, config: TrainConfig):
         raise BaseModelError("folder has no model_index.json: not a diffusers pipeline", path=path,
                              hint="point model.base at the folder save_pretrained wrote, or at a checkpoint file")
     kind = json.loads(index.read_text()).get("_class_name")
-    if kind not in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):
+    if kind not in PIPELINE_CLASSES:
         raise BaseModelError(f"{kind} is not a base lorareg trains", path=path,
-                             hint="supported: StableDiffusionPipeline (SD1/SD2) and StableDiffusionXLPipeline")
+                             hint=f"supported: {', '.join(PIPELINE_CLASSES)}")
     kwargs: dict[str, Any] = {"local_files_only": True}
     if config.model.variant:
         kwargs["variant"] = config.model.variant
@@ -153,6 +217,11 @@ def _from_single_file(path: Path, config: TrainConfig):
 
     from ..hashes import hash_file
 
+    family = _single_file_mmdit(path)
+    if family:
+        raise BaseModelError(f"a single-file {family} checkpoint holds the transformer only; lorareg trains "
+                             f"{family} from a diffusers folder", path=path,
+                             hint="point model.base at the diffusers folder (or cached Hub id) of the base")
     cls = StableDiffusionXLPipeline if _looks_sdxl(path) else StableDiffusionPipeline
     kwargs: dict[str, Any] = {"local_files_only": True}
     if config.model.single_file_config:
@@ -174,6 +243,21 @@ def _looks_sdxl(path: Path) -> bool:
     from ..safetensors_io import read_header
 
     return any(k.startswith("conditioner.embedders.1.") for k in read_header(path).tensors)
+
+
+def _single_file_mmdit(path: Path) -> str | None:
+    """"FLUX.1" / "SD3" when a .safetensors checkpoint has that family's original block names."""
+    if path.suffix != ".safetensors":
+        return None
+    from ..safetensors_io import read_header
+
+    for key in read_header(path).tensors:
+        name = key.removeprefix("model.").removeprefix("diffusion_model.")
+        if name.startswith(("double_blocks.", "single_blocks.")):
+            return "FLUX.1"
+        if name.startswith("joint_blocks."):
+            return "SD3"
+    return None
 
 
 def _from_hub_cache(repo_id: str, config: TrainConfig):
@@ -202,7 +286,13 @@ def _first_line(exc: BaseException) -> str:
 
 def detect_architecture(pipeline) -> Architecture:
     """From structure, not sizes (tiny models keep the structure): SDXL has text-time conditioning and two
-    text encoders; SD2 uses linear transformer projections; SD1 1x1 convolutions."""
+    text encoders; SD2 uses linear transformer projections; SD1 1x1 convolutions. FLUX.1 dev has a guidance
+    embedding, schnell none; SD3.5 medium has dual attention (MMDiT-X), SD3.5 large q/k norms without it."""
+    transformer = getattr(pipeline, "transformer", None)
+    if transformer is not None:
+        return _mmdit_architecture(transformer)
+    if getattr(pipeline, "unet", None) is None:
+        raise BaseModelError(f"{type(pipeline).__name__} has neither a UNet nor a transformer to train")
     unet = pipeline.unet.config
     if unet.get("addition_embed_type") == "text_time":
         if getattr(pipeline, "text_encoder", None) is None:
@@ -212,6 +302,18 @@ def detect_architecture(pipeline) -> Architecture:
         raise BaseModelError("the base is not an SD1, SD2 or SDXL text-to-image model",
                              hint="inpainting and other variants are not supported yet")
     return get("sd2-512" if unet.get("use_linear_projection") else "sd1")
+
+
+def _mmdit_architecture(transformer) -> Architecture:
+    kind = type(transformer).__name__
+    config = transformer.config
+    if kind == "FluxTransformer2DModel":
+        return get("flux1-dev" if config.get("guidance_embeds") else "flux1-schnell")
+    if kind == "SD3Transformer2DModel":
+        if config.get("dual_attention_layers"):
+            return get("sd35-medium")
+        return get("sd35-large" if config.get("qk_norm") else "sd3-medium")
+    raise BaseModelError(f"a {kind} base is not one lorareg trains", hint="supported: FLUX.1 and SD3.x transformers")
 
 
 def check_override(detected: Architecture, requested: str | None) -> Architecture:
@@ -254,20 +356,25 @@ def inject_lora(parts: Components, config: TrainConfig) -> None:
 
         inject_from_file(parts, config)
         return
-    for component in net.components:
+    for component in trained_components(parts, config):
         model = getattr(parts.pipeline, component, None)
         if model is None:
             raise ConfigError(f"network.components lists {component} but a {parts.architecture.id} base has none",
                               hint=f"allowed here: {', '.join(parts.architecture.components)}")
-        suffixes = net.unet_modules() if component == "unet" else net.text_encoder_modules()
-        linear = _matching(model, suffixes)
+        if component == "transformer":
+            suffixes = net.transformer_modules()
+            dead = _text_queries_of_last_block(model)
+            linear = [n for n in _matching(model, suffixes) if n.startswith(TRANSFORMER_BLOCKS) and n not in dead]
+        else:
+            suffixes = net.unet_modules() if component == "unet" else net.text_encoder_modules()
+            linear = _matching(model, suffixes)
         if component == "text_encoder" and parts.is_sdxl:
             # SDXL reads the first encoder's penultimate layer: a LoRA on its last layer would never train
             last = f"layers.{model.config.num_hidden_layers - 1}."
             linear = [name for name in linear if last not in name]
         conv = _conv_modules(model) if component == "unet" and net.conv_rank else []
         if not linear:
-            field_name = "unet_targets" if component == "unet" else "text_encoder_targets"
+            field_name = f"{component}_targets" if component in ("unet", "transformer") else "text_encoder_targets"
             raise ConfigError(f"network.{field_name} {suffixes} matches no Linear/Conv2d module of the {component}")
         conv_alpha = net.conv_alpha if net.conv_alpha is not None else float(net.conv_rank)
         lora = LoraConfig(
@@ -279,6 +386,35 @@ def inject_lora(parts: Components, config: TrainConfig) -> None:
         parts.trained[component] = model
         parts.target_modules[component] = linear + conv
         parts.conv_modules += conv
+
+
+def trained_components(parts: Components, config: TrainConfig) -> list[str]:
+    """``network.components`` for this base: a FLUX/SD3 base trains its transformer (the default there; text
+    encoder LoRA for T5/CLIP is not trained yet); a UNet base has no transformer."""
+    net = config.network
+    if not parts.is_flow:
+        if "transformer" in net.components:
+            raise ConfigError(f"network.components lists transformer but a {parts.architecture.id} base has a UNet",
+                              hint="use unet")
+        return list(net.components)
+    if net.conv_rank:
+        raise ConfigError(f"network.conv_rank is set but a {parts.architecture.id} transformer has no convolutions "
+                          "to train", hint="drop network.conv_rank")
+    if "components" in net.model_fields_set and net.components != ["transformer"]:
+        other = next(c for c in net.components if c != "transformer")
+        why = ("has no UNet: its denoiser is the transformer" if other == "unet" else
+               "trains its transformer only (text encoder LoRA for FLUX/SD3 is not supported yet)")
+        raise ConfigError(f"network.components lists {other}: a {parts.architecture.id} base {why}",
+                          hint='use components = ["transformer"]')
+    return ["transformer"]
+
+
+def _text_queries_of_last_block(transformer) -> set[str]:
+    """SD3's last joint block (``context_pre_only``) drops its text output, so its text queries (``add_q_proj``)
+    reach no loss: a LoRA there would never train (and verify flags an all-zero ``up``). Its keys and values do."""
+    return {f"transformer_blocks.{i}.attn.add_q_proj" for i, block in enumerate(getattr(transformer,
+                                                                                       "transformer_blocks", []))
+            if getattr(block, "context_pre_only", False)}
 
 
 def _matching(model, suffixes: list[str]) -> list[str]:

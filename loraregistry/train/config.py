@@ -1,6 +1,7 @@
 """``TrainConfig``: every setting of a training run, typed and strict, loaded from TOML and overridden by flags.
 
-Sections mirror the pipeline: ``model`` (the base) -> ``data`` -> ``network`` (what LoRA patches) -> ``optim`` ->
+Sections mirror the pipeline: ``model`` (the base) -> ``data`` -> ``network`` (what LoRA patches) -> ``flow``
+(FLUX/SD3 flow matching) -> ``optim`` ->
 ``train`` (the loop) -> ``output``. Unknown fields are errors (a typo never silently does nothing), and every error
 is one line naming the field and what it accepts. Pure pydantic: importing this module never imports torch.
 """
@@ -30,12 +31,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-Architecture = Literal["sd1", "sd2-512", "sd2-768-v", "sdxl-base"]
+Architecture = Literal["sd1", "sd2-512", "sd2-768-v", "sdxl-base", "flux1-dev", "flux1-schnell", "sd3-medium",
+                       "sd35-medium", "sd35-large"]
 Precision = Literal["no", "fp16", "bf16"]
 Optimizer = Literal["adamw", "adamw8bit", "prodigy"]
 Scheduler = Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
 OutputFormat = Literal["kohya", "diffusers"]
-TrainedComponent = Literal["unet", "text_encoder", "text_encoder_2"]
+TrainedComponent = Literal["unet", "transformer", "text_encoder", "text_encoder_2"]
+TimestepSampling = Literal["uniform", "logit_normal", "mode"]
 OnBadItem = Literal["skip", "stop"]
 # accelerate's trackers (accelerate.tracking.LOGGER_TYPE_TO_CLASS)
 Tracker = Literal["tensorboard", "wandb", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab", "trackio"]
@@ -47,15 +50,25 @@ UNET_TARGET_PRESETS = {
     "attn": ["to_q", "to_k", "to_v", "to_out.0"],
     "transformer": ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"],
 }
+# FLUX.1 / SD3 transformer blocks (module names are matched inside transformer_blocks / single_transformer_blocks
+# only, so the final proj_out never trains). "attn": the joint attention (and SD3.5 medium's attn2); "all" adds the
+# feed-forwards and FLUX's single-block MLP and output projection: kohya's lora_flux / lora_sd3 default set.
+_MMDIT_ATTENTION = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
+TRANSFORMER_TARGET_PRESETS = {
+    "attn": _MMDIT_ATTENTION,
+    "all": [*_MMDIT_ATTENTION, "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp",
+            "proj_out"],
+}
 TEXT_ENCODER_TARGET_PRESETS = {
     "attn": ["q_proj", "k_proj", "v_proj", "out_proj"],
     "all": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
 }
 
+DENOISERS = ("unet", "transformer")
 Positive = Annotated[int, Field(ge=1)]
 # network fields an init_from file decides (its modules, ranks, alphas, components, DoRA)
-_FROM_INIT_FILE = frozenset({"rank", "alpha", "components", "unet_targets", "text_encoder_targets", "conv_rank",
-                             "conv_alpha", "use_dora"})
+_FROM_INIT_FILE = frozenset({"rank", "alpha", "components", "unet_targets", "transformer_targets",
+                             "text_encoder_targets", "conv_rank", "conv_alpha", "use_dora"})
 Rate = Annotated[float, Field(ge=0, le=1)]
 
 
@@ -71,14 +84,17 @@ class ModelConfig(_Section):
     """The base model: where it is and what it is."""
 
     base: str = Field(description="local diffusers folder, single-file .safetensors/.ckpt, Hub id already in the "
-                                  "HF cache, or tiny:sd1|sd2|sd2-v|sdxl (built offline from configs)")
+                                  "HF cache, or tiny:sd1|sd2|sd2-v|sdxl|flux1-dev|flux1-schnell|"
+                                  "sd3-medium|sd35-medium|sd35-large (built offline from configs)")
     revision: str | None = Field(None, description="Hub revision of a cached Hub id")
     variant: str | None = Field(None, description="weights variant to load, e.g. fp16")
     single_file_config: str | None = Field(
         None, description="for a single-file base: a diffusers folder or cached Hub id holding the component configs")
-    architecture: Architecture | None = Field(None, description="override detection: sd1, sd2-512, sd2-768-v, "
-                                                                "sdxl-base")
+    architecture: Architecture | None = Field(None, description="override detection (within the base's family)")
     prediction_type: Literal["epsilon", "v"] | None = Field(None, description="override the scheduler's")
+    fp8_base: bool = Field(False, description="keep the frozen UNet/transformer weights in float8 (e4m3) and compute "
+                                              "in the mixed-precision dtype (diffusers' layerwise casting): FLUX.1's "
+                                              "12B transformer takes 12 GB instead of 24")
 
 
 class DataConfig(_Section):
@@ -119,8 +135,10 @@ class NetworkConfig(_Section):
     rank: Positive = 16
     alpha: float = Field(8.0, gt=0, description="scale = alpha / rank")
     dropout: Rate = 0.0
-    components: list[TrainedComponent] = Field(["unet"], min_length=1)
+    components: list[TrainedComponent] = Field(["unet"], min_length=1, description="unet for SD1/SD2/SDXL, "
+                                               "transformer for FLUX.1/SD3 (the default there)")
     unet_targets: list[str] | Literal["attn", "transformer"] = "attn"
+    transformer_targets: list[str] | Literal["attn", "all"] = Field("all", description="FLUX.1 / SD3 modules")
     text_encoder_targets: list[str] | Literal["attn", "all"] = "attn"
     conv_rank: int = Field(0, ge=0, description="> 0 adds ResNet convolutions (LoCon)")
     conv_alpha: float | None = Field(None, gt=0)
@@ -153,15 +171,38 @@ class NetworkConfig(_Section):
         t = self.unet_targets
         return list(UNET_TARGET_PRESETS[t] if isinstance(t, str) else t)
 
+    def transformer_modules(self) -> list[str]:
+        t = self.transformer_targets
+        return list(TRANSFORMER_TARGET_PRESETS[t] if isinstance(t, str) else t)
+
     def text_encoder_modules(self) -> list[str]:
         t = self.text_encoder_targets
         return list(TEXT_ENCODER_TARGET_PRESETS[t] if isinstance(t, str) else t)
 
 
+class FlowConfig(_Section):
+    """Flow matching (FLUX.1, SD3.x): how timesteps are drawn and what conditions the transformer. Defaults are the
+    diffusers training scripts' (train_dreambooth_lora_flux.py / _sd3.py); a UNet base refuses this section."""
+
+    timestep_sampling: TimestepSampling | None = Field(
+        None, description="density of the noise level: uniform, logit_normal (SD3 paper) or mode; default: FLUX "
+                          "uniform, SD3 logit_normal")
+    logit_mean: float = Field(0.0, description="logit_normal: mean")
+    logit_std: float = Field(1.0, gt=0, description="logit_normal: standard deviation")
+    mode_scale: float = Field(1.29, description="mode: its scale")
+    shift: float | None = Field(None, gt=0, description="shift the sampled sigmas: s' = shift*s / (1 + (shift-1)*s) "
+                                                        "(kohya's discrete_flow_shift); default: the base "
+                                                        "scheduler's own sigmas")
+    guidance_scale: float = Field(3.5, ge=0, description="FLUX.1 dev's distilled guidance input while training")
+    max_sequence_length: int | None = Field(
+        None, ge=1, le=512, description="T5 tokens; default FLUX dev 512, schnell 256, SD3 77 (capped by the "
+                                        "tokenizer); part of the text cache key")
+
+
 class OptimConfig(_Section):
     optimizer: Optimizer = "adamw"
     lr: float = Field(1e-4, gt=0, le=10)
-    unet_lr: float | None = Field(None, gt=0, le=10)
+    unet_lr: float | None = Field(None, gt=0, le=10, description="lr of the UNet or FLUX/SD3 transformer")
     text_encoder_lr: float | None = Field(None, gt=0, le=10)
     weight_decay: float = Field(1e-2, ge=0)
     betas: list[float] = Field([0.9, 0.999], min_length=2, max_length=2)
@@ -267,6 +308,7 @@ class TrainConfig(_Section):
     model: ModelConfig
     data: DataConfig
     network: NetworkConfig = Field(default_factory=NetworkConfig)
+    flow: FlowConfig = Field(default_factory=FlowConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: LoopConfig
     output: OutputConfig = Field(default_factory=OutputConfig)
@@ -294,15 +336,16 @@ class TrainConfig(_Section):
         return from_dict(data)
 
     def lr_for(self, component: str) -> float:
-        specific = self.optim.unet_lr if component == "unet" else self.optim.text_encoder_lr
+        specific = self.optim.unet_lr if component in DENOISERS else self.optim.text_encoder_lr
         return specific if specific is not None else self.optim.lr
 
     def trains_text_encoder(self) -> bool:
-        return any(c != "unet" for c in self.network.components)
+        return any(c not in DENOISERS for c in self.network.components)
 
 
 SECTIONS: dict[str, type[_Section]] = {
-    "model": ModelConfig, "data": DataConfig, "network": NetworkConfig, "optim": OptimConfig, "train": LoopConfig,
+    "model": ModelConfig, "data": DataConfig, "network": NetworkConfig, "flow": FlowConfig, "optim": OptimConfig,
+    "train": LoopConfig,
     "output": OutputConfig,
 }
 

@@ -2,6 +2,8 @@
 
 SD1/SD2 condition on the text encoder's last hidden state. SDXL concatenates the penultimate hidden states of both
 encoders, adds the second encoder's pooled projection, and six size/crop numbers per sample ("time ids").
+FLUX.1 and SD3.x encode with their pipeline's own ``encode_prompt`` (T5 sequence + CLIP pooled; SD3 also the
+CLIP sequences), so training sees exactly what inference feeds the transformer.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from .buckets import Placement
 
 @dataclass
 class TextConditioning:
-    hidden: Any  # [B, 77, D]
-    pooled: Any | None = None  # [B, P] (SDXL only)
+    hidden: Any  # [B, 77, D] (FLUX: [B, T5 tokens, D]; SD3: [B, 77 + T5 tokens, D])
+    pooled: Any | None = None  # [B, P] (SDXL, FLUX, SD3)
 
 
 def load_pixels(path, placement: Placement):
@@ -49,6 +51,8 @@ def tokenize(tokenizer, captions: list[str]):
 
 def encode_text(parts, captions: list[str]) -> TextConditioning:
     """Conditioning for a batch of captions. Gradients flow when a text encoder carries LoRA."""
+    if parts.is_flow:
+        return _encode_flow(parts, captions)
     encoders = parts.text_encoders()
     tokenizers = parts.tokenizers()
     if not parts.is_sdxl:
@@ -63,6 +67,19 @@ def encode_text(parts, captions: list[str]) -> TextConditioning:
         hidden.append(out.hidden_states[-2])
         pooled = out[0]  # the last encoder is CLIPTextModelWithProjection: text_embeds
     return TextConditioning(hidden=torch.cat(hidden, dim=-1), pooled=pooled)
+
+
+def _encode_flow(parts, captions: list[str]) -> TextConditioning:
+    pipeline = parts.pipeline
+    device = pipeline.text_encoder.device
+    if parts.architecture.family == "flux":
+        hidden, pooled, _ = pipeline.encode_prompt(captions, prompt_2=None, device=device,
+                                                   max_sequence_length=parts.text_max_length)
+    else:
+        hidden, _, pooled, _ = pipeline.encode_prompt(captions, None, None, device=device,
+                                                      do_classifier_free_guidance=False,
+                                                      max_sequence_length=parts.text_max_length)
+    return TextConditioning(hidden=hidden, pooled=pooled)
 
 
 def time_ids(original: tuple[int, int], crop: tuple[int, int], target: tuple[int, int]) -> list[int]:

@@ -4,6 +4,12 @@ peft's state dict is read as the ``peft`` key format (component-prefixed, as dif
 writes it), so the canonical keys come from the same mapper every other file goes through. Alpha is added per
 module from the network config. Each file is written to a temp name in the output folder, verified against the
 base it was trained on, and only then renamed into place: a failed verification leaves nothing behind.
+
+FLUX.1 / SD3 transformers train per diffusers module (``to_q``, ``to_k``, ``to_v``, ...); their kohya file names
+modules the way sd-scripts' ``lora_flux`` / ``lora_sd3`` do (``double_blocks_0_img_attn_qkv``,
+``joint_blocks_0_x_block_attn_qkv``), so the split targets are fused exactly (``ops.fused``: ``down`` stacked at
+rank k*r, block-diagonal ``up``, alpha k*alpha, same delta) and [shift, scale] rows reordered where the original
+model stores them the other way.
 """
 
 from __future__ import annotations
@@ -76,7 +82,8 @@ def build_metadata(parts, config: TrainConfig, *, dataset, fit) -> AdapterMetada
     source = parts.source
     network_type = "dora" if net.use_dora else ("locon" if net.conv_rank else "lora")
     rank, alpha = net.rank, net.alpha
-    targets = sorted({*net.unet_modules(), *(net.text_encoder_modules() if config.trains_text_encoder() else [])})
+    denoiser = net.transformer_modules() if parts.is_flow else net.unet_modules()
+    targets = sorted({*denoiser, *(net.text_encoder_modules() if config.trains_text_encoder() else [])})
     init = parts.init_adapter
     if init is not None:  # the file decided the modules, ranks and alphas
         network_type = "dora" if init.use_dora else "locon" if init.has_conv_kernels else "lora"
@@ -96,8 +103,8 @@ def build_metadata(parts, config: TrainConfig, *, dataset, fit) -> AdapterMetada
                             components=list(parts.trained), target_modules=targets),
         training=TrainingInfo(
             steps=fit.steps, epochs=fit.epochs, learning_rate=optim.lr,
-            unet_lr=config.lr_for("unet") if "unet" in parts.trained else None,
-            text_encoder_lr=config.lr_for("text_encoder") if set(parts.trained) - {"unet"} else None,
+            unet_lr=config.lr_for(parts.denoiser_name) if parts.denoiser_name in parts.trained else None,
+            text_encoder_lr=config.lr_for("text_encoder") if set(parts.trained) - {parts.denoiser_name} else None,
             optimizer=optim.optimizer, scheduler=optim.scheduler, batch_size=loop.batch_size, seed=loop.seed,
             resolution=(side, side), dataset_size=len(dataset.items), dataset_hash=dataset.hash, tool="lorareg",
             tool_version=__version__, started_at=fit.started_at, finished_at=fit.finished_at,
@@ -107,8 +114,24 @@ def build_metadata(parts, config: TrainConfig, *, dataset, fit) -> AdapterMetada
                               operation="train",
                               params={"base": source.spec, "loss_final": fit.losses[-1]["loss"] if fit.losses else None,
                                       "grad_accumulation": optim.grad_accumulation,
-                                      "warmup_steps": optim.warmup_steps}),
+                                      "warmup_steps": optim.warmup_steps, **flow_facts(parts, config)}),
     )
+
+
+def flow_facts(parts, config: TrainConfig) -> dict[str, Any]:
+    """How a FLUX / SD3 run drew its noise levels and conditioned the transformer (nothing for UNet runs)."""
+    if not parts.is_flow:
+        return {}
+    from .flow import DEFAULT_SAMPLING
+
+    flow = config.flow
+    facts: dict[str, Any] = {"timestep_sampling": flow.timestep_sampling or DEFAULT_SAMPLING[parts.architecture.family],
+                             "max_sequence_length": parts.text_max_length, "flow_shift": flow.shift}
+    if facts["timestep_sampling"] == "logit_normal":
+        facts.update(logit_mean=flow.logit_mean, logit_std=flow.logit_std)
+    if parts.denoiser.config.get("guidance_embeds"):
+        facts["guidance_scale"] = flow.guidance_scale
+    return facts
 
 
 def output_path(config: TrainConfig, fmt: str) -> Path:
@@ -129,11 +152,12 @@ def export(parts, config: TrainConfig, *, metadata: AdapterMetadata, verify_base
         target = output_path(config, fmt)
         target.parent.mkdir(parents=True, exist_ok=True)
         writer_format, dialect = ("peft", peft_dialect) if fmt == "diffusers" else ("kohya", kohya_dialect(parts))
+        body = kohya_native(tensors) if fmt == "kohya" and parts.is_flow else tensors
         # a fresh name (not mkstemp's 0600 file) so the result gets the mode any new file would get; not
         # *.safetensors, so a killed run's leftover is no adapter, and the next write sweeps it
         tmp = new_temp_path(target)
         try:
-            write_adapter(tmp, tensors, format=writer_format, dialect=dialect, metadata=metadata)
+            write_adapter(tmp, body, format=writer_format, dialect=dialect, metadata=metadata)
             report = _verified(tmp, target, verify_base)
             os.replace(tmp, target)
         finally:
@@ -143,9 +167,21 @@ def export(parts, config: TrainConfig, *, metadata: AdapterMetadata, verify_base
     return written
 
 
+def kohya_native(tensors: dict[CanonicalKey, np.ndarray]) -> dict[CanonicalKey, np.ndarray]:
+    """FLUX/SD3 canonical tensors (diffusers module paths) -> the fused modules of the original model."""
+    from ..ops.convert import convert_tensors
+    from ..ops.fused import reorder_scale_shift
+
+    transformer = {ck.module for ck in tensors if ck.component == "transformer"}
+    fused, _ = convert_tensors(reorder_scale_shift(tensors, transformer), to="kohya", fuse=True, show_progress=False)
+    return fused
+
+
 def kohya_dialect(parts) -> dict[str, str]:
     """SDXL kohya files use SGM block names (what A1111 / ComfyUI / sd-scripts write); the tiny SDXL has a
-    different block count, so it keeps diffusers names."""
+    different block count, so it keeps diffusers names. FLUX / SD3 use the original model's names."""
+    if parts.is_flow:
+        return {"transformer_names": parts.architecture.family}
     if parts.is_sdxl and not parts.source.spec.startswith("tiny:"):
         return {"unet_names": "sgm", "unet_levels": "3", "te_prefix": "lora_te1"}
     return {"te_prefix": "lora_te1"} if parts.is_sdxl else {}

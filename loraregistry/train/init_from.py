@@ -6,6 +6,11 @@ factors are copied in, so at step 0 the model's delta is the file's, exactly (fp
 without rounding). Everything is checked against the base before training starts: a module the base lacks, a
 component the base has not, a shape that differs, or a module kind peft cannot train from plain factors (LoHa, LoKr,
 LoCon's Tucker ``mid``, full diffs) is one error naming the file and the module.
+
+FLUX.1 / SD3 files that name modules after the original model (kohya ``lora_unet_double_blocks_*``, BFL keys) are
+read in diffusers' terms first: a fused module (``img_attn.qkv``) becomes one LoRA per target sharing ``down``
+with its slice of ``up`` (or, for the block-diagonal files lorareg writes, each target's own block), and
+[shift, scale] rows are put in diffusers' order (``ops.fused``), so the delta is still the file's, exactly.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from ..canonical import ModuleKey
 from ..errors import LoraregError
 from .errors import ConfigError
 
-TRAINABLE = ("unet", "text_encoder", "text_encoder_2")
+TRAINABLE = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
 _PLAIN = {"down", "up", "alpha", "dora_scale"}
 
 
@@ -67,11 +72,13 @@ def read_init_adapter(path: Path) -> InitAdapter:
     """The file's plain-LoRA (or DoRA) modules, by component; ConfigError for anything else."""
     from ..adapter import AdapterFile
     from ..ops.common import by_module
+    from ..ops.fused import natively_named, reorder_scale_shift
     from ..ops.io import load_canonical
 
     try:
         adapter = AdapterFile.open(path)
-        tensors = by_module(load_canonical(adapter))
+        canonical = reorder_scale_shift(load_canonical(adapter), natively_named(adapter.mapping))
+        tensors = _split_fused(by_module(canonical))
     except LoraregError as exc:
         raise ConfigError(f"network.init_from: {exc.message}", path=path, hint=exc.hint) from None
     if adapter.mapping.unknown:
@@ -83,6 +90,39 @@ def read_init_adapter(path: Path) -> InitAdapter:
     if not result.modules:
         raise ConfigError("network.init_from: the file holds no LoRA module", path=path)
     return result
+
+
+def _split_fused(tensors: dict[ModuleKey, dict[str, np.ndarray]]) -> dict[ModuleKey, dict[str, np.ndarray]]:
+    """Fused SD3/Flux modules -> one module per diffusers target (plain LoRA / DoRA only; others fail later)."""
+    from ..formats import is_fused
+    from ..ops.fused import split_fused
+
+    out: dict[ModuleKey, dict[str, np.ndarray]] = {}
+    for module, roles in tensors.items():
+        if module.component == "transformer" and is_fused(module.path) and "down" in roles and "up" in roles \
+                and not set(roles) - _PLAIN:
+            for target, part in split_fused(module, roles).items():
+                part = part if "dora_scale" in part else _without_zero_rank(part)
+                if part is not None:
+                    out[target] = part
+        else:
+            out[module] = roles
+    return out
+
+
+def _without_zero_rank(roles: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """A split target without the rank components its ``up`` slice never uses (a fused file gives targets it did
+    not train zero rows: SD3's last text query, or another file's targets stacked block-diagonally). The delta is
+    unchanged: alpha shrinks with the rank so alpha / rank stays. None when nothing is left (no delta at all)."""
+    up, down = roles["up"], roles["down"]
+    rank = down.shape[0]
+    used = np.flatnonzero(np.any(up.reshape(up.shape[0], rank, -1) != 0, axis=(0, 2)))
+    if used.size == 0:
+        return None
+    if used.size == rank:
+        return roles
+    alpha = float(np.asarray(roles.get("alpha", 0.0), dtype=np.float64)) or float(rank)
+    return {**roles, "up": up[:, used], "down": down[used], "alpha": np.array(alpha * used.size / rank)}
 
 
 def _plain_module(module: ModuleKey, roles: dict[str, np.ndarray], path: Path) -> InitModule:

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic.fields import FieldInfo
 
-from .config import SECTIONS, TEXT_ENCODER_TARGET_PRESETS, UNET_TARGET_PRESETS
+from .config import SECTIONS, TEXT_ENCODER_TARGET_PRESETS, TRANSFORMER_TARGET_PRESETS, UNET_TARGET_PRESETS
 
 # Values that differ from the field defaults. Rank 16 / alpha 8, AdamW 1e-4, cosine with warmup is what
 # kohya sd-scripts and the diffusers LoRA scripts users copy converge on for 10-50 images.
@@ -38,6 +38,33 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "min_snr_gamma": 5.0, "checkpoint_every": 500, "sample_every": 500,
                   "sample_prompts": ["TRIGGER, a photo"], "sample_seeds": [1, 2], "sample_steps": 30},
         "output": {"dir": "output", "name": "my-sdxl-lora", "formats": ["kohya", "diffusers"],
+                   "trigger_words": ["TRIGGER"]},
+    },
+    # FLUX.1 dev on a 24 GB GPU: the 12B transformer stored in float8 (12 GB; bf16 would take 24), bf16 compute,
+    # gradient checkpointing, batch 1 at 512 px; latents and T5/CLIP embeddings are cached before the first step.
+    # Sampling uses the distilled guidance (3.5), as FluxPipeline does.
+    "flux": {
+        "model": {"base": "black-forest-labs/FLUX.1-dev", "fp8_base": True},
+        "data": {"folder": "dataset", "resolution": 512},
+        "network": {"rank": 16, "alpha": 8.0},
+        "optim": {"lr": 1e-4, "scheduler": "cosine", "warmup_steps": 100},
+        "train": {"steps": 1500, "batch_size": 1, "mixed_precision": "bf16", "gradient_checkpointing": True,
+                  "checkpoint_every": 250, "sample_every": 250, "sample_prompts": ["TRIGGER, a photo"],
+                  "sample_seeds": [1], "sample_steps": 20, "sample_guidance": 3.5},
+        "output": {"dir": "output", "name": "my-flux-lora", "formats": ["kohya", "diffusers"],
+                   "trigger_words": ["TRIGGER"]},
+    },
+    # SD3.5 medium (2.5B) on a 24 GB GPU: bf16 weights, gradient checkpointing, batch 1 at 1024 px, cached latents
+    # and text; logit-normal timesteps (flow defaults).
+    "sd35": {
+        "model": {"base": "stabilityai/stable-diffusion-3.5-medium"},
+        "data": {"folder": "dataset", "resolution": 1024},
+        "network": {"rank": 16, "alpha": 8.0},
+        "optim": {"lr": 1e-4, "scheduler": "cosine", "warmup_steps": 100},
+        "train": {"steps": 1500, "batch_size": 1, "mixed_precision": "bf16", "gradient_checkpointing": True,
+                  "checkpoint_every": 250, "sample_every": 250, "sample_prompts": ["TRIGGER, a photo"],
+                  "sample_seeds": [1], "sample_steps": 28, "sample_guidance": 4.5},
+        "output": {"dir": "output", "name": "my-sd35-lora", "formats": ["kohya", "diffusers"],
                    "trigger_words": ["TRIGGER"]},
     },
     # Seconds on a CPU: the tiny seeded SD1 pipeline built offline, 32 px, a high lr so the loss visibly falls.
@@ -94,6 +121,8 @@ def template(preset: str = "sd15", *, file_name: str = "run.toml") -> str:
             note = (info.description or "") + _allowed(info)
             if name == "unet_targets":
                 note += f" or a list of module names; presets: {UNET_TARGET_PRESETS}"
+            if name == "transformer_targets":
+                note += f" or a list of module names; presets: {TRANSFORMER_TARGET_PRESETS}"
             if name == "text_encoder_targets":
                 note += f" or a list; presets: {TEXT_ENCODER_TARGET_PRESETS}"
             if note.strip():

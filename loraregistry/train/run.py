@@ -115,7 +115,7 @@ def _cast_frozen_weights(parts: Components, config: TrainConfig) -> None:
     if config.train.mixed_precision == "no":
         return
     dtype = torch.float16 if config.train.mixed_precision == "fp16" else torch.bfloat16
-    for name in ("unet", "text_encoder", "text_encoder_2"):
+    for name in ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3"):
         module = getattr(parts.pipeline, name, None)
         if module is not None:
             module.to(dtype=dtype)

@@ -2,7 +2,8 @@
 
 Noise (with optional offset), timesteps and the latent sample come from ``generator``, so the trainer owns every
 random draw and can checkpoint it. The target is the noise (epsilon) or the velocity (v-prediction); min-SNR-gamma
-reweights per sample (Hang et al. 2023; the v-prediction form divides by SNR + 1).
+reweights per sample (Hang et al. 2023; the v-prediction form divides by SNR + 1). FLUX.1 and SD3.x bases take
+the flow-matching step instead (``flow.flow_step``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from .encoding import encode_text
 
 
 def train_step(batch: Batch, parts, config: TrainConfig, generator: Any) -> Any:
+    if parts.is_flow:
+        from .flow import flow_step
+
+        return flow_step(batch, parts, config, generator)
     import torch
     import torch.nn.functional as F
 

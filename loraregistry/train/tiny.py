@@ -1,6 +1,7 @@
 """Tiny, seeded Stable Diffusion pipelines built offline from configs: the ``tiny:<arch>`` base spec.
 
-``lorareg train`` accepts ``model.base = "tiny:sd1"`` (or ``sd2``, ``sd2-v``, ``sdxl``) so that the example config,
+``lorareg train`` accepts ``model.base = "tiny:sd1"`` (or ``sd2``, ``sd2-v``, ``sdxl``; FLUX.1 and SD3.x come from
+``tiny_mmdit``) so that the example config,
 the tests and the benchmark train a real diffusers pipeline in seconds on a CPU without downloading anything. Every
 builder seeds its own construction, so two builds give bit-identical weights (the package twin of
 ``tests/tiny_models.py``; the dimensions and the structural signals of each family are the same).
@@ -268,5 +269,13 @@ def is_tiny(spec: str) -> bool:
 
 
 def tiny_pipeline_from_spec(spec: str):
-    """``tiny:sd1`` -> ``tiny_pipeline("sd1")``; raises ValueError naming the known arches."""
-    return tiny_pipeline(spec[len(TINY_PREFIX):])
+    """``tiny:sd1`` -> ``tiny_pipeline("sd1")``, ``tiny:flux1-dev`` -> ``tiny_mmdit.tiny_mmdit_pipeline``; raises
+    ValueError naming the known arches."""
+    from . import tiny_mmdit
+
+    arch = spec[len(TINY_PREFIX):]
+    if arch in tiny_mmdit.ARCHES:
+        return tiny_mmdit.tiny_mmdit_pipeline(arch)
+    if _ALIASES.get(arch, arch) not in ARCHES:
+        raise ValueError(f"unknown tiny arch {arch!r}; expected one of {ARCHES + tiny_mmdit.ARCHES}")
+    return tiny_pipeline(arch)

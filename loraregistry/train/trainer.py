@@ -228,7 +228,7 @@ class Trainer:
             cast_training_params(list(self.parts.trained.values()), dtype=torch.float32)
         if self.config.train.gradient_checkpointing:
             for name, model in self.parts.trained.items():
-                if name == "unet":
+                if name in ("unet", "transformer"):  # diffusers models
                     model.enable_gradient_checkpointing()
                 else:  # transformers renamed it in v5; keep working with v4
                     getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
