@@ -9,7 +9,10 @@ What is lowered: peft and diffusers hold plain LoRA only, so LoCon (``mid``), Lo
 become plain LoRA through ``delta.lowrank_factors``: exact where the rank allows (LoHa r1*r2, LoKr
 rank(W1)*rank(W2)), else the best rank-``rank`` approximation with its relative error reported per module;
 their scale is folded into ``up`` and alpha = rank. DoRA survives into peft (per-output magnitude) and
-kohya; into diffusers (no DoRA there) it is refused: its plain-LoRA form needs the base weight.
+kohya. With ``dora_to_lora`` (and always into diffusers, which lorareg writes without DoRA) DoRA modules become
+plain LoRA on the base weights ``base`` names (``ops.dora``: exact at rank r + k where that stays small, else
+SVD to ``rank``, default the module's rank, its error reported and held to ``max_error``); without base
+weights that is refused (DoraNeedsBase, exit 2).
 
 SD3/Flux: kohya's fused modules (``img_attn.qkv``) are split into their diffusers targets for peft and
 diffusers; split targets are fused back when writing kohya with original module names (``targets``).
@@ -31,6 +34,7 @@ from ..errors import UsageError
 from ..formats import FORMATS, is_fused
 from .common import alpha_array, by_module, flatten_modules, numpy_dtype, storage_dtype
 from .delta import algorithm, lowrank_factors, scale_rank
+from .dora import lower_dora, open_base_weights
 from .errors import DoraNeedsBase, TooLossy, UnsupportedModule
 from .progress import progress
 from .fused import fuse_split, natively_named, reorder_scale_shift, split_foreign_fused, split_fused
@@ -89,13 +93,25 @@ def _natural_shape(roles: Mapping[str, np.ndarray]) -> tuple[int, ...]:
     return (up.shape[0], *down.shape[1:])
 
 
+def _lowered_dora(module: ModuleKey, roles: dict[str, np.ndarray], lowering: DoraLowering, *, rank: int | None,
+                  dtype, base: tuple[int, ...] | None, rows: list[ModuleConversion]) -> dict[str, np.ndarray]:
+    """A DoRA module as plain LoRA on the base weights (``ops.dora``), its error in ``rows``."""
+    algo = "dora" if algorithm(roles) == "lora" else f"dora {algorithm(roles)}"
+    lr = lower_dora(module, roles, lowering.weights, source_format=lowering.source_format, max_rank=rank)
+    lr = replace(lr, shape=layout(lr.shape, base, follow_base=True))
+    rows.append(ModuleConversion(str(module), "lowered", algo, lr.rank, exact=lr.rel_error == 0.0,
+                                 rel_error=lr.rel_error))
+    return {**lr.lora_tensors(dtype), "alpha": alpha_array(lr.rank)}
+
+
 def _to_plain(module: ModuleKey, roles: dict[str, np.ndarray], *, to: str, rank: int | None, dtype,
               base: tuple[int, ...] | None, rows: list[ModuleConversion]) -> dict[str, np.ndarray]:
     """One module in a form peft/diffusers hold: plain LoRA (bytes kept where it already is), DoRA for peft."""
     if "dora_scale" in roles:
         if to != "peft" or not _plain_lora(roles):
-            raise DoraNeedsBase(f"{module}: DoRA cannot become plain LoRA without the exact base weight",
-                                hint="convert to peft or kohya, which keep DoRA")
+            raise DoraNeedsBase(f"{module}: DoRA becomes plain LoRA for {to} only with the base weights",
+                                hint="pass --base MODEL (the model folder or checkpoint it was trained on), or "
+                                     "convert to peft or kohya, which keep DoRA")
         out = roles["up"].shape[0]
         magnitude = roles["dora_scale"]
         if magnitude.size != out:  # LyCORIS' default per-input magnitude; peft's is per output row
@@ -115,15 +131,25 @@ def _to_plain(module: ModuleKey, roles: dict[str, np.ndarray], *, to: str, rank:
     return {**lr.lora_tensors(dtype), "alpha": alpha_array(lr.rank)}
 
 
+@dataclass(frozen=True)
+class DoraLowering:
+    """DoRA modules become plain LoRA: the base weights (``dora.open_base_weights``, None: refused with a hint)
+    and the input's format (it tells peft's [1, out, 1, 1] conv magnitude from LyCORIS' [1, in, 1, 1])."""
+
+    weights: Any
+    source_format: str | None
+
+
 def convert_tensors(tensors: Mapping[CanonicalKey, np.ndarray], *, to: str, stored: set[CanonicalKey] | None = None,
                     rank: int | None = None, dtype=None, shapes: Mapping[ModuleKey, tuple[int, ...]] | None = None,
-                    fuse: bool = False, show_progress: bool | None = None,
+                    fuse: bool = False, show_progress: bool | None = None, dora: DoraLowering | None = None,
                     ) -> tuple[dict[CanonicalKey, np.ndarray], list[ModuleConversion]]:
     """Canonical tensors (``io.load_canonical``) -> canonical tensors that format ``to`` can write.
 
     ``stored``: the keys the input file really had (synthesized alphas equal to the rank are dropped again
     for kohya). ``dtype``: cast every factor (None: keep). ``shapes``: base weight shapes. ``fuse``: fuse
-    SD3/Flux split targets (kohya with original names).
+    SD3/Flux split targets (kohya with original names). ``dora``: write DoRA modules as plain LoRA (``rank``
+    then bounds their rank too).
     """
     if to not in TARGET_FORMATS:
         raise UsageError(f"cannot convert to {to!r}", hint=f"one of: {', '.join(TARGET_FORMATS)}")
@@ -134,6 +160,9 @@ def convert_tensors(tensors: Mapping[CanonicalKey, np.ndarray], *, to: str, stor
     for module, roles in progress(modules.items(), total=len(modules), description="convert",
                                   enabled=show_progress):
         roles = dict(roles)
+        if dora is not None and "dora_scale" in roles:
+            roles = _lowered_dora(module, roles, dora, rank=rank, dtype=dtype or storage,
+                                  base=(shapes or {}).get(module), rows=rows)
         if to in NATIVE_NAMED:
             alpha_key = CanonicalKey(module.component, module.path, "alpha")
             rank_of = scale_rank({r: a.shape for r, a in roles.items()})
@@ -206,13 +235,16 @@ def _detected_family(adapter: AdapterFile) -> str | None:
 
 def convert(input: str | os.PathLike[str], output: str | os.PathLike[str], *, to: str, dtype: str | None = None,
             rank: int | None = None, max_error: float | None = None, dialect: Mapping[str, str] | None = None,
-            force: bool = False, base: str | None = None, show_progress: bool | None = None) -> ConvertResult:
+            force: bool = False, base: str | None = None, show_progress: bool | None = None,
+            dora_to_lora: bool = False) -> ConvertResult:
     """Convert the adapter at ``input`` to format ``to`` and write it to ``output`` (verified, atomic).
 
     ``rank``: the rank of modules lowered to plain LoRA (peft/diffusers hold nothing else); an adapter with
     no module to lower, or a kohya target (which keeps every LyCORIS module), is refused with it rather than
     ignoring it. ``max_error``: the relative Frobenius error a lowered module may have (default
     ``DEFAULT_MAX_ERROR``); beyond it TooLossy (exit 1) and nothing is written, unless ``force``.
+    ``dora_to_lora``: DoRA modules become plain LoRA on the weights of ``base`` (a model folder or checkpoint);
+    into diffusers they always do.
     """
     from .io import carried_header, check_output_path, load_canonical, op_metadata, parent_record, write_op_output
     from .targets import base_shapes
@@ -221,7 +253,7 @@ def convert(input: str | os.PathLike[str], output: str | os.PathLike[str], *, to
         raise UsageError(f"cannot convert to {to!r}", hint=f"one of: {', '.join(TARGET_FORMATS)}")
     if rank is not None and rank < 1:
         raise UsageError(f"rank must be at least 1, got {rank}")
-    if rank is not None and to == "kohya":
+    if rank is not None and to == "kohya" and not dora_to_lora:
         raise UsageError(f"--rank {rank} does nothing when converting to kohya: kohya keeps LoCon, LoHa and LoKr "
                          "modules as they are", path=input, hint="change ranks with `lorareg resize`")
     limit = DEFAULT_MAX_ERROR if max_error is None else float(max_error)
@@ -236,12 +268,17 @@ def convert(input: str | os.PathLike[str], output: str | os.PathLike[str], *, to
         out_dialect = _wants_native_names(adapter, out_dialect)
     fuse = to in NATIVE_NAMED and out_dialect.get("transformer_names", "") != "diffusers"
     tensors = load_canonical(adapter)
+    has_dora = any(key.role == "dora_scale" for key in tensors)
+    lowering = None
+    if has_dora and (dora_to_lora or to == "diffusers"):
+        lowering = DoraLowering(weights=open_base_weights(base), source_format=adapter.format)
     native = natively_named(adapter.mapping)  # [shift, scale] rows move where the other naming keeps them
     moved = {m for m in adapter.modules if m.component == "transformer"} - native if fuse else native
     tensors = reorder_scale_shift(tensors, moved)
     converted, rows = convert_tensors(
         tensors, to=to, stored=set(adapter.mapping.mapped.values()), rank=rank, dtype=numpy_dtype(dtype),
-        shapes=base_shapes(adapter, base) if to != "kohya" else None, fuse=fuse, show_progress=show_progress)
+        shapes=base_shapes(adapter, base) if to != "kohya" or lowering else None, fuse=fuse,
+        show_progress=show_progress, dora=lowering)
     lowered = [r for r in rows if r.change == "lowered"]
     if rank is not None and not lowered:
         raise UsageError(f"--rank {rank} does nothing here: no module of this adapter has to become plain LoRA "
@@ -255,7 +292,8 @@ def convert(input: str | os.PathLike[str], output: str | os.PathLike[str], *, to
         raise TooLossy(f"{len(over)} lowered modules would change by more than --max-error {limit:g} (relative "
                        f"Frobenius error): {listed}{more}; nothing written", path=input,
                        hint="raise --rank, allow a larger --max-error, or --force to write it anyway")
-    params = {"to": to, "dtype": dtype, "rank": rank, "dialect": dict(dialect or {})}
+    params = {"to": to, "dtype": dtype, "rank": rank, "dialect": dict(dialect or {}),
+              **({"dora_to_lora": True} if lowering else {})}
     record = op_metadata(adapter.metadata, operation="convert", params=params, parents=[parent_record(adapter)])
     written = write_op_output(output, converted, format=to, dialect=out_dialect, metadata=record,
                               header=carried_header(adapter), inputs=[Path(input)], force=force, base=base)

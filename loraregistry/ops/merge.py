@@ -8,7 +8,12 @@ lacks simply have fewer blocks; a weight of 0 leaves a parent out of the tensors
 
 ``rank`` reduces every module to at most ``rank`` in factor space (``lowrank.factor_svd``); a rank above
 every merged module's rank is an error (RankTooHigh). Adapters for different base architectures are
-refused (MixedArchitectures), as are DoRA modules (their delta needs the base weight).
+refused (MixedArchitectures).
+
+DoRA parents: two magnitude vectors have no merged form, so each DoRA module is first written as plain LoRA on the
+base weights ``base`` names (``ops.dora``: exact at rank r + k where that stays small, else SVD to the module's
+rank), with its error reported per module (``dora_rel_error``) and held to ``max_error`` (TooLossy, exit 1,
+unless ``force``). Without base weights they are refused (DoraNeedsBase, exit 2).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +31,9 @@ import numpy as np
 from ..adapter import AdapterFile
 from ..canonical import CanonicalKey, ModuleKey
 from .common import alpha_array, by_module, flatten_modules, numpy_dtype, storage_dtype
+from .convert import DEFAULT_MAX_ERROR
 from .delta import lowrank_factors, module_scale
-from .errors import BadMergeWeight, MixedArchitectures, RankTooHigh, UnsupportedModule
+from .errors import BadMergeWeight, DoraNeedsBase, MixedArchitectures, RankTooHigh, TooLossy, UnsupportedModule
 from .lowrank import factor_svd, to_float32
 from .progress import progress
 from .targets import base_shapes, layout, peft_text_model_defaults
@@ -66,6 +72,7 @@ class ModuleMerge:
     rank: int  # output rank
     merged_rank: int  # rank of the exact concatenation
     rel_error: float = 0.0  # of the optional rank reduction
+    dora_rel_error: float = 0.0  # largest error of a DoRA parent's module written as plain LoRA (0: exact)
 
 
 @dataclass
@@ -77,6 +84,7 @@ class MergeResult:
         data: dict[str, Any] = {
             "modules": len(self.modules),
             "max_rel_error": max((m.rel_error for m in self.modules), default=0.0),
+            "max_dora_rel_error": max((m.dora_rel_error for m in self.modules), default=0.0),
             "per_module": [asdict(m) for m in self.modules],
         }
         if self.output is not None:
@@ -97,6 +105,22 @@ def _weighted_factors(roles: Mapping[str, np.ndarray],
         return scaled, down.reshape(down.shape[0], -1), (up.shape[0], *down.shape[1:])
     lr = lowrank_factors(roles)
     return lr.up * weight, lr.down, lr.shape
+
+
+def lower_dora_parent(tensors: Mapping[CanonicalKey, np.ndarray], weights, *,
+                      source_format: str | None) -> tuple[dict[CanonicalKey, np.ndarray], dict[ModuleKey, float]]:
+    """A parent's canonical tensors with every DoRA module written as plain LoRA on the base ``weights``
+    (``dora.lower_dora``, alpha = rank), and the relative error of each such module."""
+    from .dora import lower_dora
+
+    modules = by_module(tensors)
+    errors: dict[ModuleKey, float] = {}
+    for module, roles in modules.items():
+        if "dora_scale" in roles:
+            lr = lower_dora(module, roles, weights, source_format=source_format)
+            modules[module] = {**lr.lora_tensors(np.float64), "alpha": alpha_array(lr.rank)}
+            errors[module] = lr.rel_error
+    return flatten_modules(modules), errors
 
 
 def merge_modules(parents: Sequence[tuple[dict[CanonicalKey, np.ndarray], float]], *, rank: int | None = None,
@@ -197,8 +221,11 @@ def merged_record(adapters: Sequence[AdapterFile], architecture: str | None):
 
 def merge(inputs: Sequence[MergeInput], output: str | os.PathLike[str], *, rank: int | None = None,
           to: str | None = None, dtype: str | None = None, force: bool = False, base: str | None = None,
-          show_progress: bool | None = None) -> MergeResult:
-    """Merge ``inputs`` (path + weight) into ``output``, in format ``to`` (default: the first input's)."""
+          show_progress: bool | None = None, max_error: float | None = None) -> MergeResult:
+    """Merge ``inputs`` (path + weight) into ``output``, in format ``to`` (default: the first input's).
+
+    ``max_error``: the relative error a DoRA parent's module may take on becoming plain LoRA (default
+    ``convert.DEFAULT_MAX_ERROR``); beyond it TooLossy (exit 1), nothing written, unless ``force``."""
     from ..errors import UsageError
     from .io import check_output_path, load_canonical, op_metadata, parent_record, write_op_output
 
@@ -206,23 +233,57 @@ def merge(inputs: Sequence[MergeInput], output: str | os.PathLike[str], *, rank:
         raise UsageError("merge needs at least one ADAPTER[:WEIGHT]")
     if rank is not None and rank < 1:
         raise UsageError(f"rank must be at least 1, got {rank}")
+    limit = DEFAULT_MAX_ERROR if max_error is None else float(max_error)
+    if not limit >= 0 or limit == float("inf"):
+        raise UsageError(f"--max-error must be a number >= 0, got {max_error}")
     check_output_path(output, [i.path for i in inputs])
     adapters = [AdapterFile.open(i.path) for i in inputs]
     architecture = check_same_architecture([(i.path, a) for i, a in zip(inputs, adapters)])
     with ThreadPoolExecutor(max_workers=1) as pool:  # the parents' hashes (GIL released) beside the maths
         hashing = [pool.submit(parent_record, a, weight=i.weight) for i, a in zip(inputs, adapters)]
         tensors = [(load_canonical(a, copy=False), i.weight) for i, a in zip(inputs, adapters)]
+        store = numpy_dtype(dtype) or (storage_dtype(tensors[0][0]) if tensors else None)  # before DoRA -> fp64
+        tensors, dora_errors = _lower_dora_parents(tensors, adapters, inputs, base, limit, force)
         shapes = {m: s for a in adapters for m, s in base_shapes(a, base).items()}
-        merged, rows = merge_modules(tensors, rank=rank, dtype=numpy_dtype(dtype), shapes=shapes,
+        merged, rows = merge_modules(tensors, rank=rank, dtype=store, shapes=shapes,
                                      show_progress=show_progress)
+        rows = [replace(row, dora_rel_error=dora_errors.get(row.module, 0.0)) for row in rows]
         del tensors  # the inputs' memory maps
         parents = [h.result() for h in hashing]
     first = adapters[0]
     fmt = to or (first.format if first.format in ("kohya", "peft", "diffusers") else "kohya")
     dialect = first.mapping.dialect if first.format == fmt else (
         peft_text_model_defaults(first) if fmt in ("peft", "diffusers") else {})
-    params = {"rank": rank, "to": fmt, "dtype": dtype, "weights": [i.weight for i in inputs]}
+    params = {"rank": rank, "to": fmt, "dtype": dtype, "weights": [i.weight for i in inputs],
+              **({"dora_to_lora": True} if dora_errors else {})}
     record = op_metadata(merged_record(adapters, architecture), operation="merge", params=params, parents=parents)
     written = write_op_output(output, merged, format=fmt, dialect=dialect, metadata=record,
                               inputs=[i.path for i in inputs], force=force, base=base)
     return MergeResult(modules=rows, output=written)
+
+
+def _lower_dora_parents(tensors, adapters, inputs, base: str | None, limit: float, force: bool):
+    """Parents with their DoRA modules as plain LoRA (see module docstring); {module name: worst error}."""
+    from .dora import open_base_weights
+
+    if not any(key.role == "dora_scale" for parent, _ in tensors for key in parent):
+        return tensors, {}
+    weights = open_base_weights(base)
+    lowered, errors = [], {}
+    for (parent, weight), adapter, item in zip(tensors, adapters, inputs):
+        try:
+            plain, module_errors = lower_dora_parent(parent, weights, source_format=adapter.format)
+        except (DoraNeedsBase, UnsupportedModule) as exc:
+            exc.path = exc.path or str(item.path)  # the module's problem is this parent's
+            raise
+        lowered.append((plain, weight))
+        for module, error in module_errors.items():
+            errors[str(module)] = max(error, errors.get(str(module), 0.0))
+    over = sorted(((e, m) for m, e in errors.items() if e > limit), reverse=True)
+    if over and not force:
+        listed = ", ".join(f"{m} ({e:.3g})" for e, m in over[:5])
+        more = f" and {len(over) - 5} more" if len(over) > 5 else ""
+        raise TooLossy(f"{len(over)} DoRA modules would change by more than --max-error {limit:g} as plain LoRA "
+                       f"(relative Frobenius error): {listed}{more}; nothing written",
+                       hint="allow a larger --max-error, or --force to write it anyway")
+    return lowered, errors

@@ -13,7 +13,12 @@ and AutoV3 (the output's provenance) are computed on a second thread while the m
 
 Rank policy: ``rank`` above every module's rank is an error (RankTooHigh: nothing would shrink, and it is
 almost always a typo); per module the rank is capped at what the module holds, and the report says so.
-DoRA modules are refused (their delta needs the base weight).
+
+DoRA modules stay DoRA: their direction factors (``up @ down``) are resized like any LoRA and the magnitude
+vector is kept as it is, so every row (column) of the patched weight still has exactly the norm the magnitude
+gives, no base weight is needed, and DoRA loaders keep reading the file. The reported error is that of the
+direction delta ``s * up @ down``; the patched weight's own change depends on the base (``lorareg convert
+--dora-to-lora --base MODEL`` writes plain LoRA and reports it).
 """
 
 from __future__ import annotations
@@ -31,13 +36,13 @@ from ..adapter import AdapterFile
 from ..canonical import CanonicalKey, ModuleKey
 from ..errors import UsageError
 from .common import alpha_array, by_module, flatten_modules, numpy_dtype, storage_dtype
-from .delta import DoraNeedsBase, exact_factors, module_scale
+from .delta import exact_factors, module_scale
 from .errors import RankTooHigh, UnsupportedModule
 from .lowrank import DYNAMIC_METHODS, FactorSVD, choose_rank, exact_compress, factor_svd, factor_svds, to_float32
 from .progress import progress
 from .targets import base_shapes, layout
 
-PASS_THROUGH = ("up_bias",)  # roles that are not part of the low-rank product and stay as they are
+PASS_THROUGH = ("up_bias", "dora_scale")  # roles outside the low-rank product: kept as they are
 _PLAIN_ROLES = frozenset({"down", "up", "alpha", *PASS_THROUGH})
 _SINGLE_DTYPES = frozenset({"float16", "bfloat16", "float32"})  # exact in float32
 _CHUNK_ELEMENTS = 8 << 20  # factor values per batch of modules (32 MB as float32)
@@ -129,11 +134,8 @@ def _factors(roles: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, t
 
 
 def _prepare(roles: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
-    """(up, down, in_shape) of the unscaled delta, no wider than the matrix."""
-    if "dora_scale" in roles:
-        raise DoraNeedsBase("cannot resize a DoRA module: its delta depends on the base weight",
-                            hint="resize the plain LoRA before DoRA, or bake it into the base")
-    up, down, in_shape = _factors(roles)
+    """(up, down, in_shape) of the unscaled delta, no wider than the matrix (a DoRA magnitude is left aside)."""
+    up, down, in_shape = _factors({role: a for role, a in roles.items() if role != "dora_scale"})
     return (*exact_compress(up, down), in_shape)
 
 
@@ -245,7 +247,7 @@ def resize(input: str | os.PathLike[str], output: str | os.PathLike[str], settin
         try:
             new, rows = resize_tensors(tensors, settings, shapes=base_shapes(adapter, base),
                                        dtype=numpy_dtype(dtype), show_progress=show_progress)
-        except (UnsupportedModule, DoraNeedsBase) as exc:
+        except UnsupportedModule as exc:
             exc.path = exc.path or str(input)  # a module's problem is the input file's
             raise
         del tensors  # the input's memory map
