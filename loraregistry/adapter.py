@@ -13,10 +13,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .canonical import CanonicalKey, KeyMapping, ModuleKey, WeightFacts
-from .hashes import FileHashes, hash_file
 from .safetensors_io import SafetensorsHeader, TensorInfo, numpy_dtype, read_header
+
+if TYPE_CHECKING:
+    from .hashes import FileHashes
 
 _LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 _LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
@@ -273,6 +276,8 @@ class AdapterFile:
 
     @cached_property
     def hashes(self) -> FileHashes:
+        from .hashes import hash_file  # hashlib loads only when a hash is asked for
+
         return hash_file(self.path, data_offset=self.header.data_offset)
 
     def canonical_keys(self) -> dict[CanonicalKey, str]:

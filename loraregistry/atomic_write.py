@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import re
 import stat
@@ -136,6 +135,8 @@ def _head_length(fd: int, size: int) -> int:
 
 
 def snapshot_fd(fd: int) -> FileSnapshot:
+    import hashlib  # loaded by edits only: a header-level read never needs it
+
     st = os.fstat(fd)
     length, digest, pos = _head_length(fd, st.st_size), hashlib.sha256(), 0
     while pos < length:

@@ -18,11 +18,9 @@ Tensor data is read through numpy memory maps (bf16 and fp8 through ml_dtypes). 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import os
-import re
 import stat
 import struct
 from collections.abc import Iterator, Mapping
@@ -41,6 +39,7 @@ from .errors import (
     TooManyValuesError,
     TruncatedFileError,
 )
+from .lazy_re import lazy
 from .sniff import SNIFF_BYTES, sniff
 
 # The atomic writer lives in atomic_write.py; imported here so existing callers keep working.
@@ -166,9 +165,9 @@ _MAX_DEPTH = 127  # serde_json's limit of 128 nested arrays/objects, counting th
 _MAX_INDEX = 2**63 - 1  # the largest size numpy and torch can index: dimensions, element counts, offsets
 _MAX_DIMENSIONS = 64  # numpy's and torch's limit on a tensor's number of dimensions
 _FAST_OFFSET_LIMIT = 2**56  # offsets below this cannot overflow any product checked in the fast path
-_NEGATIVE_ZERO = re.compile(r"[\[,:]\s*-0(?![0-9.eE])")  # a constant pattern: finds "-0" written as a number
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # the start of a \ud800-\udfff escape
-_STRING_TOKEN = re.compile(r'"(?:[^"\\]++|\\.)*+"')  # a JSON string; possessive: no backtracking
+_NEGATIVE_ZERO = lazy(r"[\[,:]\s*-0(?![0-9.eE])")  # a constant pattern: finds "-0" written as a number
+_SURROGATE_ESCAPE = lazy(r"\\u[dD][89a-fA-F]")  # the start of a \ud800-\udfff escape
+_STRING_TOKEN = lazy(r'"(?:[^"\\]++|\\.)*+"')  # a JSON string; possessive: no backtracking
 
 
 class _DuplicateKey(Exception):
@@ -627,6 +626,8 @@ def rewrite_metadata(path: str | os.PathLike[str], metadata: Mapping[str, str], 
             for name, t in header.tensors.items()
         }
         encoded = encode_header(entries, metadata)
+        import hashlib  # only rewrites hash; header reads never load it
+
         digest = hashlib.sha256()
 
         def unchanged() -> None:

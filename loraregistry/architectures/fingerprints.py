@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import gzip
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
+from pathlib import Path
 from types import MappingProxyType
 
 from ..canonical import ModuleKey
 from ..errors import UnknownArchitecture, UsageError
+from ..lazy_re import lazy
 from . import ids
 
 FORMAT_VERSION = 1
@@ -29,12 +29,12 @@ CLIP_PREFIX = "text_model."
 # What kohya's networks/lora*.py wrap by default (FORMATS.md "Default kohya targets"), in canonical paths:
 # UNet Transformer2DModel blocks, CLIP attention + MLP, SD3/Flux transformer blocks. T5 only on request,
 # because kohya trains it only with train_t5xxl=True.
-_KOHYA_TARGETS = re.compile(
+_KOHYA_TARGETS = lazy(
     r"^(?:(?:down_blocks\.\d+|mid_block|up_blocks\.\d+)\.attentions\.\d+\."
     r"|text_model\.encoder\.layers\.\d+\.(?:self_attn|mlp)\."
     r"|(?:single_)?transformer_blocks\.\d+\.)"
 )
-_T5_TARGETS = re.compile(r"^encoder\.block\.\d+\.layer\.\d+\.(?:SelfAttention|DenseReluDense)\.")
+_T5_TARGETS = lazy(r"^encoder\.block\.\d+\.layer\.\d+\.(?:SelfAttention|DenseReluDense)\.")
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,8 @@ class Fingerprint:
         return f"Fingerprint({self.name!r}, {len(self.modules)} modules)"
 
 
-def _data_dir():
-    return resources.files(__package__).joinpath("data")
+def _data_dir() -> Path:
+    return Path(__file__).with_name("data")  # a plain folder of the package (importlib.resources costs ~10 ms)
 
 
 @lru_cache(maxsize=None)
@@ -111,11 +111,14 @@ def _load(name: str) -> Fingerprint:
     if doc.get("format") != FORMAT_VERSION:
         raise ValueError(f"fingerprint {name}: unsupported data format {doc.get('format')!r}")
     modules = {}
+    specs: dict[tuple, ModuleSpec] = {}  # a base repeats a few dozen shapes over thousands of modules: build each once
     for component, rows in doc["components"].items():
-        for path, kind, in_features, out_features, *kernel in rows:
-            modules[ModuleKey(component, path)] = ModuleSpec(
-                kind, in_features, out_features, tuple(kernel) if kernel else None
-            )
+        for path, *shape in rows:
+            spec = specs.get(shape_key := tuple(shape))
+            if spec is None:
+                kind, in_features, out_features, *kernel = shape
+                spec = specs[shape_key] = ModuleSpec(kind, in_features, out_features, tuple(kernel) if kernel else None)
+            modules[ModuleKey(component, path)] = spec
     return Fingerprint(doc["name"], modules)
 
 

@@ -11,16 +11,16 @@ Dialect fields: those of ``peft.split_prefix`` plus ``processor`` (yes/no).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 from ..canonical import CanonicalKey
 from ..errors import UsageError
+from ..lazy_re import lazy
 from .base import KeyFormat, ParsedKey
 from .paths import TEXT_ENCODERS
 from .peft import check_bare_components, locate, spell_prefix
 
-_KEY = re.compile(
+_KEY = lazy(
     r"(?P<path>.+?)(?P<processor>\.processor)?\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<factor>down|up)\.weight"
 )
 _UNET_PROJ = {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"}

@@ -19,18 +19,18 @@ and converters reorder the rows.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 from ..canonical import CanonicalKey
 from ..errors import UsageError
+from ..lazy_re import lazy
 from . import mmdit
 from .base import KeyFormat, ParsedKey
 from .paths import is_t5_path, spell_text_model, text_model_field, with_text_model
 
 PREFIXES = ("diffusion_model.", "base_model.model.", "")
 _TE_HEADS = {"clip_l": "text_encoder", "clip_g": "text_encoder_2", "t5xxl": "text_encoder_3"}
-_KEY = re.compile(
+_KEY = lazy(
     r"(?:(?P<prefix>diffusion_model\.|base_model\.model\.)|text_encoders\.(?P<te>clip_l|clip_g|t5xxl)\.transformer\.)?"
     r"(?P<module>.+?)\.(?P<suffix>lora_A\.weight|lora_B\.weight|lora_down\.weight|lora_up\.weight|alpha|dora_scale)"
 )

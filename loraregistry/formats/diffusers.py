@@ -16,18 +16,18 @@ Dialect fields: those of ``peft.split_prefix`` plus ``<component>.layer`` = ``lo
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 from ..canonical import CanonicalKey
 from ..errors import UsageError
+from ..lazy_re import lazy
 from .base import KeyFormat, ParsedKey
 from .mmdit import is_fused
 from .paths import TEXT_ENCODERS
 from .peft import check_bare_components, locate, spell_prefix
 
-_KEY = re.compile(r"(?P<path>.+?)\.(?P<layer>lora|lora_linear_layer)\.(?P<factor>down|up)\.weight")
-_MAGNITUDE = re.compile(r"(?P<path>.+?)\.lora_magnitude_vector(?P<suffix>\.weight)?")
+_KEY = lazy(r"(?P<path>.+?)\.(?P<layer>lora|lora_linear_layer)\.(?P<factor>down|up)\.weight")
+_MAGNITUDE = lazy(r"(?P<path>.+?)\.lora_magnitude_vector(?P<suffix>\.weight)?")
 
 
 def _layer_field(component: str) -> str:

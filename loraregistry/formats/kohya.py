@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import functools
 
-import re
 from collections.abc import Mapping
 from functools import cache
 
 from ..canonical import CanonicalKey
 from ..errors import UsageError
+from ..lazy_re import lazy
 from . import mmdit, sgm
 from .base import KeyFormat, ParsedKey
 from .flat_names import flatten, name_index, resolve, split_flat
@@ -45,7 +45,7 @@ from .paths import (
     with_text_model,
 )
 
-_KEY = re.compile(r"(lora_unet|lora_te[123]?|lora_transformer)_([^.]+)\.(.+)")
+_KEY = lazy(r"(lora_unet|lora_te[123]?|lora_transformer)_([^.]+)\.(.+)")
 _TE_COMPONENTS = {
     "lora_te": "text_encoder",
     "lora_te1": "text_encoder",

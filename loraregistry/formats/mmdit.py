@@ -24,9 +24,10 @@ the halves of the up factor: see ``SCALE_SHIFT_SWAPPED``.
 
 from __future__ import annotations
 
-import re
 from functools import cache
 from typing import NamedTuple
+
+from ..lazy_re import lazy
 
 # native (dotted, {i} = block index) -> canonical template
 FLUX: dict[str, str] = {
@@ -84,7 +85,7 @@ FAMILIES: dict[str, dict[str, str]] = {"flux": FLUX, "sd3": SD3}
 # SD3's last block's norm1_context.linear is swapped too; which block is last needs the base depth.
 SCALE_SHIFT_SWAPPED = frozenset({"norm_out.linear"})
 
-_FUSED = re.compile(r"(?P<prefix>.*?)\{(?P<targets>[^{}]+)\}")
+_FUSED = lazy(r"(?P<prefix>.*?)\{(?P<targets>[^{}]+)\}")
 
 
 def fused_targets(path: str) -> tuple[str, ...]:

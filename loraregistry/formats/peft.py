@@ -22,16 +22,16 @@ into the config (or the weights) and drops those keys first. Fused SD3/Flux path
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 from ..canonical import COMPONENTS, CanonicalKey
 from ..errors import UsageError
+from ..lazy_re import lazy
 from .base import KeyFormat, ParsedKey
 from .mmdit import is_fused
 from .paths import guess_component, spell_text_model, text_model_field, with_text_model
 
-_KEY = re.compile(
+_KEY = lazy(
     r"(?P<path>.+?)\.(?P<factor>lora_A|lora_B|lora_magnitude_vector)"
     r"(?:\.(?P<adapter>(?!weight$|bias$)[^.]+))?(?:\.(?P<param>weight|bias))?"
 )

@@ -16,7 +16,7 @@ SD1/SD2 (4 levels) have no attention there (``output_blocks.2.1.conv``), SDXL (3
 
 from __future__ import annotations
 
-import re
+from ..lazy_re import lazy
 
 _RESNET_SGM_TO_DIFFUSERS = {
     "in_layers.0": "norm1",
@@ -45,12 +45,12 @@ DIFFUSERS_ROOTS = frozenset({
     "add_embedding",
 })
 
-_SGM_BLOCK = re.compile(r"(input_blocks|output_blocks)\.(\d+)\.(\d+)(?:\.(.+))?")
-_SGM_MIDDLE = re.compile(r"middle_block\.(\d+)(?:\.(.+))?")
-_DIFFUSERS_BLOCK = re.compile(
+_SGM_BLOCK = lazy(r"(input_blocks|output_blocks)\.(\d+)\.(\d+)(?:\.(.+))?")
+_SGM_MIDDLE = lazy(r"middle_block\.(\d+)(?:\.(.+))?")
+_DIFFUSERS_BLOCK = lazy(
     r"(down_blocks|up_blocks)\.(\d+)\.(resnets|attentions|downsamplers|upsamplers)\.(\d+)(?:\.(.+))?"
 )
-_DIFFUSERS_MID = re.compile(r"mid_block\.(resnets|attentions)\.(\d+)(?:\.(.+))?")
+_DIFFUSERS_MID = lazy(r"mid_block\.(resnets|attentions)\.(\d+)(?:\.(.+))?")
 
 
 class LayoutError(ValueError):

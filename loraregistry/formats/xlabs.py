@@ -19,14 +19,14 @@ them at scale 1, i.e. alpha = rank); the writer refuses other alphas. Dialect: `
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 from ..canonical import CanonicalKey
 from ..errors import UsageError
+from ..lazy_re import lazy
 from .base import KeyFormat, ParsedKey
 
-_KEY = re.compile(r"(?P<prefix>diffusion_model\.)?(?P<block>double|single)_blocks\.(?P<i>\d+)\.processor\."
+_KEY = lazy(r"(?P<prefix>diffusion_model\.)?(?P<block>double|single)_blocks\.(?P<i>\d+)\.processor\."
                   r"(?P<lora>qkv_lora[12]?|proj_lora[12]?)\.(?P<role>down|up)\.weight")
 
 # (block kind, lora name) -> canonical template ({i} = block index)
@@ -39,7 +39,7 @@ TABLE: dict[tuple[str, str], str] = {
     ("single", "proj_lora"): "single_transformer_blocks.{i}.proj_out",
 }
 _BY_TEMPLATE = {template: kind_lora for kind_lora, template in TABLE.items()}
-_CANONICAL = re.compile(r"(?P<head>transformer_blocks|single_transformer_blocks)\.(?P<i>\d+)\.(?P<tail>.+)")
+_CANONICAL = lazy(r"(?P<head>transformer_blocks|single_transformer_blocks)\.(?P<i>\d+)\.(?P<tail>.+)")
 
 
 def xlabs_name(path: str) -> str | None:

@@ -4,7 +4,8 @@
 * A diffusers model folder (``model_index.json``) -> each component's safetensors headers (sharded
   ``*.safetensors.index.json`` too).
 * A single-file checkpoint (``.safetensors``) -> its header, with original SD/SGM key names mapped to
-  diffusers/transformers module paths.
+  diffusers/transformers module paths; SD3/FLUX.1 under their original names (BFL, ComfyUI) through
+  ``ops.mmdit_checkpoint``, a fused qkv / linear1 weight split into the diffusers modules its rows hold.
 
 Only headers are read. Every ``*.weight`` with a 2-D shape is a Linear, with a 4-D shape a Conv; the
 fingerprint built from them compares with adapters exactly like a shipped one.
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -24,7 +24,8 @@ from ..architectures import Fingerprint, ModuleSpec, fingerprint, resolve
 from ..architectures.ids import ARCHITECTURES
 from ..canonical import ModuleKey
 from ..errors import FileAccessError, LoraregError, UnknownArchitecture, UsageError
-from ..safetensors_io import TensorInfo, read_header
+from ..lazy_re import lazy
+from ..safetensors_io import SafetensorsHeader, TensorInfo, read_header
 
 COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
 _WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
@@ -84,7 +85,7 @@ def _load_path(path: str, _mtime_ns: int, _size: int) -> Base:  # mtime/size in 
     if not modules:
         raise UsageError(f"{p} holds no Linear or Conv weights lorareg recognises",
                          hint="expected a diffusers model folder or a single-file SD/SDXL checkpoint "
-                              "(model.diffusion_model.* keys)")
+                              "(model.diffusion_model.* keys) or SD3/FLUX one (BFL or ComfyUI names)")
     return Base(label=str(p), fingerprint=Fingerprint(f"path:{p.name}", modules), path=str(p))
 
 
@@ -169,7 +170,7 @@ _TEXT_PREFIXES = (
     ("conditioner.embedders.1.model.", "text_encoder_2", "openclip"),  # SDXL OpenCLIP-bigG
     ("conditioner.embedders.0.model.", "text_encoder_2", "openclip"),  # SDXL refiner: bigG only
 )
-_OPENCLIP_LAYER = re.compile(r"transformer\.resblocks\.(\d+)\.(.+)")
+_OPENCLIP_LAYER = lazy(r"transformer\.resblocks\.(\d+)\.(.+)")
 _OPENCLIP_RENAMES = {"attn.out_proj": "self_attn.out_proj", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
 
 
@@ -179,6 +180,12 @@ def _checkpoint_modules(path: Path) -> Iterator[tuple[ModuleKey, ModuleSpec]]:
     except LoraregError as exc:
         raise UsageError(f"--base {path} is not a readable safetensors checkpoint: {exc.message}",
                          hint="expected a diffusers model folder or a single-file checkpoint") from None
+    from ..ops.mmdit_checkpoint import detect  # header facts only, no numpy
+
+    layout = detect(header)
+    if layout is not None:
+        yield from _mmdit_modules(path, header, *layout)
+        return
     unet: list[tuple[str, ModuleSpec]] = []
     for name, info in header.tensors.items():
         if name.startswith(_UNET_PREFIX):
@@ -191,6 +198,27 @@ def _checkpoint_modules(path: Path) -> Iterator[tuple[ModuleKey, ModuleSpec]]:
                             (_hf_text(rest, info) if kind == "hf" else _openclip(rest, info)))
                 break
     yield from _unet_modules(unet)
+
+
+def _mmdit_modules(path: Path, header: SafetensorsHeader, prefix: str, family: str
+                   ) -> Iterator[tuple[ModuleKey, ModuleSpec]]:
+    """SD3/FLUX modules as the equivalent diffusers folder has them. A fused weight (qkv, linear1) is listed as
+    its targets' row blocks, as a folder stores them apart; ``Fingerprint.lookup`` stacks them again for a kohya
+    or BFL module on the fused path. It stays whole only when its rows split over no known targets."""
+    from ..ops.mmdit_checkpoint import single_file_modules
+
+    whole: list[tuple[ModuleKey, str]] = []
+    split_keys: set[str] = set()
+    for module, where in single_file_modules(path, header, prefix, family):
+        if "rows" in where:
+            split_keys.add(where["key"])
+            yield module, ModuleSpec("linear", where["shape"][1], where["shape"][0])
+        else:
+            whole.append((module, where["key"]))
+    for module, key in whole:
+        spec = spec_from_shape(header.tensors[key].shape)
+        if spec is not None and key not in split_keys:
+            yield module, spec
 
 
 def _unet_modules(sgm: list[tuple[str, ModuleSpec]]) -> Iterator[tuple[ModuleKey, ModuleSpec]]:

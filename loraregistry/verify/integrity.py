@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 from ..errors import (
     CompressedFileError,
     GitLfsPointerError,
@@ -19,6 +17,7 @@ from ..errors import (
     TooManyValuesError,
     TruncatedFileError,
 )
+from ..lazy_re import lazy
 from ..safetensors_io import SafetensorsHeader
 from .findings import Finding, finding
 
@@ -50,7 +49,7 @@ _RULES: tuple[tuple[str, type, str], ...] = (
     ("header-not-json", InvalidSafetensorsError, "utf-8"),
     ("header-not-json", InvalidSafetensorsError, "header length"),
 )
-_TENSOR_NAME = re.compile(r"tensor '((?:[^'\\]|\\.)*)'")
+_TENSOR_NAME = lazy(r"tensor '((?:[^'\\]|\\.)*)'")
 
 
 def classify(error: InvalidSafetensorsError) -> str:

@@ -9,7 +9,6 @@ import json
 import os
 from collections.abc import Sequence
 from typing import Any
-from xml.etree import ElementTree as ET
 
 from .report import Report
 
@@ -48,6 +47,8 @@ def run_document(reports: Sequence[Report], *, strict: bool) -> dict[str, Any]:
 
 def junit_xml(reports: Sequence[Report], *, strict: bool) -> str:
     """One <testsuite>, one <testcase> per file; errors (and warnings under strict) become <failure>."""
+    from xml.etree import ElementTree as ET  # only --junit writes XML
+
     suite = ET.Element("testsuite", name="lorareg verify", tests=str(len(reports)),
                        failures=str(sum(failed(r, strict) for r in reports)), errors="0")
     for report in reports:

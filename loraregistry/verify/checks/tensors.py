@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ...errors import MetadataError
-from ...hashes import tensor_sha256
 from ...schema.keys import HEADER_KEY
 from ..context import Context
 from ..findings import Finding, finding
-from ..health import EXTREME_DELTA_RMS, HealthScan, scan
 from ..shapes import NOT_FACTORS
+
+if TYPE_CHECKING:
+    from ..health import HealthScan
 
 
 def _alpha_fallback(ctx: Context) -> float | None:
@@ -21,7 +24,22 @@ def _alpha_fallback(ctx: Context) -> float | None:
         return None
 
 
+# The scan (numpy) and the hashes (hashlib) load only when tensors are read: a header-level verify never needs them.
+def scan(*args, **kwargs) -> HealthScan:
+    from ..health import scan as health_scan
+
+    return health_scan(*args, **kwargs)
+
+
+def tensor_sha256(path, data_offset: int) -> str:
+    from ...hashes import tensor_sha256 as data_sha256
+
+    return data_sha256(path, data_offset)
+
+
 def check_health(ctx: Context) -> list[Finding]:
+    from ..health import EXTREME_DELTA_RMS
+
     adapter = ctx.adapter
     result: HealthScan = scan(adapter.path, adapter.header, adapter.modules, ctx.deltas,
                               alpha_fallback=_alpha_fallback(ctx))
