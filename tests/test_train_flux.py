@@ -238,6 +238,29 @@ def test_init_from_the_kohya_export_starts_at_its_delta(flux_run, tmp_path):
 # --- bases, settings and mistakes ----------------------------------------------------------------------------------
 
 
+def test_a_saved_flux_folder_loads_as_a_real_base(flux_run, tmp_path):
+    """The diffusers-folder path real bases take (FluxPipeline's model_index.json), here on the tiny base the run
+    saved for verify."""
+    from loraregistry.train import build_components
+
+    parts = build_components(tiny_config(tmp_path, model={"base": str(flux_run.base)}))
+    assert parts.architecture.id == "flux1-dev" and parts.source.path == flux_run.base.resolve()
+    assert type(parts.pipeline).__name__ == "FluxPipeline" and parts.text_max_length == 64
+
+
+def test_a_single_file_flux_checkpoint_is_refused_in_one_line(tmp_path):
+    from loraregistry.safetensors_io import write_safetensors
+    from loraregistry.train import build_components
+    from loraregistry.train.errors import BaseModelError
+
+    checkpoint = tmp_path / "flux1-dev.safetensors"
+    write_safetensors(checkpoint, {"double_blocks.0.img_attn.qkv.weight": np.zeros((6, 2), np.float16)})
+    with pytest.raises(BaseModelError) as info:
+        build_components(tiny_config(tmp_path, model={"base": str(checkpoint)}))
+    message = info.value.one_line()
+    assert "\n" not in message and "FLUX.1" in message and "diffusers folder" in message, message
+
+
 @pytest.mark.parametrize("arch, guidance", [("flux1-dev", True), ("flux1-schnell", False)])
 def test_tiny_bases_are_detected_and_one_step_trains_every_lora_layer(tmp_path, one_thread, arch,  # noqa: F811
                                                                        guidance):
