@@ -33,7 +33,7 @@ class SampleGrid:
 def render_grid(parts, config: TrainConfig, path: Path, *, step: int) -> SampleGrid:
     rows = config.train.sample_rows()
     images = generate(parts, config, rows)
-    negative_used = accepts_negative_prompt(parts.pipeline)
+    negative_used = negative_prompt_used(parts.pipeline, config)
     image, cells = compose_grid(images, rows, step=step, side=config.data.resolution, negative_used=negative_used)
     save_grid(image, cells, step, path)
     return SampleGrid(path=path, image=image, cells=cells)
@@ -49,14 +49,14 @@ def generate(parts, config: TrainConfig, rows: list[SamplePrompt]) -> list[list[
     modes = {name: model.training for name, model in parts.trained.items()}
     for model in parts.trained.values():
         model.eval()
-    denoiser = getattr(pipeline, "unet", None) or pipeline.transformer
-    device, dtype = denoiser.device, denoiser.dtype
-    half = dtype != torch.float32  # mixed precision: half denoiser / text encoders, float32 VAE
-    negative_used = accepts_negative_prompt(pipeline)
+    device = (getattr(pipeline, "unet", None) or pipeline.transformer).device
+    # mixed precision: half denoiser / text encoders (float8-stored under model.fp8_base), float32 VAE
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(loop.mixed_precision)
+    negative_used = negative_prompt_used(pipeline, config)
     images: list[list[Any]] = []
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad(), \
-                torch.autocast(device.type, dtype=dtype, enabled=half):
+                torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             for row in rows:
                 extra = {"negative_prompt": row.negative_prompt} if row.negative_prompt and negative_used else {}
                 images.append([])
@@ -71,8 +71,12 @@ def generate(parts, config: TrainConfig, rows: list[SamplePrompt]) -> list[list[
     return images
 
 
-def accepts_negative_prompt(pipeline) -> bool:
-    return "negative_prompt" in inspect.signature(pipeline.__call__).parameters
+def negative_prompt_used(pipeline, config: TrainConfig) -> bool:
+    """Whether a negative prompt changes the samples: the pipeline takes one and runs classifier-free guidance
+    with it (guidance above 1; FLUX's pipeline only with a ``true_cfg_scale`` lorareg does not set)."""
+    parameters = inspect.signature(pipeline.__call__).parameters
+    return ("negative_prompt" in parameters and "true_cfg_scale" not in parameters
+            and config.train.sample_guidance > 1)
 
 
 def compose_grid(images: list[list[Any]], rows: list[SamplePrompt], *, step: int, side: int,
@@ -89,7 +93,7 @@ def compose_grid(images: list[list[Any]], rows: list[SamplePrompt], *, step: int
     for row in rows:
         header = _wrap(f"prompt: {row.prompt}", font, width - 2 * pad, _PROMPT_LINES)
         if row.negative_prompt:
-            note = "" if negative_used else " (not used: this pipeline takes no negative prompt)"
+            note = "" if negative_used else " (not used: needs guidance > 1 and a pipeline that takes one)"
             header += _wrap(f"negative: {row.negative_prompt}{note}", font, width - 2 * pad, _PROMPT_LINES)
         layout += [("band", header), ("images", None), ("seeds", None)]
     height = sum(len(lines) * line + pad if kind in ("text", "band") else side if kind == "images" else line + pad
