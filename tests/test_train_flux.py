@@ -316,6 +316,7 @@ MISTAKES = [
     ("odd-bucket-step", "flux1-dev", {"data": {"bucket_step": 10}}, "data.bucket_step must be a multiple of 4"),
     ("long-t5", "flux1-dev", {"flow": {"max_sequence_length": 300}}, "flow.max_sequence_length"),
     ("fp8-without-mixed-precision", "flux1-dev", {"model": {"fp8_base": True}}, "model.fp8_base"),
+    ("dora-to-kohya", "flux1-dev", {"network": {"use_dora": True}}, "DoRA modules are not fused"),
     ("flow-on-a-unet", "sd1", {"flow": {"shift": 3.0}}, "flow.shift"),
     ("transformer-on-a-unet", "sd1", {"network": {"components": ["transformer"]}}, "has a UNet"),
 ]

@@ -190,3 +190,22 @@ def test_example_config_loads():
     config = TrainConfig.load(EXAMPLES / "train-sd35.toml")
     assert config.model.base == "stabilityai/stable-diffusion-3.5-medium"
     assert config.train.mixed_precision == "bf16" and config.train.gradient_checkpointing
+
+
+def test_dora_trains_and_exports_for_diffusers(tmp_path, one_thread):  # noqa: F811
+    """DoRA on an SD3.5 large transformer: the diffusers file keeps a per-row magnitude for every module and
+    diffusers loads it as DoRA (kohya output, which fuses q/k/v, is refused before training: test_train_flux)."""
+    from loraregistry.adapter import AdapterFile
+    from loraregistry.train import train
+
+    config = tiny_config(tmp_path, "sd35-large", network={"use_dora": True}, output={"formats": ["diffusers"]},
+                         train={"steps": 2})
+    (out,) = train(config, quiet=True).outputs
+    adapter = AdapterFile.open(out.path)
+    assert out.report.ok and adapter.network_type == "dora"
+    from loraregistry.train.tiny_mmdit import tiny_mmdit_pipeline
+
+    pipe = tiny_mmdit_pipeline("sd35-large")
+    pipe.load_lora_weights(str(out.path.parent), weight_name=out.path.name, adapter_name="trained")
+    dora = {n for n, m in pipe.transformer.named_modules() if "trained" in getattr(m, "lora_magnitude_vector", {})}
+    assert dora == {m.path for m in adapter.modules}

@@ -130,6 +130,11 @@ def build_components(config: TrainConfig, *, pipeline=None) -> Components:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed)
         inject_lora(parts, config)
+    dora = config.network.use_dora or (parts.init_adapter is not None and parts.init_adapter.use_dora)
+    if parts.is_flow and dora and "kohya" in config.output.formats:
+        # refused here, not after training: kohya's original names fuse q/k/v, and lorareg fuses plain LoRA only
+        raise ConfigError(f"output.formats lists kohya, which fuses {parts.architecture.id}'s q/k/v projections, "
+                          "and DoRA modules are not fused", hint='use output.formats = ["diffusers"] for DoRA')
     return parts
 
 
