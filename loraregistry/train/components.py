@@ -72,8 +72,7 @@ class Components:
 
     @property
     def unet(self):
-        """The denoiser (the UNet, or the FLUX/SD3 transformer), for callers that only need its device and dtype."""
-        return self.denoiser
+        return self.pipeline.unet
 
     @property
     def vae(self):
@@ -98,10 +97,13 @@ class Components:
 def build_components(config: TrainConfig, *, pipeline=None) -> Components:
     """Load the base, check its architecture, inject LoRA (seeded: the same config gives the same init).
 
-    ``pipeline``: an SD / SDXL pipeline already in memory to train instead of loading ``model.base`` (which then
-    only names it in the metadata)."""
+    ``pipeline``: a pipeline already in memory to train instead of loading ``model.base`` (which then only names
+    it in the metadata)."""
     import torch
 
+    if config.model.fp8_base and config.train.mixed_precision == "no":  # before loading: a real base takes minutes
+        raise ConfigError("model.fp8_base needs train.mixed_precision = \"bf16\" or \"fp16\": float8 weights are "
+                          "only stored, the layers compute in that dtype", hint='set train.mixed_precision = "bf16"')
     pipeline, source = load_base(config) if pipeline is None else (pipeline, BaseSource(spec=config.model.base))
     arch = detect_architecture(pipeline)
     arch = check_override(arch, config.model.architecture)
@@ -119,9 +121,6 @@ def build_components(config: TrainConfig, *, pipeline=None) -> Components:
                        noise_scheduler=noise_scheduler)
     parts.content_keys = {name: weights_key(getattr(pipeline, name)) for name in ("vae", *TEXT_ENCODERS)
                           if getattr(pipeline, name, None) is not None}
-    if config.model.fp8_base and config.train.mixed_precision == "no":
-        raise ConfigError("model.fp8_base needs train.mixed_precision = \"bf16\" or \"fp16\": float8 weights are "
-                          "only stored, the layers compute in that dtype", hint='set train.mixed_precision = "bf16"')
     if parts.is_flow:
         from .flow import check_flow_config, text_length
 
