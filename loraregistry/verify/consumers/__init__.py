@@ -32,9 +32,9 @@ OUTCOMES: tuple[Outcome, ...] = ("loads", "loads_partly", "fails", "not_modelled
 # Every family a rule module may cover; a consumer lists the ones its rules model.
 ALL_FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux")
 _SHOWN = 3
-_NOT_CONSUMERS = frozenset({"codes", "facts", "cases", "table", "names"})
+_NOT_CONSUMERS = frozenset({"codes", "facts", "cases", "table", "names", "invokeai_flux"})
 
-__all__ = ["CONSUMERS", "OUTCOMES", "Assessment", "Consumer", "Verdict", "consumer_verdicts", "known_targets",
+__all__ = ["CONSUMERS", "OUTCOMES", "Assessment", "Consumer", "Verdict", "Verified", "consumer_verdicts", "known_targets",
            "loaders_table_markdown", "parse_targets", "target_option", "target_verdicts", "verdict_exit_code",
            "verdict_findings"]
 
@@ -68,6 +68,18 @@ class Verdict:
 
 
 @dataclass(frozen=True)
+class Verified:
+    """Where the rules for one family are checked against the loader's running code: the installed ``package``
+    at ``version`` (what ``code`` names), by the oracle ``tests`` ("tests/<file>.py::<test function>"), each of
+    which has a case of that family. tests/test_loaders_doc.py holds the table to all of that."""
+
+    package: str
+    version: str
+    code: str
+    tests: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Consumer:
     """One loader. ``assess`` holds its rules; ``sources`` names the upstream files they were written from;
     ``families`` the base families the rules model (any other known family answers "not modelled");
@@ -79,7 +91,7 @@ class Consumer:
     sources: tuple[str, ...]
     assess: Callable[[AdapterFacts], Assessment]
     families: tuple[str, ...] = ALL_FAMILIES
-    verified: Mapping[str, str] = field(default_factory=dict)
+    verified: Mapping[str, Verified] = field(default_factory=dict)
 
     def models(self, family: str | None) -> bool:
         """None (nothing tells the family) is assessed with the rules; "other" and unlisted families are not."""
@@ -88,14 +100,17 @@ class Consumer:
     def verdict(self, facts: AdapterFacts) -> Verdict:
         if not self.models(facts.family):
             return self.not_modelled(facts.family)
-        return self.assess(facts).verdict(self, facts)
+        assessment = self.assess(facts)
+        if assessment.unmodelled_reason is not None:
+            return self.not_modelled(facts.family, assessment.unmodelled_reason)
+        return assessment.verdict(self, facts)
 
-    def not_modelled(self, family: str | None) -> Verdict:
-        modelled = ", ".join(self.families)
+    def not_modelled(self, family: str | None, reason: str | None = None) -> Verdict:
+        why = reason or (f"its rules do not model {family or 'this'} adapters (they cover "
+                         f"{', '.join(self.families)})")
         return Verdict(self.name, self.version_range, "not_modelled", (consumer_finding(
-            "consumer-not-modelled", f"{self.name}: its rules do not model {family or 'this'} adapters (they "
-            f"cover {modelled}): no claim is made whether it loads", hint="check the loader by hand; "
-            "`--strict` makes --target fail on this"),))
+            "consumer-not-modelled", f"{self.name}: {why}: no claim is made whether it loads",
+            hint="check the loader by hand; `--strict` makes --target fail on this"),))
 
 
 class Assessment:
@@ -104,6 +119,7 @@ class Assessment:
     ``refuse``: the loader raises, nothing is applied. ``load_nothing``: it returns but patches nothing.
     ``skip``: these modules are not applied. ``lose_dora``: they load without their magnitude. ``ignore``:
     keys that belong to no module are dropped. ``misfile``/``note``: findings that do not change what loads.
+    ``unmodelled``: the file takes a path of the loader these rules do not model (the verdict is not_modelled).
     """
 
     def __init__(self, consumer: str) -> None:
@@ -113,10 +129,14 @@ class Assessment:
         self.lossy: set[ModuleKey] = set()
         self.ignored: list[str] = []
         self.extra: list[Finding] = []
+        self.unmodelled_reason: str | None = None
         self._skip_findings: dict[tuple[str, str | None], list[ModuleKey]] = {}
 
     def _finding(self, name: str, message: str, key: str | None = None, hint: str | None = None) -> Finding:
         return consumer_finding(name, f"{self.consumer}: {message}", key=key, hint=hint)
+
+    def unmodelled(self, reason: str) -> None:
+        self.unmodelled_reason = reason
 
     def refuse(self, message: str, *, key: str | None = None, hint: str | None = None) -> None:
         self.fatal.append(self._finding("consumer-refuses-file", message, key, hint))

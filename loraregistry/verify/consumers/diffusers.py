@@ -40,7 +40,7 @@ from functools import cache
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import Assessment, Consumer
+from . import Assessment, Consumer, Verified
 from .facts import ABSENT, FITS, UNCHECKED, AdapterFacts
 
 VERSION_RANGE = "0.32 - 0.42"
@@ -162,8 +162,10 @@ def _components_and_shapes(a: Assessment, facts: AdapterFacts) -> None:
 
 CONSUMER = Consumer(
     name="diffusers", title="diffusers `load_lora_weights`", version_range=VERSION_RANGE,
-    verified={"sd1": "diffusers 0.42.1", "sd2": "diffusers 0.42.1", "sdxl": "diffusers 0.42.1",
-              "sd3": "diffusers 0.42.1", "flux": "diffusers 0.42.1"},
+    verified=dict.fromkeys(("sd1", "sd2", "sdxl", "sd3", "flux"), Verified(
+        "diffusers", "0.42.1", "diffusers 0.42.1 `load_lora_weights` on tiny pipelines",
+        ("tests/test_oracle_diffusers.py::test_diffusers_verdict_equals_a_real_load",
+         "tests/test_oracle_diffusers.py::test_fix_for_diffusers_output_loads"))),
     sources=("huggingface/diffusers: src/diffusers/loaders/lora_pipeline.py",
              "huggingface/diffusers: src/diffusers/loaders/lora_conversion_utils.py",
              "huggingface/diffusers: src/diffusers/loaders/peft.py"),

@@ -29,6 +29,7 @@ class ModuleFacts:
     fit: str = UNCHECKED
     dora: bool = False
     mid: bool = False  # LoCon Tucker (lora_mid)
+    base_shape: tuple[int, ...] | None = None  # the base module's weight shape; None when unchecked or absent
 
     @property
     def component(self) -> str:
@@ -58,6 +59,14 @@ def _key_format(key: str) -> str:
     from ...formats import FORMATS
 
     return next((name for name, fmt in FORMATS.items() if fmt.parse(key) is not None), "unknown")
+
+
+def _base_shape(ctx, module: ModuleKey) -> tuple[int, ...] | None:
+    target = ctx.target
+    if target is None or module.component not in target.components:
+        return None
+    spec = target.lookup(module.component, module.path)
+    return tuple(spec.weight_shape) if spec is not None else None
 
 
 def _fit(ctx, module: ModuleKey, info) -> str:
@@ -123,7 +132,8 @@ def adapter_facts(ctx) -> AdapterFacts:
         keys = tuple(sorted(info.keys.values()))
         modules[module] = ModuleFacts(
             module=module, keys=keys, key_format=_key_format(keys[0]), algo=info.algo,
-            fit=_fit(ctx, module, info), dora=info.dora, mid="mid" in info.tensors)
+            fit=_fit(ctx, module, info), dora=info.dora, mid="mid" in info.tensors,
+            base_shape=_base_shape(ctx, module))
     return AdapterFacts(format=adapter.format, modules=modules, unknown_keys=tuple(adapter.unknown_keys),
                         family=family_of(ctx), base_known=ctx.target is not None,
                         metadata=dict(adapter.header.metadata), dialect=dict(adapter.mapping.dialect))

@@ -23,16 +23,19 @@ model_loaders/lora.py`` (``_load_model``), ``backend/patches/lora_conversions/sd
   are not converted and find nothing;
 * deltas are reshaped to the weight (1x1 conv <-> Linear load); a delta of another size raises ``RuntimeError``.
 
-SD3 and FLUX.1 are not modelled here yet (InvokeAI has FLUX LoRA conversions; SD3 has none): LRG608.
+FLUX.1: ``invokeai_flux.py`` (its own format chain). SD3/SD3.5: ``_load_model`` has no branch for an SD3 base and
+raises ``ValueError: Unsupported LoRA base model``: nothing loads.
 
 Checked by tests/test_oracle_invokeai.py: the verdict (outcome, applied modules, unused keys) equals what InvokeAI's
-own functions do on the tiny models for every golden, derived edit and ``fix`` output.
+own functions do on the tiny models for every golden, derived edit and ``fix`` output, FLUX.1 files in every
+format included (InvokeAI's own BFL-layout ``Flux`` model, tiny), and the SD3 refusal is read from its loader.
 """
 
 from __future__ import annotations
 
-from . import Assessment, Consumer
+from . import Assessment, Consumer, Verified
 from .facts import ABSENT, MISMATCH, AdapterFacts
+from .invokeai_flux import assess_flux
 
 VERSION_RANGE = "6.14"
 PREFIXES = {"sd1": {"unet": "lora_unet_", "text_encoder": "lora_te_"},
@@ -52,6 +55,14 @@ def assess(facts: AdapterFacts) -> Assessment:
     family = facts.family or "sd1"
     keys = [k for k in facts.keys if not k.startswith(BUNDLED)]
     a.ignore([k for k in facts.keys if k.startswith(BUNDLED)], "are bundled embeddings InvokeAI drops")
+    if family == "sd3":
+        a.refuse("ValueError: Unsupported LoRA base model: InvokeAI 6.14 has no SD3 LoRA loader (its LoRA loader "
+                 "handles SD1, SD2, SDXL, FLUX and newer families, not SD3/SD3.5)",
+                 hint="load SD3 LoRAs with diffusers or ComfyUI")
+        return a
+    if family == "flux":
+        assess_flux(a, facts, keys, _FIX)
+        return a
     if family == "sdxl":
         foreign = [k for k in keys if not k.startswith(SDXL_PREFIXES)]
         if foreign:
@@ -101,6 +112,14 @@ CONSUMER = Consumer(
     sources=("invoke-ai/InvokeAI: invokeai/backend/model_manager/load/model_loaders/lora.py",
              "invoke-ai/InvokeAI: invokeai/backend/patches/lora_conversions/sdxl_lora_conversion_utils.py",
              "invoke-ai/InvokeAI: invokeai/backend/patches/layers/utils.py",
-             "invoke-ai/InvokeAI: invokeai/backend/patches/layer_patcher.py"),
-    assess=assess, families=("sd1", "sd2", "sdxl"),
-    verified={f: "InvokeAI 6.14.2 (its conversion and patching functions)" for f in ("sd1", "sd2", "sdxl")})
+             "invoke-ai/InvokeAI: invokeai/backend/patches/layer_patcher.py",
+             "invoke-ai/InvokeAI: invokeai/backend/patches/lora_conversions/flux_*_lora_conversion_utils.py"),
+    assess=assess, families=("sd1", "sd2", "sdxl", "sd3", "flux"),
+    verified={**dict.fromkeys(("sd1", "sd2", "sdxl"), Verified(
+        "invokeai", "6.14.2", "InvokeAI 6.14.2 conversion and patching functions",
+        ("tests/test_oracle_invokeai.py::test_invokeai_verdict_equals_its_code",))),
+        "flux": Verified("invokeai", "6.14.2", "InvokeAI 6.14.2 FLUX format chain on its own FLUX model",
+                         ("tests/test_oracle_invokeai.py::test_invokeai_flux_verdict_equals_its_code",
+                          "tests/test_oracle_invokeai.py::test_fixed_for_invokeai_flux_agrees_and_loads")),
+        "sd3": Verified("invokeai", "6.14.2", "InvokeAI 6.14.2 LoRA loader (no SD3 branch: read from its source)",
+                        ("tests/test_oracle_invokeai.py::test_sd3_has_no_invokeai_lora_loader",))})

@@ -19,7 +19,7 @@ Checked by tests/test_oracle_diffusers.py: the verdict's outcome and applied mod
 
 from __future__ import annotations
 
-from . import Assessment, Consumer
+from . import Assessment, Consumer, Verified
 from .facts import ABSENT, FITS, UNCHECKED, AdapterFacts
 
 VERSION_RANGE = "0.9 - 0.21"
@@ -54,4 +54,6 @@ CONSUMER = Consumer(
     name="peft", title="peft `set_peft_model_state_dict`", version_range=VERSION_RANGE,
     sources=("huggingface/peft: src/peft/utils/save_and_load.py", "huggingface/peft: src/peft/tuners/lora/layer.py"),
     assess=assess,
-    verified={f: "peft 0.21.2 (set_peft_model_state_dict)" for f in ("sd1", "sd2", "sdxl", "sd3", "flux")})
+    verified=dict.fromkeys(("sd1", "sd2", "sdxl", "sd3", "flux"), Verified(
+        "peft", "0.21.2", "peft 0.21.2 `set_peft_model_state_dict` on tiny models",
+        ("tests/test_oracle_diffusers.py::test_peft_verdict_equals_a_real_load",))))
