@@ -144,7 +144,7 @@ def extract(*, base: str | os.PathLike[str], tuned: str | os.PathLike[str], outp
     written = write_op_output(output, tensors, format=to, dialect=_dialect(to, tensors, family),
                               metadata=_metadata(a, b, report, dtype=dtype, min_diff=min_diff, seed=seed,
                                                  power_iterations=power_iterations),
-                              inputs=[base, tuned], force=force, base=_verify_base(a, architecture))
+                              inputs=[base, tuned], force=force, base=str(a.path))
     report.sha256, report.tensor_sha256, report.forced = written.sha256, written.tensor_sha256, written.forced
     return report
 
@@ -235,16 +235,6 @@ def _split_shapes(checkpoint: Checkpoint, modules: list[ModuleKey]) -> dict[Modu
             if shape is not None:
                 shapes[key] = shape
     return shapes
-
-
-def _verify_base(checkpoint: Checkpoint, architecture: str | None) -> str | None:
-    """What the written output is verified against: the base itself where verify reads its layout (a folder, an
-    SD/SDXL single file), else the detected architecture (verify does not read SD3/FLUX original names)."""
-    from .mmdit_checkpoint import detect
-
-    if checkpoint.kind == "single-file" and detect(checkpoint.headers[checkpoint.path]) is not None:
-        return architecture
-    return str(checkpoint.path)
 
 
 def _extract_module(a: Checkpoint, b: Checkpoint, module: ModuleKey, rank: int, *, min_diff: float, seed: int,
