@@ -17,12 +17,15 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..atomic_write import fsync_folder, sweep_stale_temps, temp_path
 from .errors import RegistryError
+
+if TYPE_CHECKING:
+    from ..safetensors_io import SafetensorsHeader
 
 _CHUNK = 1 << 20
 BLOB_SUFFIX = ".safetensors"
@@ -37,37 +40,50 @@ BLOB_OK, BLOB_MISSING, BLOB_CHANGED = "ok", "missing", "changed"
 class Store:
     def __init__(self, root: Path) -> None:
         self.root = root / "sha256"
+        self._root_text = str(self.root)
 
     def blob_path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / f"{sha256[2:]}{BLOB_SUFFIX}"
 
+    def blob_location(self, sha256: str) -> str:
+        """``str(blob_path(sha256))`` without pathlib (a search builds one per entry)."""
+        return os.path.join(self._root_text, sha256[:2], f"{sha256[2:]}{BLOB_SUFFIX}")
+
     def journal_path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / f"{sha256[2:]}{JOURNAL_SUFFIX}"
 
-    def put(self, source: Path, sha256: str) -> Path:
-        """Place a copy of ``source`` (whose sha256 is known) in the store; returns the blob path.
+    def put(self, source: Path, header: SafetensorsHeader, read_at: os.stat_result) -> tuple[Path, Any]:
+        """Place a copy of ``source`` in the store, hashing it on the way: one read of the file gives the store's
+        copy and every hash (``hashes.FileHashes``). ``header`` is the file's header as the caller read it after
+        ``read_at`` (its stat); a copy of a file that changed since, whose header is not that one, is refused.
+        Returns the blob path and the hashes. An existing blob is kept when it still holds these bytes, and
+        replaced by a fresh copy when it is damaged or still hard-linked to a user's file (stores of older
+        lorareg versions linked)."""
+        from ..hashes import StreamHasher
 
-        An existing blob is kept when it still holds these bytes, and replaced by a fresh copy when it is
-        damaged or still hard-linked to a user's file (stores of older lorareg versions linked)."""
-        dest = self.blob_path(sha256)
         source = source.resolve()  # copy the file itself, not a symlink to it (huggingface_hub's cache)
-        if dest.exists() and self._intact_and_private(dest, sha256):
-            return dest
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        sweep_stale_temps(dest.parent)
-        tmp = temp_path(dest)
+        self.root.mkdir(parents=True, exist_ok=True)
+        sweep_stale_temps(self.root)
+        tmp = temp_path(self.root / f"incoming{BLOB_SUFFIX}")  # same filesystem as every blob: renames are atomic
+        hasher = StreamHasher(header.data_offset)
         try:
-            got = _clone_or_copy(source, tmp)
-            if got != sha256:
-                raise RegistryError(f"the file changed while it was being added (sha256 {got}, expected {sha256})",
+            cloned, copied_from = _clone_or_copy(source, tmp, hasher.update)
+            hashes = hasher.result()
+            unchanged = not cloned and _same_file(copied_from, read_at)  # else compare what the store now holds
+            if not unchanged and not _same_header(tmp, header):
+                raise RegistryError("the file changed while it was being added (its header is not the one read)",
                                     path=source, hint="add it again once nothing writes to it")
+            dest = self.blob_path(hashes.sha256)
+            if dest.exists() and self._intact_and_private(dest, hashes.sha256):
+                return dest, hashes
+            dest.parent.mkdir(parents=True, exist_ok=True)
             os.chmod(tmp, BLOB_MODE)
             os.replace(tmp, dest)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        fsync_folder(dest.parent)
-        return dest
+        fsync_folder(dest.parent)  # a crash may leave the temp name in the root too: sweep_stale_temps clears it
+        return dest, hashes
 
     @staticmethod
     def _intact_and_private(blob: Path, sha256: str) -> bool:
@@ -81,7 +97,7 @@ class Store:
     def blob_state(self, sha256: str, size: int, mtime_ns: int | None) -> str:
         """The cheap check: ``missing``, ``changed`` (size or mtime differ from the recorded ones) or ``ok``."""
         try:
-            st = self.blob_path(sha256).stat()
+            st = os.stat(self.blob_location(sha256))
         except FileNotFoundError:
             return BLOB_MISSING
         except OSError:
@@ -149,6 +165,19 @@ class Store:
                 yield folder.name + journal.name[: -len(JOURNAL_SUFFIX)]
 
 
+def _same_header(path: Path, header: SafetensorsHeader) -> bool:
+    """Whether the file at ``path`` has ``header`` (tensors, metadata, size): the copy is of the file that was read."""
+    from ..errors import LoraregError
+    from ..safetensors_io import read_header
+
+    try:
+        copied = read_header(path)
+    except LoraregError:
+        return False
+    return (copied.header_size, copied.metadata, copied.tensors) == (header.header_size, header.metadata,
+                                                                    header.tensors)
+
+
 def hash_blob(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -167,8 +196,14 @@ def _reflink(src_fd: int, dst_fd: int) -> bool:
     return True
 
 
-def _clone_or_copy(source: Path, tmp: Path) -> str:
-    """Write the store's own copy of ``source`` to ``tmp``; returns the sha256 of what ``tmp`` holds."""
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns) == (b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns)
+
+
+def _clone_or_copy(source: Path, tmp: Path, update: Callable[[bytes], Any]) -> tuple[bool, os.stat_result]:
+    """Write the store's own copy of ``source`` to ``tmp``; ``update`` sees every byte of the copy in order, so one
+    read serves the copy and the caller's hashes. Returns whether the copy is a clone (reflink) and the source's
+    stat after the copy."""
     try:
         src = source.open("rb")
     except OSError as exc:
@@ -177,11 +212,13 @@ def _clone_or_copy(source: Path, tmp: Path) -> str:
         if _reflink(src.fileno(), dst.fileno()):
             dst.flush()
             os.fsync(dst.fileno())
-            return hash_blob(tmp)  # the clone shares blocks: hash what the store now holds
-        digest = hashlib.sha256()
+            with tmp.open("rb") as clone:  # the clone shares blocks: hash what the store now holds
+                while chunk := clone.read(_CHUNK):
+                    update(chunk)
+            return True, os.fstat(src.fileno())
         while chunk := src.read(_CHUNK):
-            digest.update(chunk)
+            update(chunk)
             dst.write(chunk)
         dst.flush()
         os.fsync(dst.fileno())
-    return digest.hexdigest()
+        return False, os.fstat(src.fileno())
