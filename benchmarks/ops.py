@@ -3,7 +3,7 @@
     python benchmarks/ops.py                  # the full SDXL-shaped adapter: 986 modules (a few minutes)
     python benchmarks/ops.py --modules 120    # every k-th module: a quicker look
     python benchmarks/ops.py --dense-shapes 0 --no-merge
-    python benchmarks/ops.py --arch flux1     # a FLUX.1 kohya LoRA: 566 modules, rank 32 -> 16
+    python benchmarks/ops.py --family flux    # a FLUX.1 kohya LoRA: 376 modules, rank 32 -> 8
 
 * resize (issue 14, target 1): an SDXL-shaped kohya LoRA (every default kohya target of the UNet and both text
   encoders: 986 modules, rank 64, alpha 32, random fp16, 456 MB), rank 64 -> 16. Whole processes, alternated
@@ -15,10 +15,14 @@
   beside it because lorareg hashes the input on a second thread). Errors: lorareg's per-module errors against
   the sketch's (same ranks, same error), and on one module per distinct shape a dense float64 SVD of the input's
   delta: lorareg's stored fp16 output must reach that optimum within fp16 storage.
-  kohya-style: kohya's resize_lora.py does a dense SVD per module; here a numpy float32 dense SVD timed on one
-  module of each distinct shape and EXTRAPOLATED to every module by shape counts (labelled as such).
-  Peak memory is compared with 0.3 x 3.9 GB (kohya's peak on this file, measured for issue 14).
-  ``--arch flux1``: the same on FLUX.1's kohya targets (transformer + CLIP-L, 566 modules), rank 32 -> 16.
+  kohya-style: kohya's resize_lora.py does a dense SVD per module; here a numpy float32 dense SVD (thin, which is
+  cheaper than kohya's full one) timed on one module of each distinct shape and EXTRAPOLATED to every module by
+  shape counts (labelled as such); its truncation error is printed beside lorareg's on the same modules (equal
+  error: both are the Eckart-Young optimum). Peak memory is compared with 0.3 x 3.9 GB (kohya's peak on the SDXL
+  file, measured for issue 14).
+  ``--family flux`` (issue 15): a FLUX.1 kohya LoRA on real shapes from the flux1-dev fingerprint, every module
+  kohya's lora_flux trains (19 double + 38 single blocks with fused qkv / linear1, 304 modules) plus CLIP-L (72),
+  rank 32 -> 8, against the same references (target >= 300x kohya-style at one thread).
 * merge (target 4): two SDXL-shaped adapters (rank 16 and 8, every module) merged exactly,
   ``lorareg merge A B -o M`` against ``cat A B > out`` on a warm cache, same run.
 
@@ -55,45 +59,59 @@ import numpy as np  # noqa: E402
 from loraregistry.architectures import fingerprint, kohya_default_targets  # noqa: E402
 from loraregistry.canonical import CanonicalKey  # noqa: E402
 
-# fingerprint -> (components, rank in, rank out, kohya dialect)
+# family -> (fingerprint, components, rank in, rank out, kohya dialect)
 ARCHES = {
-    "sdxl-base": (("unet", "text_encoder", "text_encoder_2"), 64, 16, {"unet_names": "sgm"}),
-    "flux1": (("transformer", "text_encoder"), 32, 16, {"transformer_names": "diffusers"}),
+    "sdxl": ("sdxl-base", ("unet", "text_encoder", "text_encoder_2"), 64, 16, {"unet_names": "sgm"}),
+    # kohya lora_flux names: fused img_attn.qkv / txt_attn.qkv / linear1 (one module each, as kohya trains them)
+    "flux": ("flux1-dev", ("transformer", "text_encoder"), 32, 8, {"transformer_names": "flux"}),
 }
 KOHYA_PEAK_BYTES = 3.9e9  # kohya resize_lora.py on the full file, one thread (issue 14)
-RESIZE_TARGET, MEMORY_TARGET, MERGE_TARGET = 1.4, 0.3, 2.0
+RESIZE_TARGET, MEMORY_TARGET, MERGE_TARGET, KOHYA_TARGET = 1.4, 0.3, 2.0, 300
 
 
-def target_paths(arch: str, limit: int | None) -> list[tuple[str, str]]:
-    """(component, path) of every default kohya target of ``arch`` (SDXL: 986); ``limit``: about that many,
-    every k-th."""
-    paths = [(c, p) for c in ARCHES[arch][0] for p in kohya_default_targets(arch, c)]
+def target_shapes(arch: str, limit: int | None) -> list[tuple[str, str, int, int, tuple[int, ...]]]:
+    """(component, path, out, in, kernel) of every default kohya target of ``arch`` (SDXL: 986; FLUX.1: 304 fused
+    transformer modules + 72 CLIP-L), shapes from the fingerprint (a fused module: its targets' rows stacked);
+    ``limit``: about that many, every k-th."""
+    from loraregistry.ops.targets import fused_path_of
+
+    name, components = ARCHES[arch][0], ARCHES[arch][1]
+    fp = fingerprint(name)
+    shapes: dict[tuple[str, str], list[int | tuple[int, ...]]] = {}
+    for component in components:
+        for path in kohya_default_targets(name, component):
+            spec = fp.lookup(component, path)
+            fused = fused_path_of(path) if component == "transformer" and ARCHES[arch][4].get("transformer_names") \
+                == "flux" else None
+            key = (component, fused or path)
+            if key in shapes:  # another target of a fused module: its rows stack
+                shapes[key][0] += spec.out_features
+            else:
+                shapes[key] = [spec.out_features, spec.in_features, tuple(spec.kernel or ())]
+    found = [(c, p, out, inn, kernel) for (c, p), (out, inn, kernel) in shapes.items()]
     if limit:
-        paths = paths[:: max(1, len(paths) // limit)][:limit]
-    return paths
+        found = found[:: max(1, len(found) // limit)][:limit]
+    return found
 
 
-def random_adapter(rank: int, *, arch: str = "sdxl-base", seed: int = 0,
+def random_adapter(rank: int, *, arch: str = "sdxl", seed: int = 0,
                    limit: int | None = None) -> dict[CanonicalKey, np.ndarray]:
     """Random fp16 kohya-shaped LoRA (down N(0, 0.05), up N(0, 0.01), alpha rank/2) on ``arch``'s kohya targets."""
     rng = np.random.default_rng(seed)
-    fp = fingerprint(arch)
     tensors = {}
-    for component, path in target_paths(arch, limit):
-        spec = fp.lookup(component, path)
-        kernel = spec.kernel or ()
-        down = rng.standard_normal((rank, spec.in_features, *kernel), dtype=np.float32) * 0.05
-        up = rng.standard_normal((spec.out_features, rank, *([1] * len(kernel))), dtype=np.float32) * 0.01
+    for component, path, out, inn, kernel in target_shapes(arch, limit):
+        down = rng.standard_normal((rank, inn, *kernel), dtype=np.float32) * 0.05
+        up = rng.standard_normal((out, rank, *([1] * len(kernel))), dtype=np.float32) * 0.01
         tensors[CanonicalKey(component, path, "down")] = down.astype(np.float16)
         tensors[CanonicalKey(component, path, "up")] = up.astype(np.float16)
         tensors[CanonicalKey(component, path, "alpha")] = np.array(rank / 2, dtype=np.float16)
     return tensors
 
 
-def write_kohya(path: Path, tensors: dict[CanonicalKey, np.ndarray], arch: str = "sdxl-base") -> Path:
+def write_kohya(path: Path, tensors: dict[CanonicalKey, np.ndarray], arch: str = "sdxl") -> Path:
     from loraregistry.writer import write_adapter
 
-    write_adapter(path, tensors, format="kohya", dialect=ARCHES[arch][3])
+    write_adapter(path, tensors, format="kohya", dialect=ARCHES[arch][4])
     return path
 
 
@@ -155,7 +173,7 @@ print(json.dumps(steps))
 
 
 def bench_resize(folder: Path, arch: str, limit: int | None, repeat: int, dense_shapes: int | None) -> dict:
-    _, rank_in, rank_out, _ = ARCHES[arch]
+    _, _, rank_in, rank_out, _ = ARCHES[arch]
     tensors = random_adapter(rank_in, arch=arch, limit=limit)
     modules = len(tensors) // 3
     src = write_kohya(folder / f"{arch}_r{rank_in}.safetensors", tensors, arch)
@@ -191,7 +209,8 @@ def bench_resize(folder: Path, arch: str, limit: int | None, repeat: int, dense_
     report["lorareg_phases_cpu_s"] = json.loads(phases.stdout.strip().splitlines()[-1])
     report.update(_optimum_check(src, folder / "lorareg.safetensors", rank_out))
     if dense_shapes != 0:
-        report.update(_kohya_extrapolated(tensors, rank_out, dense_shapes))
+        errors = {m["module"]: m["rel_error"] for m in summary["per_module"]}
+        report.update(_kohya_extrapolated(tensors, rank_out, dense_shapes, errors))
     return report
 
 
@@ -219,29 +238,39 @@ def _optimum_check(src: Path, out: Path, rank: int) -> dict:
     return {"optimum_checked_modules": len(seen), "max_excess_over_optimum": worst}
 
 
-def _kohya_extrapolated(tensors: dict[CanonicalKey, np.ndarray], rank: int, limit: int | None) -> dict:
-    """kohya-style dense float32 SVD + truncation, timed on one module per distinct shape, times its count."""
+def _kohya_extrapolated(tensors: dict[CanonicalKey, np.ndarray], rank: int, limit: int | None,
+                        lorareg_errors: dict[str, float]) -> dict:
+    """kohya-style dense float32 SVD + truncation, timed on one module per distinct shape, times its count; the
+    largest difference between its truncation error and lorareg's on those modules (equal error)."""
     from loraregistry.ops.common import by_module
 
     modules = by_module(tensors)
-    shapes = Counter((r["up"].shape[0], r["down"].shape[1]) for r in modules.values())
+
+    def shape_of(roles) -> tuple[int, int]:
+        return roles["up"].shape[0], int(np.prod(roles["down"].shape[1:]))
+
+    shapes = Counter(shape_of(r) for r in modules.values())
     chosen = sorted(shapes, key=lambda s: -shapes[s])[:limit] if limit else list(shapes)
     covered = sum(shapes[s] for s in chosen)
     _say(f"kohya-style dense SVD: timing one module of each of {len(chosen)} shapes ({covered} of "
          f"{len(modules)} modules), then extrapolating")
-    measured = total = 0.0
+    measured = total = worst = 0.0
     for shape in chosen:
-        roles = next(r for r in modules.values() if (r["up"].shape[0], r["down"].shape[1]) == shape)
+        module, roles = next((m, r) for m, r in modules.items() if shape_of(r) == shape)
         start = time.perf_counter()
-        weight = roles["up"].astype(np.float32) @ roles["down"].astype(np.float32)
+        weight = roles["up"].astype(np.float32).reshape(shape[0], -1) @ \
+            roles["down"].astype(np.float32).reshape(-1, shape[1])
         u, s, vh = np.linalg.svd(weight, full_matrices=False)
         _ = (u[:, :rank] * s[:rank]).astype(np.float16), vh[:rank].astype(np.float16)
         seconds = time.perf_counter() - start
+        error = float(np.sqrt(np.sum(s[rank:].astype(np.float64) ** 2) / np.sum(s.astype(np.float64) ** 2)))
+        worst = max(worst, abs(error - lorareg_errors[str(module)]))
         measured += seconds
         total += seconds * shapes[shape]
-        _say(f"  {shape[0]:5d} x {shape[1]:5d}: {seconds:6.2f} s x {shapes[shape]} modules")
+        _say(f"  {shape[0]:5d} x {shape[1]:5d}: {seconds:6.2f} s x {shapes[shape]} modules; relative error "
+             f"{error:.6f} (lorareg {lorareg_errors[str(module)]:.6f})")
     return {"kohya_measured_s": measured, "kohya_extrapolated_s": total * len(modules) / covered,
-            "kohya_shapes": len(chosen)}
+            "kohya_shapes": len(chosen), "kohya_error_difference": worst}
 
 
 def print_resize(r: dict) -> None:
@@ -253,7 +282,7 @@ def print_resize(r: dict) -> None:
     phases = ", ".join(f"{name} {seconds:.2f}" for name, seconds in r["lorareg_phases_cpu_s"].items())
     _say(f"  lorareg's steps, CPU s (one fresh process, serial): {phases}")
     against = (f" = {r['lorareg_peak_bytes'] / KOHYA_PEAK_BYTES:.2f}x kohya's 3.9 GB on this file (target <= "
-               f"{MEMORY_TARGET}x)") if r["arch"] == "sdxl-base" and r["modules"] == 986 else ""
+               f"{MEMORY_TARGET}x)") if r["arch"] == "sdxl" and r["modules"] == 986 else ""
     _say(f"  peak RSS: lorareg {r['lorareg_peak_bytes'] / 1e6:.0f} MB{against}; "
          f"sketch {r['sketch_peak_bytes'] / 1e6:.0f} MB")
     _say(f"  errors: max |lorareg - sketch| per module {r['max_error_difference_vs_sketch']:.1e}; stored fp16 output "
@@ -262,8 +291,9 @@ def print_resize(r: dict) -> None:
     if "kohya_extrapolated_s" in r:
         k = r["kohya_extrapolated_s"]
         _say(f"  kohya-style dense SVD, EXTRAPOLATED from {r['kohya_shapes']} shapes ({r['kohya_measured_s']:.1f} s "
-             f"measured): {k:.0f} s -> lorareg {k / r['lorareg_wall_s']:.0f}x faster, sketch "
-             f"{k / r['sketch_wall_s']:.0f}x")
+             f"measured): {k:.0f} s -> lorareg {k / r['lorareg_wall_s']:.0f}x faster (target >= {KOHYA_TARGET}x), "
+             f"sketch {k / r['sketch_wall_s']:.0f}x; at equal error (largest difference on the timed modules "
+             f"{r['kohya_error_difference']:.1e})")
 
 
 # --- merge --------------------------------------------------------------------------------------------------
@@ -296,7 +326,8 @@ def print_merge(m: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", choices=sorted(ARCHES), default="sdxl-base", help="the adapter to resize")
+    parser.add_argument("--family", "--arch", dest="arch", choices=sorted(ARCHES), default="sdxl",
+                        help="the adapter to resize: SDXL (rank 64 -> 16) or FLUX.1 kohya (rank 32 -> 8)")
     parser.add_argument("--modules", type=int, default=None, help="about this many modules (default: all)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of each whole process (medians reported)")
     parser.add_argument("--dense-shapes", type=int, default=None,
