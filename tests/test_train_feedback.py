@@ -188,6 +188,26 @@ def test_plot_losses_writes_a_png_with_or_without_matplotlib(tmp_path, monkeypat
     assert plot_losses([], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
 
 
+# --- the model card's figures ------------------------------------------------------------------------------------
+
+
+def test_card_shows_figures_with_captions_as_literal_text():
+    from loraregistry.architectures import resolve
+    from loraregistry.hub.card import CardInput, Figure, build_card
+    from loraregistry.schema import AdapterMetadata
+
+    caption = "Loss [click](http://x.invalid) <img src=x> `code` *bold* | 2 steps (validation 0.5)"
+    card = build_card(CardInput(repo_id="alice/a", filename="a.safetensors", sha256="0" * 64,
+                                metadata=AdapterMetadata(name="a", base={"architecture": "sd1"}),
+                                architecture=resolve("sd1"), figures=[Figure("figures/loss.png", caption)]))
+    training = card.split("## Training", 1)[1]
+    escaped = ("Loss \\[click\\]\\(http://x.invalid\\) \\<img src=x\\> \\`code\\` \\*bold\\* \\| 2 steps "
+               "\\(validation 0.5\\)")
+    assert training.strip().splitlines() == [f"![{escaped}](./figures/loss.png)", "", escaped, "<!-- lorareg:end -->"]
+    assert "## Training" not in build_card(CardInput(repo_id="alice/a", filename="a.safetensors", sha256="0" * 64,
+                                                     metadata=AdapterMetadata(name="a"), architecture=None))
+
+
 # --- trackers and push target: fail before any model loads -------------------------------------------------------
 
 

@@ -91,8 +91,8 @@ def accelerator_settings(config: TrainConfig) -> dict[str, Any]:
     from accelerate.utils import ProjectConfiguration
 
     run_dir = Path(config.output.dir)
-    return {"log_with": tracker_names(config) or None,
-            "project_config": ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / TRACKERS_FOLDER))}
+    folders = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / TRACKERS_FOLDER))
+    return {"log_with": tracker_names(config) or None, "project_config": folders}
 
 
 def flat_config(config: TrainConfig) -> dict[str, str | int | float | bool]:

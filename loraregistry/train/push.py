@@ -1,9 +1,9 @@
 """``--push-to REPO``: a finished run to a Hub repo, through ``loraregistry.hub.push``.
 
 What is pushed comes from the run folder alone: ``run.json``'s config (which formats were written, under what
-name), the adapter file of the first format in ``output.formats``, the last sample grid (its prompts in the
-same-name ``.txt``) and ``loss.png``; hub.push verifies the adapter again (against the base the run verified with)
-and writes a model card that shows the samples and the plot. So the push at the end of training and
+name) and step count, the adapter file of the first format in ``output.formats``, the final step's sample grid (its
+prompts in the same-name ``.txt``) and ``loss.png``; hub.push verifies the adapter again (against the base the run
+verified with) and writes a model card that shows the samples and the plot. So the push at the end of training and
 ``lorareg train push RUN`` (the command a failed push prints) are one code path. A failed push never touches the
 trained adapter: it stays where export put it, registered, and the failure names the command that retries.
 """
@@ -98,13 +98,16 @@ def push_run(run_dir: Path, repo_id: str, *, endpoint: str | None = None, token:
         raise FileAccessError("holds none of the adapter files this run wrote "
                               f"({', '.join(config.output.formats)} as {config.output.name!r})", path=run_dir,
                               hint="push the adapter file itself with `lorareg push FILE --repo REPO`")
-    grids = sorted((run_dir / "samples").glob("step-*.png"))
+    steps = record.get("steps")
+    # the grid of the final step (the trainer always renders one when prompts are set); named from the step count,
+    # so a grid an earlier, longer run left in the folder is never taken for this run's
+    final_grid = run_dir / "samples" / f"step-{steps:08d}.png" if isinstance(steps, int) else None
+    grids = [final_grid] if final_grid is not None and final_grid.is_file() else []
     plot = run_dir / "loss.png"
     figures = [(plot, loss_caption(run_dir))] if plot.is_file() else []
     verify_base = record.get("verify_base")
-    steps = record.get("steps")
     message = f"Upload {adapter.name} trained with lorareg" + (f" ({steps} steps)" if isinstance(steps, int) else "")
-    return push(adapter, repo_id, private=private, endpoint=endpoint, token=token, samples=grids[-1:],
+    return push(adapter, repo_id, private=private, endpoint=endpoint, token=token, samples=grids,
                 figures=figures, base=base or (verify_base if isinstance(verify_base, str) else None),
                 commit_message=message)
 
