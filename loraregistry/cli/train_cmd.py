@@ -119,7 +119,7 @@ def _render(summary: dict) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def push(run_dir: Path, repo_id: str, private: bool, base: str | None, endpoint: str | None, token: str | None,
          as_json: bool) -> int:
-    """Push a finished training run: its verified adapter, last sample grid and loss plot, with a model card."""
+    """Push a finished training run: its verified adapter, final sample grid and loss plot, with a model card."""
     from ..hub import env
 
     endpoint = env.prepare(endpoint)
