@@ -89,7 +89,7 @@ def flow_step(batch: Batch, parts, config: TrainConfig, generator: Any) -> Any:
     import torch.nn.functional as F
 
     transformer = parts.model("transformer")
-    device, dtype = parts.denoiser.device, parts.denoiser.dtype
+    device, dtype = parts.denoiser_io()
 
     def randn(*shape: int):
         return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)

@@ -24,7 +24,7 @@ def train_step(batch: Batch, parts, config: TrainConfig, generator: Any) -> Any:
     import torch.nn.functional as F
 
     unet = parts.model("unet")
-    device, dtype = parts.unet.device, parts.unet.dtype
+    device, dtype = parts.denoiser_io()
     scheduler = parts.noise_scheduler
 
     def randn(*shape: int):
