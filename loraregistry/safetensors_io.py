@@ -18,8 +18,10 @@ Tensor data is read through numpy memory maps (bf16 and fp8 through ml_dtypes). 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
+import operator
 import os
 import stat
 import struct
@@ -33,6 +35,7 @@ from .errors import (
     FileAccessError,
     HeaderTooLarge,
     InvalidSafetensorsError,
+    LoraregError,
     LoneSurrogateError,
     NumberOutOfRangeError,
     TooManyTensorsError,
@@ -86,6 +89,9 @@ class TensorInfo(NamedTuple):
         return math.prod(self.shape)
 
 
+_END = operator.itemgetter(4)  # TensorInfo.end, read in C
+
+
 @dataclass(frozen=True)
 class SafetensorsHeader:
     """A validated header. ``tensors`` is ordered by data offset."""
@@ -101,7 +107,7 @@ class SafetensorsHeader:
 
     @property
     def data_size(self) -> int:
-        return max((t.end for t in self.tensors.values()), default=0)
+        return max(map(_END, self.tensors.values()), default=0)
 
     @property
     def total_size(self) -> int:
@@ -432,7 +438,174 @@ def parse_header(header_bytes: bytes, *, path: str | None = None, cap: int = DEF
     declared = header_bytes.count(b'"data_offsets"', 8, 8 + n)
     if declared > MAX_TENSORS:
         _too_many(declared, path)
-    obj = _decode_json(memoryview(header_bytes)[8 : 8 + n], path)  # a view: no copy of a 100 MB header
+    raw = memoryview(header_bytes)[8 : 8 + n]  # a view: no copy of a 100 MB header
+    fast = _parse_well_formed(raw)
+    if fast is not None:
+        metadata, tensors = fast
+    else:
+        metadata, tensors = _parse_carefully(raw, path)
+    header = SafetensorsHeader(header_size=n, metadata=metadata, tensors=tensors, path=path)
+    if file_size is not None and file_size != header.total_size:
+        if file_size < header.total_size:
+            _fail(f"file is {file_size} bytes but its header describes {header.total_size} "
+                  f"(missing {header.total_size - file_size} bytes of tensor data)", path,
+                  "the download or copy did not finish; fetch the file again", TruncatedFileError)
+        _fail(f"file is {file_size} bytes but its header describes {header.total_size} "
+              f"({file_size - header.total_size} trailing bytes no tensor accounts for)", path,
+              "the file is corrupt or was appended to")
+    return header
+
+
+# --- the fast path: a well-formed header, checked in bulk ---------------------------------------------------
+# Most headers are what the safetensors library writes: string metadata, entries of exactly dtype / shape /
+# data_offsets with plain non-negative integers, non-empty tensors laid out back to back. For those, Python's json
+# without hooks (its C scanner throughout) and checks that run over all entries at once (map over C functions,
+# list comparisons) replace a Python call per entry. Anything else, or any doubt, goes to the careful path, which
+# gives the verdict and the message: the fast path never rejects, it only accepts what the careful path accepts.
+
+_new_info = functools.partial(tuple.__new__, TensorInfo)  # a TensorInfo from a 5-tuple, built in C
+_dtype, _shape, _offsets = operator.itemgetter("dtype"), operator.itemgetter("shape"), operator.itemgetter("data_offsets")
+_first, _second = operator.itemgetter(0), operator.itemgetter(1)
+
+
+_NUMBER = "(?:0|[1-9][0-9]*)"  # JSON's spelling of a non-negative integer: no sign, no leading zero
+# One entry exactly as the safetensors library (and lorareg) writes it: compact, fields in this order, a name with
+# no escape, plain non-negative integers. Split on it, a header leaves only "," between entries.
+_COMPACT_ENTRY = lazy(r'"([^"\\\x00-\x1f]*+)":\{"dtype":"([A-Z0-9_]++)",'
+                      rf'"shape":\[((?:{_NUMBER}(?:,{_NUMBER})*)?)\],"data_offsets":\[({_NUMBER}),({_NUMBER})\]\}}')
+_JSON_BLANKS = " \t\r\n"
+_METADATA_HEAD = '{"' + METADATA_KEY + '":'
+
+
+def _parse_well_formed(raw: memoryview) -> tuple[dict[str, str], dict[str, TensorInfo]] | None:
+    """The metadata and tensors of a header the careful path would accept unchanged, or None (ask it)."""
+    try:
+        text = str(raw, "utf-8")
+    except UnicodeDecodeError:
+        return None
+    if not text.startswith("{") or text.count(",") >= MAX_JSON_VALUES:
+        return None
+    compact = _parse_compact(text)
+    return compact if compact is not None else _parse_bulk(text)
+
+
+def _parse_compact(text: str) -> tuple[dict[str, str], dict[str, TensorInfo]] | None:
+    """A header in the compact layout, read by one regex split: no dict per entry, numbers converted per distinct
+    shape. None when any part of the text is not that layout."""
+    parts = _COMPACT_ENTRY.split(text)
+    if len(parts) < 7:
+        return None
+    head, tail, separators = parts[0], parts[-1], parts[6:-1:6]
+    if separators.count(",") != len(separators):
+        return None
+    body_end = len(tail.rstrip(_JSON_BLANKS))
+    if head == "{" and tail[:body_end] == "}":
+        metadata_text = None
+    elif head == "{" and tail.startswith("," + _METADATA_HEAD[1:]) and tail[:body_end].endswith("}"):
+        metadata_text = "{" + tail[1 : body_end - 1] + "}"
+    elif head.startswith(_METADATA_HEAD) and head.endswith(",") and tail[:body_end] == "}":
+        metadata_text = head[:-1] + "}"
+    else:
+        return None
+    metadata: dict[str, str] = {}
+    if metadata_text is not None:
+        try:  # the careful reader: duplicate keys, escapes, surrogates, non-string values all refused there
+            parsed = _decode_json(memoryview(metadata_text.encode("utf-8")), None)
+            if list(parsed) != [METADATA_KEY]:
+                return None
+            metadata = _parse_metadata(parsed[METADATA_KEY], None)
+        except LoraregError:
+            return None
+    names, dtypes, shapes, starts, ends = parts[1::6], parts[2::6], parts[3::6], parts[4::6], parts[5::6]
+    if len(set(names)) != len(names) or METADATA_KEY in names:
+        return None
+    try:
+        bits = list(map(DTYPE_BITS.__getitem__, dtypes))
+        starts_at, ends_at = list(map(int, starts)), list(map(int, ends))
+        shape_of = {text: tuple(map(int, text.split(","))) if text else () for text in set(shapes)}
+    except (KeyError, ValueError):  # an unknown dtype; a number past Python's digit limit
+        return None
+    numel_of = {text: math.prod(shape) for text, shape in shape_of.items()}
+    if min(numel_of.values()) == 0 or max(map(len, shape_of.values())) > _MAX_DIMENSIONS \
+            or max(ends_at) >= _FAST_OFFSET_LIMIT:
+        return None  # empty tensors (ties in the layout) and huge numbers: the careful path
+    if list(map(operator.mul, map(numel_of.__getitem__, shapes), bits)) != \
+            list(map(operator.mul, map(operator.sub, ends_at, starts_at), itertools.repeat(8))):
+        return None
+    return _laid_out(names, dtypes, list(map(shape_of.__getitem__, shapes)), starts_at, ends_at, metadata)
+
+
+def _laid_out(names: list[str], dtypes: list[str], shapes: list[tuple[int, ...]], starts: list[int],
+              ends: list[int], metadata: dict[str, str]) -> tuple[dict[str, str], dict[str, TensorInfo]] | None:
+    """Tensors in data order when they tile the data section from byte 0 without a gap or an overlap (sizes
+    checked, none empty: starts are distinct); None otherwise."""
+    infos = map(_new_info, zip(names, dtypes, shapes, starts, ends))
+    if starts[0] == 0 and starts[1:] == ends[:-1]:  # written in data order, as the safetensors library does
+        return metadata, dict(zip(names, infos))
+    order = sorted(range(len(names)), key=starts.__getitem__)
+    in_order = list(map(starts.__getitem__, order))
+    if in_order[0] != 0 or in_order[1:] != list(map(ends.__getitem__, order[:-1])):
+        return None  # a gap or an overlap: the careful path names it
+    infos = list(infos)
+    return metadata, dict(zip(map(names.__getitem__, order), map(infos.__getitem__, order)))
+
+
+def _parse_bulk(text: str) -> tuple[dict[str, str], dict[str, TensorInfo]] | None:
+    """Any other layout the careful path would accept unchanged: Python's json without hooks, then checks over all
+    entries at once. None when in doubt."""
+    if (("-0" in text and _NEGATIVE_ZERO.search(text))  # "-0" reads as 0 without the careful hook
+            or (("\\ud" in text or "\\uD" in text) and _SURROGATE_ESCAPE.search(text))
+            or "\\u003a" in text or "\\u003A" in text):  # an escaped colon would upset the pair count below
+        return None
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if type(obj) is not dict:
+        return None
+    has_metadata = METADATA_KEY in obj
+    metadata = obj.pop(METADATA_KEY, {})
+    if type(metadata) is not dict or len(obj) > MAX_TENSORS or not obj:
+        return None
+    if set(map(type, metadata.values())) - {str}:
+        return None
+    names = list(obj)
+    entries = list(obj.values())
+    if set(map(type, entries)) != {dict} or set(map(len, entries)) != {3}:
+        return None
+    # Repeated keys: Python's json keeps the last, safetensors refuses the file. Every ':' outside a string
+    # separates one pair, so the text holds exactly as many of them as the parsed objects hold pairs.
+    pairs = len(names) + has_metadata + len(metadata) + 3 * len(entries)
+    in_strings = "".join(names).count(":") + "".join(metadata).count(":") + "".join(metadata.values()).count(":")
+    if text.count(":") - in_strings != pairs:
+        return None
+    try:
+        dtypes = list(map(_dtype, entries))
+        shapes = list(map(_shape, entries))
+        offsets = list(map(_offsets, entries))
+        bits = list(map(DTYPE_BITS.__getitem__, dtypes))
+    except (KeyError, TypeError):
+        return None
+    if (set(map(type, dtypes)) != {str} or set(map(type, shapes)) != {list} or set(map(type, offsets)) != {list}
+            or set(map(len, offsets)) != {2} or max(map(len, shapes)) > _MAX_DIMENSIONS):
+        return None
+    dims = list(itertools.chain.from_iterable(shapes))
+    if (dims and (set(map(type, dims)) != {int} or min(dims) < 0)) \
+            or set(map(type, itertools.chain.from_iterable(offsets))) != {int}:
+        return None
+    numels = list(map(math.prod, shapes))
+    starts, ends = list(map(_first, offsets)), list(map(_second, offsets))
+    if min(numels) == 0 or min(starts) < 0 or max(ends) >= _FAST_OFFSET_LIMIT:
+        return None  # empty tensors (ties in the layout) and huge numbers: the careful path
+    if list(map(operator.mul, numels, bits)) != \
+            list(map(operator.mul, map(operator.sub, ends, starts), itertools.repeat(8))):
+        return None
+    return _laid_out(names, dtypes, list(map(tuple, shapes)), starts, ends, metadata)
+
+
+def _parse_carefully(raw: memoryview, path: str | None) -> tuple[dict[str, str], dict[str, TensorInfo]]:
+    """Every rule, one entry at a time, with a message naming what is wrong."""
+    obj = _decode_json(raw, path)
     metadata = _parse_metadata(obj.pop(METADATA_KEY, None), path)
     if len(obj) > MAX_TENSORS:
         _too_many(len(obj), path)
@@ -450,16 +623,7 @@ def parse_header(header_bytes: bytes, *, path: str | None = None, cap: int = DEF
                   f"ends at {expected} (a gap of {info.start - expected} bytes)", path, "the file is corrupt")
         expected = info.end
         previous = info
-    header = SafetensorsHeader(header_size=n, metadata=metadata, tensors={t.name: t for t in entries}, path=path)
-    if file_size is not None and file_size != header.total_size:
-        if file_size < header.total_size:
-            _fail(f"file is {file_size} bytes but its header describes {header.total_size} "
-                  f"(missing {header.total_size - file_size} bytes of tensor data)", path,
-                  "the download or copy did not finish; fetch the file again", TruncatedFileError)
-        _fail(f"file is {file_size} bytes but its header describes {header.total_size} "
-              f"({file_size - header.total_size} trailing bytes no tensor accounts for)", path,
-              "the file is corrupt or was appended to")
-    return header
+    return metadata, {t.name: t for t in entries}
 
 
 def _check_regular_file(path: Path) -> os.stat_result:
