@@ -300,28 +300,37 @@ def print_resize(r: dict) -> None:
 
 
 def bench_merge(folder: Path, limit: int | None, repeat: int) -> dict:
+    """Two exact merges against ``cat A B > out``, alternated: weights 0.8 and 0.5 (each parent's ``up`` scaled:
+    arithmetic on half the bytes) and 1 and 1 (one common scale: every tensor byte streamed as stored)."""
     a = write_kohya(folder / "a.safetensors", random_adapter(16, seed=1, limit=limit))
     b = write_kohya(folder / "b.safetensors", random_adapter(8, seed=2, limit=limit))
     mb = (a.stat().st_size + b.stat().st_size) / 1e6
-    _say(f"merge: 2 SDXL-shaped adapters (rank 16 + 8), {mb:.0f} MB of inputs")
-    lorareg = [sys.executable, "-m", "loraregistry", "merge", f"{a}:0.8", f"{b}:0.5",
-               "-o", str(folder / "m.safetensors")]
-    cat = ["sh", "-c", f"cat '{a}' '{b}' > '{folder / 'cat.bin'}'"]
-    runs: dict[str, list[dict[str, float]]] = {"lorareg": [], "cat": []}
-    run(cat)
+    _say(f"merge: 2 SDXL-shaped adapters (rank 16 + 8, alpha rank/2), {mb:.0f} MB of inputs")
+    commands = {
+        "weighted": [sys.executable, "-m", "loraregistry", "merge", f"{a}:0.8", f"{b}:0.5",
+                     "-o", str(folder / "m.safetensors")],
+        "unweighted": [sys.executable, "-m", "loraregistry", "merge", str(a), str(b),
+                       "-o", str(folder / "u.safetensors")],
+        "cat": ["sh", "-c", f"cat '{a}' '{b}' > '{folder / 'cat.bin'}'"],
+    }
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in commands}
+    run(commands["cat"])  # warm the page cache
     for i in range(repeat):
-        for name, args in (("lorareg", lorareg), ("cat", cat)):
+        for name, args in commands.items():
             result = run(args)
             runs[name].append(result)
-            _say(f"  round {i + 1}/{repeat}: {name:8s} {result['wall']:6.2f} s wall  {result['cpu']:6.2f} s CPU")
-    return {"mb": mb, "lorareg_wall_s": _median(runs["lorareg"], "wall"), "cat_wall_s": _median(runs["cat"], "wall"),
-            "lorareg_cpu_s": _median(runs["lorareg"], "cpu")}
+            _say(f"  round {i + 1}/{repeat}: {name:10s} {result['wall']:6.2f} s wall  {result['cpu']:6.2f} s CPU  "
+                 f"peak {result['peak'] / 1e6:5.0f} MB")
+    return {"mb": mb, **{f"{name}_wall_s": _median(r, "wall") for name, r in runs.items()},
+            **{f"{name}_cpu_s": _median(r, "cpu") for name, r in runs.items()}}
 
 
 def print_merge(m: dict) -> None:
-    _say(f"merge {m['mb']:.0f} MB: lorareg {m['lorareg_wall_s']:.2f} s wall "
-         f"({m['mb'] / m['lorareg_wall_s']:.0f} MB/s), "
-         f"cat {m['cat_wall_s']:.2f} s -> {m['lorareg_wall_s'] / m['cat_wall_s']:.1f}x cat (target <= {MERGE_TARGET}x)")
+    for name, what in (("weighted", "A:0.8 B:0.5"), ("unweighted", "A B (bytes as stored)")):
+        wall = m[f"{name}_wall_s"]
+        _say(f"merge {what}, {m['mb']:.0f} MB: lorareg {wall:.2f} s wall / {m[f'{name}_cpu_s']:.2f} s CPU "
+             f"({m['mb'] / wall:.0f} MB/s), cat {m['cat_wall_s']:.2f} s -> {wall / m['cat_wall_s']:.1f}x cat "
+             f"(target <= {MERGE_TARGET}x)")
 
 
 def main(argv: list[str] | None = None) -> int:

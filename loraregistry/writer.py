@@ -98,7 +98,8 @@ def adapter_layout(tensors: Mapping[CanonicalKey, np.ndarray], *, format: str,
             extra["lora_adapter_metadata"] = json.dumps(peft_adapter_metadata(tensors, dialect), indent=2, sort_keys=True)
             extra.setdefault("format", "pt")
     names = from_canonical(list(body), format=format, dialect=dict(dialect or {}))
-    return {names[ck]: np.asarray(arr) for ck, arr in body.items()}, extra
+    # an array-like with shape, dtype and nbytes (ops.outfile.RowStack) stays as it is: its writer streams it
+    return {names[ck]: arr if hasattr(arr, "parts") else np.asarray(arr) for ck, arr in body.items()}, extra
 
 
 def write_adapter(path: str | os.PathLike[str], tensors: Mapping[CanonicalKey, np.ndarray], *, format: str,

@@ -109,7 +109,11 @@ def test_each_byte_is_hashed_once_per_hash_and_the_output_created_once(op, tmp_p
         asked.append(os.fspath(path))
         return real_tensor_sha256(path, data_offset)
 
-    monkeypatch.setattr("loraregistry.verify.checks.tensors.tensor_sha256", spy_tensor_sha256)
+    monkeypatch.setattr(hashes, "tensor_sha256", spy_tensor_sha256)
+    import loraregistry.verify.checks.tensors as tensor_checks  # it may import the function at load time
+
+    if hasattr(tensor_checks, "tensor_sha256"):
+        monkeypatch.setattr(tensor_checks, "tensor_sha256", spy_tensor_sha256)
     out, result, inputs = _run(op, tmp_path)
     size, data = out.stat().st_size, out.stat().st_size - read_header(out).data_offset
     parents = sum(p.stat().st_size + (p.stat().st_size - read_header(p).data_offset) for p in inputs)
@@ -174,3 +178,51 @@ def test_the_record_describes_the_weights_as_reading_the_file_does(tmp_path):
         assert {k: v for k, v in stored.items() if v not in (None, [], {})} == \
             {k: v for k, v in expected.items() if v not in (None, [], {})}
         assert stored["rank"] == 4 and stored["alpha"] == 3.0 and stored["alpha_pattern"]
+
+
+# --- exact merge: bytes that need no arithmetic are written as stored ------------------------------------------------
+
+
+def _modules(path: Path):
+    from loraregistry.ops.common import by_module
+
+    return by_module(ops_io.load_canonical(AdapterFile.open(path)))
+
+
+@pytest.mark.parametrize("weights", [(1.0, 1.0), (0.8, -0.5)])
+def test_exact_merge_streams_the_parents_bytes(weights, tmp_path, monkeypatch):
+    from loraregistry.ops import merge as merge_module
+    from loraregistry.ops.delta import module_delta
+
+    a = tmp_path / "a.safetensors"
+    b = tmp_path / "b.safetensors"
+    write_safetensors(a, lora_tensors("sd1", rank=4, alpha=2.0, seed=1))  # scale 0.5
+    write_safetensors(b, lora_tensors("sd1", rank=2, alpha=1.0, seed=2))  # scale 0.5
+    common = weights == (1.0, 1.0)
+    if common:  # one scale for both: no value may be converted, let alone scaled
+        monkeypatch.setattr(merge_module, "to_float32", lambda *_: pytest.fail("arithmetic on an unweighted merge"))
+    out = tmp_path / "m.safetensors"
+    merge([MergeInput(a, weights[0]), MergeInput(b, weights[1])], out, show_progress=False)
+    parents, merged = (_modules(a), _modules(b)), _modules(out)
+    for module, roles in merged.items():
+        first, second = parents[0][module], parents[1][module]
+        assert roles["down"].tobytes() == np.concatenate([first["down"], second["down"]]).tobytes()
+        if common:
+            assert roles["up"].tobytes() == np.concatenate([first["up"], second["up"]], axis=1).tobytes()
+            assert float(roles["alpha"]) == 0.5 * 6  # alpha carries the common scale
+        want = weights[0] * module_delta(first) + weights[1] * module_delta(second)
+        assert np.linalg.norm(module_delta(roles) - want) <= 1e-3 * np.linalg.norm(want)
+
+
+def test_streamed_down_factors_are_views_of_the_inputs(tmp_path):
+    from loraregistry.ops.merge import merge_modules
+    from loraregistry.ops.outfile import RowStack
+
+    a = tmp_path / "a.safetensors"
+    write_safetensors(a, lora_tensors("sd1", rank=4, alpha=2.0, seed=1))
+    parent = ops_io.load_canonical(AdapterFile.open(a), copy=False)
+    merged, _ = merge_modules([(parent, 0.7), (parent, 0.2)], stream=True)
+    downs = [v for k, v in merged.items() if k.role == "down"]
+    assert downs and all(isinstance(d, RowStack) for d in downs)
+    for down in downs:  # no copy: the parts are the memory map's bytes
+        assert all(not part.flags.owndata and not part.flags.writeable for part in down.parts)

@@ -92,19 +92,57 @@ class MergeResult:
         return data
 
 
-def _weighted_factors(roles: Mapping[str, np.ndarray],
-                      weight: float) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
-    """(weight * scale * up, down, delta shape) of one parent's module. Plain LoRA stored as 16/32-bit floats:
-    ``up`` in float32 (exact reads), ``down`` as stored (stacking needs no arithmetic, and the output keeps
-    the bytes); anything else through ``delta.lowrank_factors`` in float64."""
+@dataclass(frozen=True)
+class _Piece:
+    """One parent's module as ``coefficient * up @ down``: plain LoRA stored as 16/32-bit floats keeps both factors
+    as stored (``coefficient`` = weight * scale, applied only where arithmetic is needed); anything else comes
+    from ``delta.lowrank_factors`` in float64 with the coefficient folded in (1.0)."""
+
+    up: np.ndarray  # [out, r]
+    down: np.ndarray  # [r, in * K]
+    shape: tuple[int, ...]  # the delta's natural shape
+    coefficient: float
+
+    def scaled_up(self) -> np.ndarray:
+        if self.coefficient == 1.0 and self.up.dtype.name not in _SINGLE_DTYPES:
+            return self.up
+        return (to_float32(self.up) if self.up.dtype.name in _SINGLE_DTYPES else self.up) * np.float32(self.coefficient)
+
+
+def _piece(roles: Mapping[str, np.ndarray], weight: float) -> _Piece:
     up, down = roles.get("up"), roles.get("down")
     if (up is not None and down is not None and _PLAIN_ROLES.issuperset(roles)
             and up.dtype.name in _SINGLE_DTYPES and down.dtype.name in _SINGLE_DTYPES
             and down.shape[0] <= min(up.shape[0], math.prod(down.shape[1:]))):  # else exact_compress first
-        scaled = to_float32(up).reshape(up.shape[0], -1) * np.float32(weight * module_scale(roles))
-        return scaled, down.reshape(down.shape[0], -1), (up.shape[0], *down.shape[1:])
+        return _Piece(up.reshape(up.shape[0], -1), down.reshape(down.shape[0], -1), (up.shape[0], *down.shape[1:]),
+                      weight * module_scale(roles))
     lr = lowrank_factors(roles)
-    return lr.up * weight, lr.down, lr.shape
+    return _Piece(lr.up * weight, lr.down, lr.shape, 1.0)
+
+
+def _stacked_up(pieces: Sequence[_Piece], dtype: np.dtype, exact: bool) -> tuple[np.ndarray, float]:
+    """(up of the merge, the scale its alpha must give). Parents that share one positive coefficient and store
+    ``up`` in the output dtype need no arithmetic: their columns are stacked as stored and alpha carries the
+    coefficient. Otherwise each coefficient is folded into its columns (float32 for 16/32-bit factors, exact
+    reads) and the scale is 1."""
+    first = pieces[0].coefficient
+    if exact and first > 0 and all(p.coefficient == first and p.up.dtype == dtype for p in pieces):
+        return np.concatenate([p.up for p in pieces], axis=1), first
+    return np.concatenate([p.scaled_up() for p in pieces], axis=1), 1.0
+
+
+def _stacked_down(pieces: Sequence[_Piece], dtype: np.dtype, shape: tuple[int, ...], stream: bool):
+    """The merge's down: the parents' rows stacked; with ``stream`` and no dtype change a ``RowStack`` of the
+    parents' own arrays (views of the inputs' memory maps, written from there)."""
+    downs = [p.down for p in pieces]
+    if stream and all(d.dtype == dtype for d in downs):
+        from .outfile import RowStack
+
+        return RowStack(tuple(d.reshape(d.shape[0], *shape[1:]) for d in downs))
+    if len({d.dtype for d in downs}) > 1:  # e.g. fp16 and bf16 parents: numpy has no common type for those
+        downs = [to_float32(d) if d.dtype.name in _SINGLE_DTYPES else d for d in downs]
+    down = np.concatenate(downs, axis=0)
+    return down.reshape(down.shape[0], *shape[1:]).astype(dtype, copy=False)
 
 
 def lower_dora_parent(tensors: Mapping[CanonicalKey, np.ndarray], weights, *,
@@ -125,70 +163,82 @@ def lower_dora_parent(tensors: Mapping[CanonicalKey, np.ndarray], weights, *,
 
 def merge_modules(parents: Sequence[tuple[dict[CanonicalKey, np.ndarray], float]], *, rank: int | None = None,
                   dtype=None, shapes: Mapping[ModuleKey, tuple[int, ...]] | None = None,
-                  show_progress: bool | None = None) -> tuple[dict[CanonicalKey, np.ndarray], list[ModuleMerge]]:
-    """Merge canonical tensor sets (each with its weight) into plain-LoRA canonical tensors (alpha = rank).
+                  show_progress: bool | None = None,
+                  stream: bool = False) -> tuple[dict[CanonicalKey, np.ndarray], list[ModuleMerge]]:
+    """Merge canonical tensor sets (each with its weight) into plain-LoRA canonical tensors.
 
     Plain LoRA stored as fp16/bf16/fp32 is computed in float32 (its values exactly), everything else in fp64
-    (``_weighted_factors``); ``dtype`` is the storage dtype (default: the first parent's). ``shapes``: base weight
-    shapes, used where factors lost a conv kernel (``targets.layout``).
+    (``_piece``); ``dtype`` is the storage dtype (default: the first parent's). ``shapes``: base weight shapes,
+    used where factors lost a conv kernel (``targets.layout``). Alpha = rank (scale 1), except where an exact
+    merge stacks ``up`` columns as stored (``_stacked_up``: alpha then carries the parents' common scale).
+    ``stream``: down factors that need no arithmetic stay views of the inputs (``_stacked_down``).
     """
     dtype = np.dtype(dtype) if dtype is not None else storage_dtype(parents[0][0]) if parents else np.float32
     grouped = [(by_module(tensors), weight) for tensors, weight in parents if weight != 0]
     modules = sorted({m for g, _ in grouped for m in g})
     merged: dict[ModuleKey, dict[str, np.ndarray]] = {}
     rows: list[ModuleMerge] = []
-    pieces: dict[ModuleKey, tuple[np.ndarray, np.ndarray, tuple[int, ...], int]] = {}
+    collected: dict[ModuleKey, tuple[list[_Piece], tuple[int, ...]]] = {}
     for module in progress(modules, total=len(modules), description="merge", enabled=show_progress):
-        ups, downs, shape = [], [], None
+        pieces, shape = [], None
         for group, weight in grouped:
             if module not in group:
                 continue
             if "up_bias" in group[module]:
                 raise UnsupportedModule(f"{module}: a LoRA bias (peft lora_B.bias) cannot be merged by factors")
-            up, down, natural = _weighted_factors(group[module], weight)
+            piece = _piece(group[module], weight)
+            natural = piece.shape
             if shape is None:
                 shape = layout(natural, (shapes or {}).get(module), follow_base=False)
             if shape is not None and (natural[0], math.prod(natural[1:])) != (shape[0], math.prod(shape[1:])):
                 raise UnsupportedModule(f"{module}: parents disagree on its shape ({shape} vs {natural})",
                                         hint="merge adapters made for the same base")
-            ups.append(up)
-            downs.append(down)
-        if len({d.dtype for d in downs}) > 1:  # e.g. fp16 and bf16 parents: numpy has no common type for those
-            downs = [to_float32(d) if d.dtype.name in _SINGLE_DTYPES else d for d in downs]
-        pieces[module] = (np.concatenate(ups, axis=1), np.concatenate(downs, axis=0), shape, len(ups))
-    if rank is not None and pieces and rank > max(p[0].shape[1] for p in pieces.values()):
-        top = max(p[0].shape[1] for p in pieces.values())
+            pieces.append(piece)
+        collected[module] = (pieces, shape)
+    widths = {m: sum(p.up.shape[1] for p in pieces) for m, (pieces, _) in collected.items()}
+    if rank is not None and widths and rank > max(widths.values()):
+        top = max(widths.values())
         raise RankTooHigh(f"rank {rank} is above the merged rank (largest module: {top})",
                           hint=f"choose --rank {top} or less, or leave it out for the exact merge")
-    for module, (up, down, shape, count) in pieces.items():
-        merged_rank, error = up.shape[1], 0.0
-        if rank is not None and merged_rank > rank:
-            svd = factor_svd(up, to_float32(down) if down.dtype.name in _SINGLE_DTYPES else down)
+    for module, (pieces, shape) in collected.items():
+        merged_rank, error = widths[module], 0.0
+        reduce = rank is not None and merged_rank > rank
+        up, scale = _stacked_up(pieces, dtype, exact=not reduce)
+        if reduce:
+            downs = [p.down for p in pieces]
+            if len({d.dtype for d in downs}) > 1 or downs[0].dtype.name in _SINGLE_DTYPES:
+                downs = [to_float32(d) if d.dtype.name in _SINGLE_DTYPES else d for d in downs]
+            svd = factor_svd(up, np.concatenate(downs, axis=0))
             up, down = svd.factors(rank)
             error = svd.error(rank)[1]
+            down = down.reshape(rank, *shape[1:]).astype(dtype, copy=False)
+        else:
+            down = _stacked_down(pieces, dtype, shape, stream)
         r = up.shape[1]
         merged[module] = {
-            "down": down.reshape(r, *shape[1:]).astype(dtype, copy=False),
+            "down": down,
             "up": up.reshape(shape[0], r, *([1] * (len(shape) - 2))).astype(dtype, copy=False),
-            "alpha": alpha_array(r),
+            "alpha": alpha_array(scale * r),
         }
-        rows.append(ModuleMerge(module=str(module), parents=count, rank=r, merged_rank=merged_rank, rel_error=error))
+        rows.append(ModuleMerge(module=str(module), parents=len(pieces), rank=r, merged_rank=merged_rank,
+                                rel_error=error))
     return flatten_modules(merged), rows
 
 
-def architecture_of(path: Path, adapter: AdapterFile) -> str | None:
-    """The base architecture an adapter is for: verify's detection, else what its metadata declares."""
-    from ..verify import verify
+def architecture_of(path: Path, adapter: AdapterFile, context=None) -> str | None:
+    """The base architecture an adapter is for: verify's detection, else what its metadata declares.
+    ``context``: the adapter's ``verify.context.Context`` when already built (it is the costly part)."""
+    from ..verify.context import Context
 
-    report = verify(path, tensors=False)
-    return report.detected_architecture or report.declared_architecture or adapter.metadata.base.architecture
+    ctx = context if context is not None else Context.build(adapter, None)
+    return ctx.detection.architecture or ctx.declaration.architecture or adapter.metadata.base.architecture
 
 
-def check_same_architecture(adapters: Sequence[tuple[Path, AdapterFile]]) -> str | None:
+def check_same_architecture(adapters: Sequence[tuple[Path, AdapterFile]], contexts=None) -> str | None:
     """The common architecture id (None when none is known); MixedArchitectures when two differ."""
     known = {}
-    for path, adapter in adapters:
-        arch = architecture_of(path, adapter)
+    for (path, adapter), context in zip(adapters, contexts or [None] * len(adapters)):
+        arch = architecture_of(path, adapter, context)
         if arch is not None:
             known.setdefault(arch, path)
     if len(known) > 1:
@@ -196,6 +246,22 @@ def check_same_architecture(adapters: Sequence[tuple[Path, AdapterFile]]) -> str
         raise MixedArchitectures(f"cannot merge adapters for different bases: {listed}",
                                  hint="merge only adapters made for one base model")
     return next(iter(known), None)
+
+
+def _shapes(adapter: AdapterFile, context, base: str | None) -> dict[ModuleKey, tuple[int, ...]]:
+    """``targets.base_shapes`` with the context already built for the architecture check."""
+    from ..errors import LoraregError
+
+    if base is not None:
+        return base_shapes(adapter, base)
+    try:
+        target = context.target
+    except LoraregError:  # as base_shapes: no fingerprint, no shapes
+        return {}
+    if target is None:
+        return {}
+    found = {module: target.lookup(module.component, module.path) for module in adapter.modules}
+    return {module: spec.weight_shape for module, spec in found.items() if spec is not None}
 
 
 def merged_record(adapters: Sequence[AdapterFile], architecture: str | None):
@@ -237,16 +303,19 @@ def merge(inputs: Sequence[MergeInput], output: str | os.PathLike[str], *, rank:
     if not limit >= 0 or limit == float("inf"):
         raise UsageError(f"--max-error must be a number >= 0, got {max_error}")
     check_output_path(output, [i.path for i in inputs])
+    from ..verify.context import Context
+
     adapters = [AdapterFile.open(i.path) for i in inputs]
-    architecture = check_same_architecture([(i.path, a) for i, a in zip(inputs, adapters)])
+    contexts = [Context.build(a, None) for a in adapters]  # detection once per input: architecture and shapes
+    architecture = check_same_architecture([(i.path, a) for i, a in zip(inputs, adapters)], contexts)
     with ThreadPoolExecutor(max_workers=1) as pool:  # the parents' hashes (GIL released) beside the maths
         hashing = [pool.submit(parent_record, a, weight=i.weight) for i, a in zip(inputs, adapters)]
         tensors = [(load_canonical(a, copy=False), i.weight) for i, a in zip(inputs, adapters)]
         store = numpy_dtype(dtype) or (storage_dtype(tensors[0][0]) if tensors else None)  # before DoRA -> fp64
         tensors, dora_errors = _lower_dora_parents(tensors, adapters, inputs, base, limit, force)
-        shapes = {m: s for a in adapters for m, s in base_shapes(a, base).items()}
+        shapes = {m: s for a, ctx in zip(adapters, contexts) for m, s in _shapes(a, ctx, base).items()}
         merged, rows = merge_modules(tensors, rank=rank, dtype=store, shapes=shapes,
-                                     show_progress=show_progress)
+                                     show_progress=show_progress, stream=True)
         rows = [replace(row, dora_rel_error=dora_errors.get(row.module, 0.0)) for row in rows]
         del tensors  # the inputs' memory maps
         parents = [h.result() for h in hashing]

@@ -21,23 +21,52 @@ from ..safetensors_io import SafetensorsHeader, encode_header, parse_header, saf
 
 
 @dataclass(frozen=True)
+class RowStack:
+    """A tensor that is other arrays' rows stacked, ``np.concatenate(parts)`` without the copy: written and hashed
+    part by part straight from the parts' memory (an exact merge's ``down`` factors, from the inputs' memory maps).
+    ``np.asarray`` gives the stacked array."""
+
+    parts: tuple[np.ndarray, ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (sum(p.shape[0] for p in self.parts), *self.parts[0].shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.parts[0].dtype
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.parts)
+
+    def __array__(self, dtype=None, copy=None):
+        return np.concatenate(self.parts, axis=0).astype(dtype or self.dtype, copy=False)
+
+
+def _bytes(a: np.ndarray) -> memoryview:
+    return np.ascontiguousarray(a).reshape(-1).view(np.uint8).data
+
+
+@dataclass(frozen=True)
 class Layout:
     """Tensors in file order with their header entries (data offsets relative to the data section)."""
 
-    arrays: dict[str, np.ndarray]  # file order; C-contiguous, little-endian
+    arrays: dict[str, np.ndarray | RowStack]  # file order; C-contiguous, little-endian
     entries: dict[str, dict[str, Any]]
 
     @classmethod
     def of(cls, named: Mapping[str, np.ndarray]) -> Layout:
-        arrays = {name: np.asarray(a, order="C") for name, a in named.items()}  # keeps 0-d shapes
+        arrays = {name: a if isinstance(a, RowStack) else np.asarray(a, order="C")  # keeps 0-d shapes
+                  for name, a in named.items()}
         order = sorted(arrays, key=lambda n: (-arrays[n].dtype.itemsize, n))
-        ordered: dict[str, np.ndarray] = {}
+        ordered: dict[str, np.ndarray | RowStack] = {}
         entries: dict[str, dict[str, Any]] = {}
         offset = 0
         for name in order:
             a = arrays[name]
             if a.dtype.byteorder == ">":
-                a = a.astype(a.dtype.newbyteorder("<"))
+                a = np.asarray(a).astype(a.dtype.newbyteorder("<"))
             ordered[name] = a
             entries[name] = {"dtype": safetensors_dtype(a.dtype), "shape": list(a.shape),
                              "data_offsets": [offset, offset + a.nbytes]}
@@ -51,8 +80,9 @@ class Layout:
     def buffers(self) -> Iterator[memoryview]:
         """The data section, tensor by tensor, as views of the arrays (no copies)."""
         for a in self.arrays.values():
-            if a.nbytes:
-                yield a.reshape(-1).view(np.uint8).data
+            for part in a.parts if isinstance(a, RowStack) else (a,):
+                if part.nbytes:
+                    yield _bytes(part)
 
     def data_sha256(self) -> str:
         """AutoV3 of the file this layout becomes: sha256 of its data section, from memory."""
