@@ -7,9 +7,12 @@ reader must recover from it (format family, network type, rank, alpha, component
 metadata, writer and version). What loaders do with a golden is never recorded: the oracle tests load each one
 live (tests/test_oracle_*.py).
 
-kohya sd-scripts is not on PyPI, so the ``*_kohya`` files are written by ``kohya_lora_state_dict`` below, which
-follows sd-scripts ``networks/lora.py`` naming, shapes, init-free layout and metadata. The legacy attn-procs file
-is built by hand too: diffusers no longer writes that layout.
+kohya sd-scripts is not on PyPI, so the ``*_kohya`` files are written by lycoris-lora's kohya writer
+(``lycoris.kohya.create_network(...).save_weights``, what sd-scripts runs for ``--network_module lycoris.kohya``)
+with presets that target what sd-scripts' ``networks.lora`` targets, and the ss_* metadata sd-scripts writes. No
+golden is written by this project's own code. The legacy attention-processor layout has no golden: diffusers 0.42's
+``save_attn_procs`` saves Custom Diffusion processors only (LoRA raises "use save_lora_adapter"), so no installed
+tool writes it; tests/oracle_cases.py derives that layout from a diffusers-written golden by renaming keys.
 
 Determinism: torch is seeded per golden and metadata dates are fixed. Python's hash seed matters too (peft and
 lycoris turn sets of module names into lists), so the script re-executes itself with ``PYTHONHASHSEED=0``
@@ -377,11 +380,7 @@ def sd1_kohya_from_diffusers(ctx: Ctx) -> dict[str, Any]:
     )
 
 
-# --------------------------------------------------------------------------------------------- kohya (by hand)
-
-_KOHYA_UNET_TARGETS = ["Transformer2DModel"]
-_KOHYA_UNET_CONV_TARGETS = ["ResnetBlock2D", "Downsample2D", "Upsample2D"]
-_KOHYA_TE_TARGETS = ["CLIPAttention", "CLIPSdpaAttention", "CLIPMLP"]
+# --------------------------------------------------------------------------------------------- kohya layout
 
 
 def transformers4_layout(text_encoder):
@@ -407,53 +406,6 @@ def transformers4_layout(text_encoder):
 
 _KOHYA_TE_NOTE = ("Text encoder keys are 'lora_te_text_model_encoder_layers_N_...' as sd-scripts (transformers 4) "
                   "writes them; the text encoder was wrapped to restore that level (see transformers4_layout).")
-
-
-def kohya_lora_state_dict(
-    roots: dict[str, Any], *, rank: int, alpha: float, conv_rank: int | None = None, conv_alpha: float | None = None,
-    linear_as_conv: tuple[str, ...] = (), seed: int, dtype,
-):
-    """A LoRA state dict laid out exactly as sd-scripts ``networks/lora.py`` ``LoRANetwork`` saves it.
-
-    ``roots`` maps a kohya prefix (``lora_unet``, ``lora_te``, ``lora_te1`` ...) to the model it patches.
-    ``linear_as_conv`` lists Linear child names (``proj_in``/``proj_out``) stored with 1x1-conv shapes, as kohya's
-    SD2 UNet (built with ``use_linear_projection=False`` and converted weights) produces them.
-    """
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    out: dict[str, Any] = {}
-    for prefix, root in roots.items():
-        targets = _KOHYA_TE_TARGETS if prefix.startswith("lora_te") else list(_KOHYA_UNET_TARGETS)
-        if prefix == "lora_unet" and conv_rank:
-            targets += _KOHYA_UNET_CONV_TARGETS
-        for name, module in root.named_modules():
-            if module.__class__.__name__ not in targets:
-                continue
-            for child_name, child in module.named_modules():
-                cls = child.__class__.__name__
-                if cls not in ("Linear", "Conv2d"):
-                    continue
-                lora_name = f"{prefix}.{name}.{child_name}".replace(".", "_")
-                if cls == "Linear":
-                    out_dim, in_dim = child.weight.shape
-                    as_conv = child_name.split(".")[-1] in linear_as_conv
-                    down = (rank, in_dim, 1, 1) if as_conv else (rank, in_dim)
-                    up = (out_dim, rank, 1, 1) if as_conv else (out_dim, rank)
-                    r, a = rank, alpha
-                else:
-                    out_dim, in_dim, kh, kw = child.weight.shape
-                    if (kh, kw) == (1, 1):  # kohya: 1x1 conv counts as linear (network dim/alpha)
-                        r, a = rank, alpha
-                    elif conv_rank:
-                        r, a = conv_rank, conv_alpha
-                    else:
-                        continue
-                    down, up = (r, in_dim, kh, kw), (out_dim, r, 1, 1)
-                out[f"{lora_name}.lora_down.weight"] = (torch.randn(down, generator=gen) * 0.05).to(dtype)
-                out[f"{lora_name}.lora_up.weight"] = (torch.randn(up, generator=gen) * 0.05).to(dtype)
-                out[f"{lora_name}.alpha"] = torch.tensor(float(a)).to(dtype)  # a buffer, saved in save dtype
-    return out
 
 
 def kohya_metadata(*, v2: bool, base_version: str, dim: int, alpha: float, network_args: dict | None,
@@ -514,66 +466,6 @@ def kohya_metadata(*, v2: bool, base_version: str, dim: int, alpha: float, netwo
     return md
 
 
-def _save_kohya(path: Path, state_dict: dict[str, Any], metadata: dict[str, str]) -> None:
-    """sd-scripts' save: precalculated hashes over the tensors + ss_* metadata, then save_file."""
-    import safetensors.torch
-
-    md = dict(metadata)
-    # train_util.precalculate_safetensors_hashes: serialize with the ss_* metadata only, hash the tensor data
-    # (addnet_hash_safetensors) and 0x10000 bytes at 0x100000 (addnet_hash_legacy: empty for small files).
-    blob = safetensors.torch.save(state_dict, {k: v for k, v in md.items() if k.startswith("ss_")})
-    (n,) = struct.unpack("<Q", blob[:8])
-    md["sshs_model_hash"] = hashlib.sha256(blob[8 + n :]).hexdigest()
-    md["sshs_legacy_hash"] = hashlib.sha256(blob[0x100000 : 0x100000 + 0x10000]).hexdigest()[:8]
-    safetensors.torch.save_file(state_dict, str(path), md)
-
-
-@golden("sd1_kohya")
-def sd1_kohya(ctx: Ctx) -> dict[str, Any]:
-    import torch
-
-    from tests.tiny_models import tiny_text_encoder, tiny_unet
-
-    sd = kohya_lora_state_dict({"lora_te": transformers4_layout(tiny_text_encoder("sd1")), "lora_unet": tiny_unet("sd1")},
-                               rank=4, alpha=1.0, seed=60, dtype=torch.float16)
-    md = kohya_metadata(v2=False, base_version="sd_v1", dim=4, alpha=1.0, network_args=None,
-                        resolution="512x512", arch_id="stable-diffusion-v1/lora", title="sd1_kohya",
-                        prediction="epsilon")
-    _save_kohya(ctx.path("sd1_kohya"), sd, md)
-    return dict(
-        arch="sd1", format="kohya", network_type="lora", rank=4, alpha=1.0, default_component="unet",
-        writer={"tool": "lorareg scripts/make_goldens.py", "call": "kohya_lora_state_dict (mirrors sd-scripts "
-                "networks/lora.py; sd-scripts is not on PyPI)"},
-        notes="fp16 incl. the 0-dim alpha; SD1 proj_in/proj_out are 1x1 Conv2d -> 4-D [r, C, 1, 1] shapes. " + _KOHYA_TE_NOTE,
-    )
-
-
-@golden("sd2_kohya_conv_proj")
-def sd2_kohya_conv_proj(ctx: Ctx) -> dict[str, Any]:
-    import torch
-
-    from tests.tiny_models import tiny_text_encoder, tiny_unet
-
-    sd = kohya_lora_state_dict({"lora_te": transformers4_layout(tiny_text_encoder("sd2")), "lora_unet": tiny_unet("sd2")},
-                               rank=4, alpha=1.0, conv_rank=2, conv_alpha=1.0,
-                               linear_as_conv=("proj_in", "proj_out"), seed=70, dtype=torch.float16)
-    md = kohya_metadata(v2=True, base_version="sd_v2", dim=4, alpha=1.0,
-                        network_args={"conv_dim": "2", "conv_alpha": "1"}, resolution="512x512",
-                        arch_id="stable-diffusion-v2-512/lora", title="sd2_kohya_conv_proj", prediction="epsilon")
-    _save_kohya(ctx.path("sd2_kohya_conv_proj"), sd, md)
-    return dict(
-        arch="sd2", format="kohya", network_type="locon", rank=4, alpha=1.0, conv_rank=2, conv_alpha=1.0,
-        default_component="unet",
-        writer={"tool": "lorareg scripts/make_goldens.py", "call": "kohya_lora_state_dict (mirrors sd-scripts "
-                "networks/lora.py with conv_dim=2, conv_alpha=1: 'LoRA-C3Lier')"},
-        notes="proj_in/proj_out stored as 1x1 conv [r, C, 1, 1] / [C, r, 1, 1] although the diffusers SD2 UNet "
-              "has Linear projections (sd-scripts builds SD2 with use_linear_projection=False). ResnetBlock2D "
-              "conv1/conv2 and Down/Upsample conv use conv rank 2 with 3x3 down factors; time_emb_proj and "
-              "1x1 conv_shortcut use the linear rank 4. diffusers 0.42 refuses this file with a hard RuntimeError "
-              "(size mismatch [r, C, 1, 1] vs Linear [r, C]); with the projections flattened to 2-D it loads. " + _KOHYA_TE_NOTE,
-    )
-
-
 # --------------------------------------------------------------------------------------------- lycoris
 
 
@@ -589,30 +481,59 @@ text_encoder_target_name = []
 """
 
 
-def _lycoris(ctx: Ctx, name: str, algo: str, preset: str, seed: int, **kwargs) -> dict[str, Any]:
+# sd-scripts' networks.lora targets, as LyCORIS presets: LoRA on every Linear/1x1 Conv2d of the UNet's
+# Transformer2DModel blocks and of CLIP attention/MLP; "LoRA-C3Lier" (conv_dim) adds ResnetBlock2D, Downsample2D and
+# Upsample2D, whose 3x3 convs take conv_dim and 1x1 ones the linear dim (lycoris.kohya does the same split).
+_KOHYA_PRESETS = {
+    "kohya-lora": """\
+unet_target_module = ["Transformer2DModel"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPAttention", "CLIPSdpaAttention", "CLIPMLP"]
+text_encoder_target_name = []
+""",
+    "kohya-c3lier": """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D", "Downsample2D", "Upsample2D"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPAttention", "CLIPSdpaAttention", "CLIPMLP"]
+text_encoder_target_name = []
+""",
+    "classic-full": _CLASSIC_FULL_PRESET,
+}
+
+
+def preset_arg_text(preset: str) -> str:
+    return f"<{preset} preset file: scripts/make_goldens.py>" if preset.startswith("kohya-") else repr(preset)
+
+
+def _lycoris(ctx: Ctx, name: str, algo: str, preset: str, seed: int, *, arch: str = "sd1", unet=None,
+             **kwargs) -> dict[str, Any]:
     import torch
     from lycoris import kohya as lycoris_kohya
 
     from tests.tiny_models import tiny_text_encoder, tiny_unet
 
     _seed(seed)
-    te, unet = transformers4_layout(tiny_text_encoder("sd1")), tiny_unet("sd1")
+    te, unet = transformers4_layout(tiny_text_encoder(arch)), unet if unet is not None else tiny_unet(arch)
     preset_arg = preset
-    if preset == "classic-full":
-        preset_arg = str(ctx.scratch / "classic_full.toml")
-        Path(preset_arg).write_text(_CLASSIC_FULL_PRESET)
+    if preset in _KOHYA_PRESETS:
+        preset_arg = str(ctx.scratch / f"{preset}.toml")
+        Path(preset_arg).write_text(_KOHYA_PRESETS[preset])
     # What sd-scripts does with --network_module lycoris.kohya --network_args algo=... preset=...
     network = lycoris_kohya.create_network(1.0, 4, 1.0, None, te, unet, algo=algo, preset=preset_arg, **kwargs)
     network.apply_to(te, unet, apply_text_encoder=True, apply_unet=True)
     _randomize([(n, p) for n, p in network.named_parameters()], seed + 100)
     args = {"algo": algo, "preset": preset, **{k: str(v) for k, v in kwargs.items()}}
-    md = kohya_metadata(v2=False, base_version="sd_v1", dim=4, alpha=1.0, network_args=args,
-                        resolution="512x512", arch_id="stable-diffusion-v1/lora", title=name, prediction="epsilon")
+    v2 = arch == "sd2"
+    md = kohya_metadata(v2=v2, base_version="sd_v2" if v2 else "sd_v1", dim=4, alpha=1.0, network_args=args,
+                        resolution="512x512", arch_id=f"stable-diffusion-{'v2-512' if v2 else 'v1'}/lora",
+                        title=name, prediction="epsilon")
     md["ss_network_module"] = "lycoris.kohya"
     network.save_weights(str(ctx.path(name)), torch.float16, md)
     conv = {"conv_rank": int(kwargs["conv_dim"]), "conv_alpha": float(kwargs["conv_alpha"])} if "conv_dim" in kwargs else {}
+    network_type = "locon" if algo == "lora" and conv else algo
     return dict(
-        arch="sd1", format="kohya", network_type=algo, rank=4, alpha=1.0, default_component="unet", **conv,
+        arch=arch, format="kohya", network_type=network_type, rank=4, alpha=1.0, default_component="unet", **conv,
         lycoris={"algo": algo, "preset": preset, **kwargs},
         notes="Keys use kohya prefixes (lycoris.kohya); every module has an fp16 0-dim '.alpha'. save_weights adds "
               "only 'sshs_model_hash' = '0x' + sha256 of the tensors serialized one by one in state-dict order: it "
@@ -620,8 +541,38 @@ def _lycoris(ctx: Ctx, name: str, algo: str, preset: str, seed: int, **kwargs) -
               "LoKr stores alpha = dim (scale 1) on modules where both factors are full matrices, the configured "
               "alpha where a factor is decomposed (see alpha_values). " + _KOHYA_TE_NOTE,
         writer={"tool": "lycoris-lora", "call": f"lycoris.kohya.create_network(1.0, 4, 1.0, None, te, unet, "
-                f"algo={algo!r}, preset={preset!r}, ...).save_weights(path, torch.float16, ss_metadata)"},
+                f"algo={algo!r}, preset={preset_arg_text(preset)}, ...).save_weights(path, torch.float16, "
+                "ss_metadata)"},
     )
+
+
+@golden("sd1_kohya")
+def sd1_kohya(ctx: Ctx) -> dict[str, Any]:
+    """A kohya LoRA on sd-scripts' networks.lora targets, written by lycoris-lora's kohya writer (sd-scripts is not
+    on PyPI): the keys, shapes, fp16 0-dim alphas and SD1's 1x1-conv proj_in/proj_out of an sd-scripts file."""
+    return _lycoris(ctx, "sd1_kohya", "lora", "kohya-lora", seed=60)
+
+
+@golden("sd2_kohya_conv_proj")
+def sd2_kohya_conv_proj(ctx: Ctx) -> dict[str, Any]:
+    """sd-scripts' SD2 LoRA-C3Lier (conv_dim 2): sd-scripts builds SD2's UNet with use_linear_projection=False, so
+    its proj_in/proj_out are 1x1 convs and their factors 4-D; the tiny SD2 UNet is built the same way and
+    lycoris-lora's kohya writer saves the network."""
+    from diffusers import UNet2DConditionModel
+
+    from tests.tiny_models import unet_config
+
+    _seed(70)
+    unet = UNet2DConditionModel(**{**unet_config("sd2"), "use_linear_projection": False}).eval()
+    facts = _lycoris(ctx, "sd2_kohya_conv_proj", "lora", "kohya-c3lier", seed=70, arch="sd2", unet=unet,
+                     conv_dim=2, conv_alpha=1)
+    facts["notes"] = ("proj_in/proj_out stored as 1x1 conv [r, C, 1, 1] / [C, r, 1, 1] although the diffusers SD2 "
+                      "UNet has Linear projections (sd-scripts, like this tiny UNet, builds SD2 with "
+                      "use_linear_projection=False). ResnetBlock2D conv1/conv2 and Down/Upsample conv use conv rank "
+                      "2 with 3x3 down factors; time_emb_proj and 1x1 conv_shortcut use the linear rank 4. diffusers "
+                      "refuses this file (size mismatch [r, C, 1, 1] vs Linear [r, C]); with the projections "
+                      "flattened to 2-D it loads. " + _KOHYA_TE_NOTE)
+    return facts
 
 
 @golden("sd1_lycoris_loha")
@@ -637,43 +588,6 @@ def sd1_lycoris_lokr(ctx: Ctx) -> dict[str, Any]:
 @golden("sd1_lycoris_locon")
 def sd1_lycoris_locon(ctx: Ctx) -> dict[str, Any]:
     return _lycoris(ctx, "sd1_lycoris_locon", "locon", "classic-full", seed=100, conv_dim=2, conv_alpha=1)
-
-
-# --------------------------------------------------------------------------------------------- attn procs
-
-
-@golden("sd1_attn_procs")
-def sd1_attn_procs(ctx: Ctx) -> dict[str, Any]:
-    import torch
-    from diffusers.models.attention_processor import Attention
-    from safetensors.torch import save_file
-
-    from tests.tiny_models import tiny_unet
-
-    gen = torch.Generator().manual_seed(110)
-    rank = 4
-    sd = {}
-    for name, module in tiny_unet("sd1").named_modules():
-        if not isinstance(module, Attention):
-            continue
-        for proj, linear in (("to_q", module.to_q), ("to_k", module.to_k), ("to_v", module.to_v),
-                             ("to_out", module.to_out[0])):
-            out_dim, in_dim = linear.weight.shape
-            # diffusers <= 0.16 LoRALinearLayer: down = Linear(in, r), up = Linear(r, out), no bias, no alpha
-            sd[f"{name}.processor.{proj}_lora.down.weight"] = torch.randn((rank, in_dim), generator=gen) * 0.05
-            sd[f"{name}.processor.{proj}_lora.up.weight"] = torch.randn((out_dim, rank), generator=gen) * 0.05
-    # unet.save_attn_procs(..., safe_serialization=True) wrote exactly this metadata
-    save_file(sd, str(ctx.path("sd1_attn_procs")), metadata={"format": "pt"})
-    return dict(
-        arch="sd1", format="attn_procs", network_type="lora", rank=4, alpha=4.0, alpha_stored=False,
-        default_component="unet",
-        writer={"tool": "lorareg scripts/make_goldens.py", "call": "by hand: diffusers 0.42 no longer writes the "
-                "legacy attention-processor layout (UNet2DConditionModel.save_attn_procs of diffusers <= 0.16); "
-                "keys are unprefixed as that method wrote them"},
-        notes="diffusers 0.42 loads NOTHING from this file and only warns ('No LoRA keys associated to "
-              "UNet2DConditionModel found with the prefix=unet'); the same keys with a 'unet.' prefix (the "
-              "0.17-0.20 LoraLoaderMixin layout) load fully.",
-    )
 
 
 # --------------------------------------------------------------------------------------------- SD3 / FLUX

@@ -1,7 +1,8 @@
 """The files every loader oracle runs on, and how a real load is compared with a verdict.
 
 Cases: every golden (tests/golden), files derived from them by one edit each (``DERIVED``: DoRA, foreign keys,
-mixed formats, reshaped projections, Tucker LoCon, prefixed peft / attention processors), the outputs of
+mixed formats, reshaped projections, Tucker LoCon, prefixed peft, the legacy attention-processor layout no
+installed tool writes), the outputs of
 ``lorareg fix --for <loader>`` on the goldens it changes, and every known-bad container (tests/known_bad.py).
 
 A real load is described as ``RealLoad``: whether the loader refused the file, the modules it applied (as
@@ -105,6 +106,26 @@ def tucker_conv_in(t):
     t["lora_unet_conv_in.lora_mid.weight"] = (rng.standard_normal((r, r, 3, 3)) * 0.1).astype(t[key].dtype)
 
 
+def to_attn_procs(t):
+    """The UNet of a diffusers training-script file (attention-only ``.lora.down``/``.lora.up``) in the legacy
+    attention-processor layout diffusers <= 0.16 ``save_attn_procs`` wrote (no writer of it is installable now):
+    ``<attention>.processor.to_q_lora.down.weight``, unprefixed; the text encoder is dropped."""
+    for key in list(t):
+        value = t.pop(key)
+        if key.startswith("unet."):
+            path, _, factor = key.removeprefix("unet.").rpartition(".lora.")
+            attention, _, projection = path.rpartition(".")
+            if projection == "0":  # to_out.0
+                attention, _, projection = attention.rpartition(".")
+            t[f"{attention}.processor.{projection}_lora.{factor}"] = value
+
+
+def to_attn_procs_unet_prefix(t):
+    """The 0.17-0.20 ``LoraLoaderMixin`` spelling: the same keys under ``unet.``."""
+    to_attn_procs(t)
+    unet_prefix(t)
+
+
 def strip_peft_prefix(t):
     for key in list(t):
         t[key.removeprefix("base_model.model.")] = t.pop(key)
@@ -118,7 +139,8 @@ DERIVED = {
     "sd1_mixed_kohya_te_peft_unet": ("sd1_kohya", mix_in_peft_unet),
     "sd1_peft_dora_unet_prefix": ("sd1_peft_dora", unet_prefix_for_peft),
     "sd1_peft_bare": ("sd1_peft_prefixed", strip_peft_prefix),
-    "sd1_attn_procs_unet_prefix": ("sd1_attn_procs", unet_prefix),
+    "sd1_attn_procs": ("sd1_diffusers_train_script", to_attn_procs),
+    "sd1_attn_procs_unet_prefix": ("sd1_diffusers_train_script", to_attn_procs_unet_prefix),
     "sd2_kohya_flat_projections": ("sd2_kohya_conv_proj", flatten_projections),
     "sd1_kohya_flat_projections": ("sd1_kohya", flatten_projections),
     "sd1_locon_tucker_conv_in": ("sd1_lycoris_locon", tucker_conv_in),

@@ -18,7 +18,6 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 GOLDENS = sorted(p.stem for p in GOLDEN.glob("*.safetensors"))
 # Warnings that say why a loader other than diffusers is needed; everything else must be clean.
 EXPECTED_WARNINGS = {
-    "sd1_attn_procs": {"LRG107"},  # bare keys: diffusers loads nothing
     "sd1_peft_dora": {"LRG107"},
     "sd1_peft_prefixed": {"LRG107"},
     "sd1_lycoris_loha": {"LRG108"},  # diffusers refuses LoHa/LoKr

@@ -137,6 +137,8 @@ def _read_network(record: Any, found: Findings) -> None:
     if module.startswith("lycoris"):
         algo = (args.algo or "lora").lower()
         network_type = _LYCORIS_ALGOS.get(algo)
+        if network_type == "locon" and args.algo and not args.conv_dim:  # a declared "lora" without conv_dim:
+            network_type = "lora"  # LyCORIS creates no 3x3-conv module, so the file is a plain LoRA
         if network_type in ("lora", "locon") and args.dora_wd:
             network_type = "dora"
         if network_type is None:
