@@ -91,11 +91,14 @@ class KeyFormat(ABC):
 
 def collect_dialect(facts: Iterable[Mapping[str, str]]) -> dict[str, str]:
     """Most common value per dialect field; ties go to the value seen first."""
-    counts: dict[str, Counter[str]] = {}
-    for fact in facts:
-        for name, value in fact.items():
-            counts.setdefault(name, Counter())[value] += 1
-    return {name: counter.most_common(1)[0][0] for name, counter in sorted(counts.items())}
+    # One count of (field, value) pairs (a Counter per field per fact cost a Counter per key); Counter keeps the
+    # order pairs were first seen and max() keeps the first of equals, so ties still go to the value seen first.
+    pairs = Counter(item for fact in facts for item in fact.items())
+    best: dict[str, tuple[str, int]] = {}
+    for (name, value), count in pairs.items():
+        if name not in best or count > best[name][1]:
+            best[name] = (value, count)
+    return {name: best[name][0] for name in sorted(best)}
 
 
 def add_without_collisions(mapping: KeyMapping, pairs: Iterable[tuple[str, CanonicalKey]]) -> None:

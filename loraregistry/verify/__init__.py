@@ -92,7 +92,9 @@ def _describe(report: Report, ctx: Context, tensors: bool) -> None:
     report.declared_source = ctx.declaration.source
     report.modules = len(adapter.modules)
     report.components = dict(sorted(Counter(m.component for m in adapter.modules).items()))
-    if ctx.target is not None:
+    if ctx.base is None and detection.best is not None:
+        report.fitted = detection.best.fitted  # the target is the best fit: detection measured it already
+    elif ctx.target is not None:
         from .detect import measure_fit
 
         report.fitted = measure_fit(adapter.modules, ctx.deltas, ctx.target).fitted

@@ -83,21 +83,37 @@ def architectures_of(fingerprint_name: str) -> tuple[str, ...]:
 def measure_fit(modules: Mapping[ModuleKey, ModuleInfo], deltas: Mapping[ModuleKey, Shape | None],
                 fp: Fingerprint, architectures: tuple[str, ...] = ()) -> Fit:
     """Count the modules ``fp`` holds; modules whose factors make no delta are left out (reported elsewhere)."""
+    return _fit(_checkable(modules, deltas), fp, architectures)
+
+
+def _checkable(modules: Mapping[ModuleKey, ModuleInfo], deltas: Mapping[ModuleKey, Shape | None]
+               ) -> list[tuple[ModuleKey, ModuleInfo, Shape]]:
+    """The modules whose factors make a delta, with it: what every fingerprint is measured on."""
+    return [(key, info, delta) for key, info in modules.items() if (delta := deltas.get(key)) is not None]
+
+
+def _fit(checkable: list[tuple[ModuleKey, ModuleInfo, Shape]], fp: Fingerprint,
+         architectures: tuple[str, ...]) -> Fit:
     misfits = []
-    checked = 0
     components = _components(fp)
-    verdicts: dict[tuple, bool] = {}  # (algo, delta, spec) -> fits: adapters repeat a few shapes many times
-    for key, info in modules.items():
-        delta = deltas.get(key)
-        if delta is None:
-            continue
-        checked += 1
-        spec = (fp.modules.get(key) or fp.lookup(key.component, key.path)) if key.component in components else None
-        verdict = verdicts.get((info.algo, delta, spec))
+    specs = fp.modules
+    # (algo, delta, spec) -> fits: adapters repeat a few shapes many times. A fingerprint's own specs live as long as
+    # it does and it shares one per shape, so they are keyed by identity (a dataclass hash is a Python call per
+    # module); a spec ``lookup`` builds (fused paths) may be a new object each time, so it is keyed by value.
+    verdicts: dict[tuple, bool] = {}
+    for key, info, delta in checkable:
+        spec = specs.get(key) if key.component in components else None
+        if spec is not None:
+            verdict_key: tuple = (info.algo, delta, id(spec))
+        else:
+            spec = fp.lookup(key.component, key.path) if key.component in components else None
+            verdict_key = (info.algo, delta, spec)
+        verdict = verdicts.get(verdict_key)
         if verdict is None:
-            verdict = verdicts[(info.algo, delta, spec)] = fits(info, delta, spec)
+            verdict = verdicts[verdict_key] = fits(info, delta, spec)
         if not verdict:
             misfits.append(key)
+    checked = len(checkable)
     return Fit(fp.name, architectures, checked - len(misfits), checked, tuple(misfits))
 
 
@@ -110,8 +126,8 @@ def detect_architecture(modules: Mapping[ModuleKey, ModuleInfo], deltas: Mapping
                         declared: Declaration | None = None) -> Detection:
     """Match the modules against every shipped fingerprint (see the module docstring)."""
     declared = declared or Declaration()
-    fit_list = [measure_fit(modules, deltas, fingerprint(name), architectures_of(name))
-                for name in fingerprint_names()]
+    checkable = _checkable(modules, deltas)
+    fit_list = [_fit(checkable, fingerprint(name), architectures_of(name)) for name in fingerprint_names()]
     fit_list.sort(key=lambda f: (-f.fitted, f.fingerprint))
     candidates = tuple(a for f in fit_list if f.fits_all for a in f.architectures)
     architecture, decided_by = _choose(candidates, declared)
