@@ -243,9 +243,16 @@ def test_a_saved_flux_folder_loads_as_a_real_base(flux_run, tmp_path):
     saved for verify."""
     from loraregistry.train import build_components
 
+    import torch
+
     parts = build_components(tiny_config(tmp_path, model={"base": str(flux_run.base)}))
     assert parts.architecture.id == "flux1-dev" and parts.source.path == flux_run.base.resolve()
     assert type(parts.pipeline).__name__ == "FluxPipeline" and parts.text_max_length == 64
+    # under mixed precision a real base loads in that dtype (FLUX.1's transformer: 24 GB, not 48), the VAE float32
+    parts = build_components(tiny_config(tmp_path, model={"base": str(flux_run.base)},
+                                         train={"mixed_precision": "bf16"}))
+    dtypes = {name: getattr(parts.pipeline, name).dtype for name in ("transformer", "text_encoder_2", "vae")}
+    assert dtypes == {"transformer": torch.bfloat16, "text_encoder_2": torch.bfloat16, "vae": torch.float32}
 
 
 def test_a_single_file_flux_checkpoint_is_refused_in_one_line(tmp_path):
@@ -338,12 +345,11 @@ def test_fp8_base_bf16_and_gradient_checkpointing_run(tmp_path, one_thread):  # 
     import torch
 
     from loraregistry.train import build_components, train
-    from loraregistry.train.components import store_frozen_fp8
 
     config = tiny_config(tmp_path, "flux1-schnell", model={"fp8_base": True}, output={"formats": ["kohya"]},
                          train={"steps": 2, "mixed_precision": "bf16", "gradient_checkpointing": True})
-    parts = build_components(config)
-    store_frozen_fp8(parts, torch.bfloat16)
+    parts = build_components(config)  # float8 from the start: the base reaches the GPU at half the bf16 size
+    assert parts.denoiser_io()[1] == parts.compute_dtype == torch.bfloat16
     dtypes = {n: p.dtype for n, p in parts.denoiser.named_parameters()}
     assert dtypes["transformer_blocks.0.attn.to_q.base_layer.weight"] == torch.float8_e4m3fn
     assert {d for n, d in dtypes.items() if "lora_" in n} == {torch.float32}

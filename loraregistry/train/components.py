@@ -136,6 +136,8 @@ def build_components(config: TrainConfig, *, pipeline=None) -> Components:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed)
         inject_lora(parts, config)
+    if config.model.fp8_base:  # here, on the CPU: a FLUX.1 transformer reaches the GPU at 12 GB, not 24
+        store_frozen_fp8(parts, frozen_dtype(config))
     dora = config.network.use_dora or (parts.init_adapter is not None and parts.init_adapter.use_dora)
     if parts.is_flow and dora and "kohya" in config.output.formats:
         # refused here, not after training: kohya's original names fuse q/k/v, and lorareg fuses plain LoRA only
@@ -169,11 +171,24 @@ def _flow_schedule(pipeline, config: TrainConfig, arch: Architecture):
     return "flow", FlowMatchEulerDiscreteScheduler.from_config(pipeline.scheduler.config)
 
 
+def frozen_dtype(config: TrainConfig):
+    """The dtype frozen weights run in: float32, or the mixed-precision dtype."""
+    import torch
+
+    return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.train.mixed_precision]
+
+
 def store_frozen_fp8(parts: Components, compute_dtype) -> None:
     """``model.fp8_base``: the denoiser's frozen layers keep float8 weights and are cast to ``compute_dtype`` for
     each forward; the LoRA layers (peft's ``lora_*`` modules) and the norms / embeddings diffusers skips stay as
     they are."""
     import torch
+
+    if not hasattr(parts.denoiser, "enable_layerwise_casting"):
+        from .errors import MissingDependency
+
+        raise MissingDependency("model.fp8_base needs diffusers >= 0.33 (layerwise casting)",
+                                hint="pip install -U diffusers, or drop model.fp8_base")
     from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
 
     parts.denoiser.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype,
@@ -213,15 +228,32 @@ def _from_folder(path: Path, config: TrainConfig):
     if kind not in PIPELINE_CLASSES:
         raise BaseModelError(f"{kind} is not a base lorareg trains", path=path,
                              hint=f"supported: {', '.join(PIPELINE_CLASSES)}")
-    kwargs: dict[str, Any] = {"local_files_only": True}
+    kwargs: dict[str, Any] = {"local_files_only": True, _dtype_argument(): frozen_dtype(config)}
     if config.model.variant:
         kwargs["variant"] = config.model.variant
     if kind == "StableDiffusionPipeline":  # the safety checker is never used in training: do not load it
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
-        return DiffusionPipeline.from_pretrained(str(path), **kwargs)
+        return _vae_in_float32(DiffusionPipeline.from_pretrained(str(path), **kwargs))
     except (OSError, ValueError) as exc:
         raise BaseModelError(f"cannot load the diffusers folder: {_first_line(exc)}", path=path) from None
+
+
+def _dtype_argument() -> str:
+    """diffusers renamed ``torch_dtype`` to ``dtype`` (the old name warns); releases before that know only the old."""
+    from diffusers.pipelines import pipeline_utils
+
+    return "dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"
+
+
+def _vae_in_float32(pipeline):
+    """Bases load in the dtype their frozen weights train in (a FLUX.1 transformer is 48 GB in float32, 24 in
+    bf16); the VAE, which only encodes the cached latents and decodes samples, stays float32."""
+    if getattr(pipeline, "vae", None) is not None:
+        import torch
+
+        pipeline.vae.to(dtype=torch.float32)
+    return pipeline
 
 
 def _from_single_file(path: Path, config: TrainConfig):
@@ -235,11 +267,11 @@ def _from_single_file(path: Path, config: TrainConfig):
                              f"{family} from a diffusers folder", path=path,
                              hint="point model.base at the diffusers folder (or cached Hub id) of the base")
     cls = StableDiffusionXLPipeline if _looks_sdxl(path) else StableDiffusionPipeline
-    kwargs: dict[str, Any] = {"local_files_only": True}
+    kwargs: dict[str, Any] = {"local_files_only": True, _dtype_argument(): frozen_dtype(config)}
     if config.model.single_file_config:
         kwargs["config"] = config.model.single_file_config
     try:
-        pipeline = cls.from_single_file(str(path), **kwargs)
+        pipeline = _vae_in_float32(cls.from_single_file(str(path), **kwargs))
     except Exception as exc:  # noqa: BLE001 - diffusers raises many types here; all mean "cannot build offline"
         raise BaseModelError(
             f"cannot load the single-file checkpoint offline ({type(exc).__name__}: {_first_line(exc)})", path=path,

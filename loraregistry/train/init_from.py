@@ -206,6 +206,11 @@ def inject_from_file(parts: Any, config: Any) -> None:
         with torch.no_grad():
             for name, mod in modules.items():
                 layer = model.get_submodule(name)
+                # float32 before the copy: peft makes the factors in the base weight's dtype (bf16 for a base
+                # loaded for mixed precision), which would round the file's values
+                for factors in (layer.lora_A, layer.lora_B, getattr(layer, "lora_magnitude_vector", {})):
+                    if "default" in factors:
+                        factors["default"].to(dtype=torch.float32)
                 a_weight, b_weight = layer.lora_A["default"].weight, layer.lora_B["default"].weight
                 a_weight.copy_(torch.from_numpy(mod.down.astype(np.float32).reshape(a_weight.shape)))
                 b_weight.copy_(torch.from_numpy(mod.up.astype(np.float32).reshape(b_weight.shape)))

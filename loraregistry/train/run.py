@@ -109,7 +109,8 @@ def make_accelerator(config: TrainConfig):
 
 def _cast_frozen_weights(parts: Components, config: TrainConfig) -> None:
     """Under mixed precision the frozen UNet / text encoders run in half precision (the VAE, used only for
-    caching and samples, stays float32); the LoRA parameters are cast back to float32 by the trainer."""
+    caching and samples, stays float32); the LoRA parameters are cast back to float32 by the trainer. A denoiser
+    already stored in float8 (``model.fp8_base``, done when the base was built) is left as it is."""
     import torch
 
     if config.train.mixed_precision == "no":
@@ -117,12 +118,8 @@ def _cast_frozen_weights(parts: Components, config: TrainConfig) -> None:
     dtype = torch.float16 if config.train.mixed_precision == "fp16" else torch.bfloat16
     for name in ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3"):
         module = getattr(parts.pipeline, name, None)
-        if module is not None:
+        if module is not None and not (name == parts.denoiser_name and parts.compute_dtype is not None):
             module.to(dtype=dtype)
-    if config.model.fp8_base:
-        from .components import store_frozen_fp8
-
-        store_frozen_fp8(parts, dtype)
 
 
 def verify_base(parts: Components, cache_root: Path) -> str:
