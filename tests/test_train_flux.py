@@ -219,12 +219,17 @@ def test_invokeai_flux_kohya_conversion_reads_the_trained_deltas(flux_run):
     assert checked == 6
 
 
-def test_init_from_the_kohya_export_starts_at_its_delta(flux_run, tmp_path):
+@pytest.mark.parametrize("base", ["tiny", "saved folder, bf16"])
+def test_init_from_the_kohya_export_starts_at_its_delta(flux_run, tmp_path, base):
+    """Also on a base loaded in bf16 for mixed precision: the LoRA factors stay float32, so nothing rounds."""
     from loraregistry.train import build_components
     from loraregistry.train.config import from_dict
 
     settings = tiny_settings(tmp_path, "flux1-dev")
     settings["network"] = {"init_from": str(flux_run.files["kohya"])}  # its ranks and alphas decide
+    if base != "tiny":
+        settings["model"]["base"] = str(flux_run.base)
+        settings["train"]["mixed_precision"] = "bf16"
     parts = build_components(from_dict(settings))
     _, patched, _ = _load_with_diffusers(flux_run.files["diffusers"])
     model = parts.trained["transformer"]
