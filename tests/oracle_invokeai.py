@@ -214,6 +214,7 @@ def invokeai_flux() -> SimpleNamespace:
     invokeai()
     if importlib.util.find_spec("torchvision") is not None:
         from invokeai.backend.flux.model import Flux, FluxParams
+        from invokeai.backend.flux.util import get_flux_transformers_params
     else:
         # diffusers and transformers cache "torchvision is missing" before the stand-in exists
         import diffusers.utils
@@ -224,6 +225,7 @@ def invokeai_flux() -> SimpleNamespace:
         sys.modules.update({name: _torchvision_stand_in(name) for name in _TORCHVISION})
         try:
             from invokeai.backend.flux.model import Flux, FluxParams
+            from invokeai.backend.flux.util import get_flux_transformers_params
         finally:
             for name in _TORCHVISION:
                 sys.modules.pop(name, None)
@@ -231,7 +233,8 @@ def invokeai_flux() -> SimpleNamespace:
 
     package = "invokeai.backend.patches.lora_conversions"
     chain = [(importlib.import_module(f"{package}.{module}"), detect, convert) for module, detect, convert in FLUX_CHAIN]
-    return SimpleNamespace(Flux=Flux, FluxParams=FluxParams, chain=chain, constants=flux_lora_constants)
+    return SimpleNamespace(Flux=Flux, FluxParams=FluxParams, params_of=get_flux_transformers_params, chain=chain,
+                           constants=flux_lora_constants)
 
 
 def tiny_invokeai_flux():
@@ -252,6 +255,27 @@ def tiny_invokeai_flux():
     return inv.Flux(params).eval()
 
 
+def flux1_width_invokeai_flux():
+    """InvokeAI's ``Flux`` at FLUX.1-dev's own params (InvokeAI's preset) but one double and one single block, all
+    weights zero (built on the meta device, then given zeroed memory: ~2 GB): a model the diffusers conversion's
+    fixed widths fit, small enough to patch on a CPU."""
+    import dataclasses
+
+    import torch
+
+    inv = invokeai_flux()  # first: it registers the import-time stand-ins the taxonomy module needs
+    from invokeai.backend.model_manager.taxonomy import FluxVariantType
+
+    dev = inv.params_of(FluxVariantType.Dev)
+    with torch.device("meta"):
+        model = inv.Flux(dataclasses.replace(dev, depth=1, depth_single_blocks=1))
+    model = model.to_empty(device="cpu")
+    with torch.no_grad():
+        for param in model.parameters():
+            param.zero_()
+    return model.eval()
+
+
 def invokeai_flux_convert(state: dict):
     """The converter the loader's chain picks, and its ModelPatchRaw (exceptions propagate)."""
     for module, detect, convert in invokeai_flux().chain:
@@ -261,8 +285,9 @@ def invokeai_flux_convert(state: dict):
     raise ValueError("LoRA model is in unsupported FLUX format")
 
 
-def invokeai_flux_patch(path: Path) -> tuple[str | None, set[str]]:
-    """(the exception InvokeAI raised or None, the file keys whose tensors changed a model weight)."""
+def invokeai_flux_patch(path: Path, transformer=None) -> tuple[str | None, set[str]]:
+    """(the exception InvokeAI raised or None, the file keys whose tensors changed a model weight). ``transformer``:
+    an all-zero InvokeAI ``Flux`` to patch instead of the tiny one (a weight changed = it is no longer zero)."""
     import torch
     from safetensors.torch import load_file
 
@@ -280,15 +305,16 @@ def invokeai_flux_patch(path: Path) -> tuple[str | None, set[str]]:
     sources = {key: {by_tensor[id(t)] for t in _tensors_of(layer) if id(t) in by_tensor}
                for key, layer in patch.layers.items()}
     used: set[str] = set()
-    models = {flux.constants.FLUX_LORA_TRANSFORMER_PREFIX: tiny_invokeai_flux(),
+    models = {flux.constants.FLUX_LORA_TRANSFORMER_PREFIX: transformer or tiny_invokeai_flux(),
               flux.constants.FLUX_LORA_CLIP_PREFIX: pinned_clip_layout(tiny_text_encoder("sd1"))}
     for prefix, model in models.items():
-        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        zero = model is transformer
+        before = {} if zero else {n: p.detach().clone() for n, p in model.named_parameters()}
         try:
             with inv.LayerPatcher.apply_smart_model_patches(model=model, patches=[(patch, 1.0)], prefix=prefix,
                                                             dtype=torch.float32, force_direct_patching=True):
                 changed = {n.rsplit(".", 1)[0] for n, p in model.named_parameters()
-                           if not torch.equal(before[n], p.detach())}
+                           if (bool(p.detach().any()) if zero else not torch.equal(before[n], p.detach()))}
         except RuntimeError as exc:  # a delta that does not fit: the generation fails
             return type(exc).__name__, set()
         used |= {k for key, keys in sources.items() if key.startswith(prefix) and key[len(prefix):] in changed
@@ -309,13 +335,13 @@ def _tensors_of(layer) -> list:
     return found
 
 
-def invokeai_flux_load(path: Path) -> RealLoad:
+def invokeai_flux_load(path: Path, transformer=None) -> RealLoad:
     from safetensors import safe_open
 
     owner = modules_of(path)
     with safe_open(str(path), "np") as f:
         keys = set(f.keys())
-    refused, used = invokeai_flux_patch(path)
+    refused, used = invokeai_flux_patch(path, transformer)
     if refused:
         return RealLoad(refused, frozenset(), frozenset(keys), frozenset(owner.values()))
     applied = {owner[k] for k in used if k in owner}

@@ -185,6 +185,40 @@ def test_fixed_for_invokeai_flux_agrees_and_loads(name, flux_root, tmp_path):
     assert real.outcome == "loads"
 
 
+# (module, out, in) of one double and one single block of FLUX.1 in diffusers names
+FLUX1_BLOCK0 = [(f"transformer_blocks.0.{m}", o, i) for m, o, i in (
+    ("attn.to_q", 3072, 3072), ("attn.to_k", 3072, 3072), ("attn.to_v", 3072, 3072), ("attn.add_q_proj", 3072, 3072),
+    ("attn.add_k_proj", 3072, 3072), ("attn.add_v_proj", 3072, 3072), ("attn.to_out.0", 3072, 3072),
+    ("attn.to_add_out", 3072, 3072), ("ff.net.0.proj", 12288, 3072), ("ff.net.2", 3072, 12288),
+    ("ff_context.net.0.proj", 12288, 3072), ("ff_context.net.2", 3072, 12288), ("norm1.linear", 18432, 3072),
+    ("norm1_context.linear", 18432, 3072))] + [(f"single_transformer_blocks.0.{m}", o, i) for m, o, i in (
+    ("attn.to_q", 3072, 3072), ("attn.to_k", 3072, 3072), ("attn.to_v", 3072, 3072), ("proj_mlp", 12288, 3072),
+    ("proj_out", 3072, 15360), ("norm.linear", 9216, 3072))]
+
+
+@pytest.mark.slow
+def test_invokeai_flux_diffusers_layout_at_flux1_widths_loads(tmp_path):
+    """The positive side of the width rule: at FLUX.1's own widths InvokeAI's diffusers conversion merges q/k/v (and
+    proj_mlp) into the fused BFL weights and applies every module (rank 1 LoRA on blocks 0; InvokeAI's model with
+    FLUX.1-dev's params and one block of each kind)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from tests.oracle_invokeai import flux1_width_invokeai_flux
+
+    rng = np.random.default_rng(5)
+    tensors = {}
+    for module, out_features, in_features in FLUX1_BLOCK0:
+        tensors[f"transformer.{module}.lora_A.weight"] = rng.normal(0, 0.1, (1, in_features)).astype(np.float16)
+        tensors[f"transformer.{module}.lora_B.weight"] = rng.normal(0, 0.1, (out_features, 1)).astype(np.float16)
+    path = tmp_path / "flux1_width.safetensors"
+    save_file(tensors, str(path))
+    real = invokeai_flux_load(path, flux1_width_invokeai_flux())
+    (verdict,) = consumer_verdicts(path, ["invokeai"], base="flux1-dev")
+    assert_agrees(verdict, real)
+    assert real.outcome == "loads" and len(real.applied) == len(FLUX1_BLOCK0)
+
+
 @pytest.mark.parametrize("name", [n for n in MMDIT_GOLDENS if arch_of(n) == "sd3"])
 def test_sd3_has_no_invokeai_lora_loader(name):
     """InvokeAI's LoRA loader branches on the base model; no branch is SD3's, so an SD3 LoRA raises
