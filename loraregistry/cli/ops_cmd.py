@@ -139,9 +139,12 @@ def resize(input: Path, rank: int | None, dynamic: str | None, verbose: bool, ou
            base: str | None, force: bool, as_json: bool) -> int:
     """Change an adapter's rank (SVD in factor space; fixed or kohya's dynamic rules).
 
-    DoRA modules stay DoRA: their direction factors are resized and the magnitude vector kept, so each row keeps
-    the norm DoRA gives it, no base weights are needed and DoRA loaders still read the file; the error reported is
-    that of the direction delta. For plain LoRA use `lorareg convert --dora-to-lora --base MODEL` first."""
+    \b
+    DoRA modules stay DoRA: their direction factors are resized and the magnitude
+    vector kept, so each row keeps the norm DoRA gives it, no base weights are
+    needed and DoRA loaders still read the file; the error reported is that of
+    the direction delta. For plain LoRA first run
+    `lorareg convert --dora-to-lora --base MODEL`."""
     from ..ops.resize import ResizeSettings
     from ..ops.resize import resize as run
 

@@ -6,6 +6,10 @@ weight flips the sign of ``up`` only), and the factors are stacked: the rank add
 weighted sum of the parents' deltas, and the output stores alpha = rank (scale 1). Modules one parent
 lacks simply have fewer blocks; a weight of 0 leaves a parent out of the tensors (it stays in provenance).
 
+What needs no arithmetic is not touched: stacked ``down`` rows are written straight from the inputs' memory
+maps (``outfile.RowStack``), and parents that share one positive ``w s`` keep their ``up`` bytes too (alpha
+then carries that scale), so such a merge copies bytes and hashes them, nothing more.
+
 ``rank`` reduces every module to at most ``rank`` in factor space (``lowrank.factor_svd``); a rank above
 every merged module's rank is an error (RankTooHigh). Adapters for different base architectures are
 refused (MixedArchitectures).
