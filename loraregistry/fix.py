@@ -301,16 +301,16 @@ def _fixed_tensors(ctx, tensors, plan: _Plan, rank: int | None, base: str | None
 
 
 def _alpha_folded(tensors, result: FixResult):
-    """alpha/rank folded into ``up`` and no alpha stored: readers of ai-toolkit's layout take alpha = rank."""
+    """alpha/rank folded into ``up`` and no alpha stored: readers of ai-toolkit's layout take alpha = rank. Exact
+    where alpha = rank (ai-toolkit's own files); otherwise up to the rounding of ``up``'s dtype."""
     from .ops.common import by_module, flatten_modules
 
     modules = by_module(tensors)
     scaled = 0
     for roles in modules.values():
-        alpha = roles.pop("alpha", None)
-        if alpha is None or "down" not in roles or "up" not in roles:
-            continue
-        scale = float(alpha) / roles["down"].shape[0]
+        if "alpha" not in roles or "down" not in roles or "up" not in roles:
+            continue  # LyCORIS kinds keep their alpha (the layout's readers scale only LoRA by rank)
+        scale = float(roles.pop("alpha")) / roles["down"].shape[0]
         if scale != 1.0:
             roles["up"] = (roles["up"].astype(np.float64) * scale).astype(roles["up"].dtype)
             scaled += 1
