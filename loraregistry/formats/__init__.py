@@ -7,6 +7,7 @@ understands a key claims it. A file whose keys are claimed by more than one form
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -38,6 +39,7 @@ def register_format(fmt: KeyFormat, *, before: str | None = None) -> None:
     """Add a format to the registry, last or ahead of ``before`` (detection order matters)."""
     if fmt.name in FORMATS or fmt.name in (MIXED, UNKNOWN):
         raise UsageError(f"a key format named {fmt.name!r} is already registered")
+    _detected_mapping.cache_clear()
     if before is None:
         FORMATS[fmt.name] = fmt
         return
@@ -50,9 +52,6 @@ def register_format(fmt: KeyFormat, *, before: str | None = None) -> None:
     FORMATS.update(items)
 
 
-# bfl ahead of peft: its ``lora_A`` keys under original names must not fall to peft's component hint.
-for _fmt in (KohyaFormat(), BflFormat(), PeftFormat(), AttnProcsFormat(), DiffusersFormat(), XlabsFormat()):
-    register_format(_fmt)
 
 
 @dataclass
@@ -137,6 +136,16 @@ def to_canonical(keys: Iterable[str], *, format: str | None = None, component: s
     keys = list(keys)
     if format is not None and format != MIXED:
         return _get(format).to_canonical(keys, component=component)
+    detected = _detected_mapping(tuple(keys), component, format)
+    return KeyMapping(format=detected.format, mapped=dict(detected.mapped), unknown=list(detected.unknown),
+                      dialect=dict(detected.dialect))  # a copy: callers own what they get
+
+
+@functools.lru_cache(maxsize=32)
+def _detected_mapping(keys: tuple[str, ...], component: str | None, format: str | None) -> KeyMapping:
+    """``to_canonical`` with detection, kept for the last key lists seen: a folder of adapters from one trainer
+    repeats the same keys file after file (the result depends on the keys and the registered formats only; a
+    registration clears it)."""
     by_format, unknown = _claims(keys, component)
     if not by_format:
         raise UnknownAdapterFormat(
@@ -179,3 +188,8 @@ def roles_by_module(mapping: KeyMapping) -> dict[ModuleKey, set[str]]:
     for ckey in mapping.mapped.values():
         result.setdefault(ckey.module, set()).add(ckey.role)
     return result
+
+
+# bfl ahead of peft: its ``lora_A`` keys under original names must not fall to peft's component hint.
+for _fmt in (KohyaFormat(), BflFormat(), PeftFormat(), AttnProcsFormat(), DiffusersFormat(), XlabsFormat()):
+    register_format(_fmt)

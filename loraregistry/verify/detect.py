@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from functools import lru_cache
 
 from ..adapter import ModuleInfo
@@ -126,12 +127,26 @@ def detect_architecture(modules: Mapping[ModuleKey, ModuleInfo], deltas: Mapping
                         declared: Declaration | None = None) -> Detection:
     """Match the modules against every shipped fingerprint (see the module docstring)."""
     declared = declared or Declaration()
-    checkable = _checkable(modules, deltas)
-    fit_list = [_fit(checkable, fingerprint(name), architectures_of(name)) for name in fingerprint_names()]
-    fit_list.sort(key=lambda f: (-f.fitted, f.fingerprint))
+    fit_list = _fits(tuple((key, info.algo, delta) for key, info, delta in _checkable(modules, deltas)))
     candidates = tuple(a for f in fit_list if f.fits_all for a in f.architectures)
     architecture, decided_by = _choose(candidates, declared)
     return Detection(architecture, candidates, decided_by, tuple(fit_list))
+
+
+@lru_cache(maxsize=32)
+def _fits(signature: tuple[tuple[ModuleKey, str, Shape], ...]) -> tuple[Fit, ...]:
+    """Every shipped fingerprint's fit, best first, for modules given as (key, algo, delta): all a fit depends on.
+    Kept for the last signatures seen: adapters of one trainer and base repeat them file after file."""
+    checkable = [(key, _Algo(algo), delta) for key, algo, delta in signature]
+    fit_list = [_fit(checkable, fingerprint(name), architectures_of(name)) for name in fingerprint_names()]
+    fit_list.sort(key=lambda f: (-f.fitted, f.fingerprint))
+    return tuple(fit_list)
+
+
+class _Algo(NamedTuple):
+    """What ``fits`` reads of a module (its algorithm), standing in for the ModuleInfo of a cached signature."""
+
+    algo: str
 
 
 def _choose(candidates: tuple[str, ...], declared: Declaration) -> tuple[str | None, str | None]:
