@@ -358,6 +358,12 @@ def test_fp8_base_bf16_and_gradient_checkpointing_run(tmp_path, one_thread):  # 
     dtypes = {n: p.dtype for n, p in parts.denoiser.named_parameters()}
     assert dtypes["transformer_blocks.0.attn.to_q.base_layer.weight"] == torch.float8_e4m3fn
     assert {d for n, d in dtypes.items() if "lora_" in n} == {torch.float32}
+    # the T5 too (it only encodes captions here), but for wo, whose dtype T5 casts its input to
+    t5 = dict(parts.pipeline.text_encoder_2.named_parameters())
+    assert parts.fp8_stored == ("transformer", "text_encoder_2")
+    assert t5["encoder.block.0.layer.1.DenseReluDense.wi_0.weight"].dtype == torch.float8_e4m3fn
+    assert t5["encoder.block.0.layer.1.DenseReluDense.wo.weight"].dtype == torch.bfloat16
+    assert parts.content_keys["text_encoder_2"].endswith(":fp8")  # its embeddings are cached apart
     result = train(config, quiet=True)
     assert result.outputs[0].report.ok and all(np.isfinite(r["loss"]) for r in result.fit.losses)
     assert len(result.fit.losses) == 2

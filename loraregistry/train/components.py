@@ -26,6 +26,7 @@ FLOW_FAMILIES = ("flux", "sd3")  # trained with flow matching; their denoiser is
 PIPELINE_CLASSES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "FluxPipeline", "StableDiffusion3Pipeline")
 # Module-name prefixes of the MMDiT blocks: transformer targets are matched inside them only
 TRANSFORMER_BLOCKS = ("transformer_blocks.", "single_transformer_blocks.")
+T5_ENCODER = {"flux": "text_encoder_2", "sd3": "text_encoder_3"}  # the pipeline attribute of each family's T5
 # ResNet / sampler convolutions LoCon adds (kohya: ResnetBlock2D, Downsample2D, Upsample2D).
 CONV_SUFFIXES = ("conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv")
 
@@ -57,6 +58,7 @@ class Components:
     init_adapter: Any = None  # init_from.InitAdapter when the run continues a file
     text_max_length: int | None = None  # T5 tokens per caption (FLUX / SD3)
     compute_dtype: Any = None  # under model.fp8_base: the weights are float8, the layers compute in this dtype
+    fp8_stored: tuple[str, ...] = ()  # the components whose frozen weights are float8 (model.fp8_base)
 
     @property
     def is_flow(self) -> bool:
@@ -179,21 +181,33 @@ def frozen_dtype(config: TrainConfig):
 
 
 def store_frozen_fp8(parts: Components, compute_dtype) -> None:
-    """``model.fp8_base``: the denoiser's frozen layers keep float8 weights and are cast to ``compute_dtype`` for
-    each forward; the LoRA layers (peft's ``lora_*`` modules) and the norms / embeddings diffusers skips stay as
-    they are."""
+    """``model.fp8_base``: the denoiser's frozen layers, and a FLUX/SD3 T5 encoder that does not train, keep float8
+    weights, cast to ``compute_dtype`` for each forward (as kohya's ``--fp8_base`` does for FLUX and T5-XXL). The
+    LoRA layers (peft's ``lora_*``), the norms / embeddings diffusers skips and T5's ``wo`` (T5 casts its input to
+    that weight's dtype) stay as they are. The T5's cache key says so: its text embeddings differ."""
     import torch
 
-    if not hasattr(parts.denoiser, "enable_layerwise_casting"):
+    try:
+        from diffusers.hooks import apply_layerwise_casting
+        from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
+    except ImportError:
         from .errors import MissingDependency
 
         raise MissingDependency("model.fp8_base needs diffusers >= 0.33 (layerwise casting)",
-                                hint="pip install -U diffusers, or drop model.fp8_base")
-    from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
-
-    parts.denoiser.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype,
+                                hint="pip install -U diffusers, or drop model.fp8_base") from None
+    fp8 = torch.float8_e4m3fn
+    parts.denoiser.enable_layerwise_casting(storage_dtype=fp8, compute_dtype=compute_dtype,
                                             skip_modules_pattern=(*DEFAULT_SKIP_MODULES_PATTERN, "lora_"))
+    stored = [parts.denoiser_name]
+    t5 = T5_ENCODER.get(parts.architecture.family)
+    if t5 and getattr(parts.pipeline, t5, None) is not None and t5 not in parts.trained:
+        getattr(parts.pipeline, t5).to(dtype=compute_dtype)
+        apply_layerwise_casting(getattr(parts.pipeline, t5), storage_dtype=fp8, compute_dtype=compute_dtype,
+                                skip_modules_pattern=(r"\.wo$",))
+        parts.content_keys[t5] = f"{parts.content_keys[t5]}:fp8"
+        stored.append(t5)
     parts.compute_dtype = compute_dtype
+    parts.fp8_stored = tuple(stored)
 
 
 # --- loading -------------------------------------------------------------------------------------------------

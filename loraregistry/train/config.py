@@ -92,9 +92,10 @@ class ModelConfig(_Section):
         None, description="for a single-file base: a diffusers folder or cached Hub id holding the component configs")
     architecture: Architecture | None = Field(None, description="override detection (within the base's family)")
     prediction_type: Literal["epsilon", "v"] | None = Field(None, description="override the scheduler's")
-    fp8_base: bool = Field(False, description="keep the frozen UNet/transformer weights in float8 (e4m3) and compute "
-                                              "in the mixed-precision dtype (diffusers' layerwise casting): FLUX.1's "
-                                              "12B transformer takes 12 GB instead of 24")
+    fp8_base: bool = Field(False, description="keep the frozen UNet/transformer (and FLUX/SD3's T5) weights in float8 "
+                                              "(e4m3), computing in the mixed-precision dtype (diffusers' layerwise "
+                                              "casting): FLUX.1's transformer takes 12 GB instead of 24, T5-XXL ~6 "
+                                              "instead of 9.5")
 
 
 class DataConfig(_Section):

@@ -118,7 +118,7 @@ def _cast_frozen_weights(parts: Components, config: TrainConfig) -> None:
     dtype = torch.float16 if config.train.mixed_precision == "fp16" else torch.bfloat16
     for name in ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3"):
         module = getattr(parts.pipeline, name, None)
-        if module is not None and not (name == parts.denoiser_name and parts.compute_dtype is not None):
+        if module is not None and name not in parts.fp8_stored:
             module.to(dtype=dtype)
 
 
