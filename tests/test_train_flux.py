@@ -346,6 +346,13 @@ def test_mistakes_are_one_line_config_errors(tmp_path, case, arch, sections, phr
     assert "\n" not in message and phrase in message, message
 
 
+def test_without_buckets_the_bucket_step_does_not_matter(tmp_path):
+    from loraregistry.train import build_components
+
+    parts = build_components(tiny_config(tmp_path, "flux1-schnell", data={"buckets": False, "bucket_step": 10}))
+    assert parts.architecture.id == "flux1-schnell"  # 32 px squares patch; the step of 10 is never used
+
+
 def test_fp8_base_bf16_and_gradient_checkpointing_run(tmp_path, one_thread):  # noqa: F811
     import torch
 

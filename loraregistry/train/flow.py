@@ -53,8 +53,8 @@ def check_flow_config(parts, config: TrainConfig) -> None:
     patch = 2 if parts.architecture.family == "flux" else int(parts.denoiser.config.patch_size)
     step = vae_factor * patch
     data = config.data
-    for name, value in (("bucket_step", data.bucket_step if data.buckets else data.resolution),
-                        ("resolution", data.resolution)):
+    sizes = [("resolution", data.resolution)] + ([("bucket_step", data.bucket_step)] if data.buckets else [])
+    for name, value in sizes:
         if value % step:
             raise ConfigError(f"data.{name} must be a multiple of {step} for {parts.architecture.id} (VAE "
                               f"{vae_factor}x, {patch}x{patch} patches), got {value}",
