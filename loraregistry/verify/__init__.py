@@ -11,19 +11,37 @@ import os
 import sys
 import types
 from collections import Counter
+from typing import TYPE_CHECKING
 
 from ..adapter import AdapterFile
 from ..errors import InvalidSafetensorsError, UnknownAdapterFormat
 from ..safetensors_io import SafetensorsHeader, read_header
-from .base import Base, load_base
 from .checks import HEADER_CHECKS, TENSOR_CHECKS, unreadable_keys
 from .context import Context
 from .findings import CODES, Finding, codes_markdown
 from .integrity import container_finding, size_finding
 from .report import REPORT_SCHEMA_VERSION, Report
 
+if TYPE_CHECKING:
+    from .base import Base
+
 __all__ = ["CODES", "REPORT_SCHEMA_VERSION", "Base", "Finding", "Report", "codes_markdown", "load_base", "verify",
            "verify_header"]
+
+
+def load_base(spec: str) -> Base:
+    """``--base``: see ``verify.base.load_base`` (folder and checkpoint reading load only when a base is named)."""
+    from .base import load_base as load
+
+    return load(spec)
+
+
+def __getattr__(name: str):
+    if name == "Base":
+        from .base import Base
+
+        return Base
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def verify(path: str | os.PathLike[str], *, base: str | None = None, tensors: bool = True) -> Report:

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from ..adapter import AdapterFile
 from ..architectures import Fingerprint, fingerprint
 from ..canonical import ModuleKey
-from .base import Base
 from .detect import Declaration, Detection, detect_architecture, read_declaration
 from .shapes import Problem, Shape, factor_problems
+
+if TYPE_CHECKING:
+    from .base import Base
 
 
 @dataclass
