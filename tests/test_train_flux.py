@@ -246,7 +246,8 @@ def test_init_from_the_kohya_export_starts_at_its_delta(flux_run, tmp_path, base
 def test_a_saved_flux_folder_loads_as_a_real_base(flux_run, tmp_path):
     """The diffusers-folder path real bases take (FluxPipeline's model_index.json), here on the tiny base the run
     saved for verify."""
-    from loraregistry.train import build_components
+    from loraregistry.train import TrainingSet, build_components, scan_dataset
+    from loraregistry.train.cache import TensorCache
 
     import torch
 
@@ -258,6 +259,11 @@ def test_a_saved_flux_folder_loads_as_a_real_base(flux_run, tmp_path):
                                          train={"mixed_precision": "bf16"}))
     dtypes = {name: getattr(parts.pipeline, name).dtype for name in ("transformer", "text_encoder_2", "vae")}
     assert dtypes == {"transformer": torch.bfloat16, "text_encoder_2": torch.bfloat16, "vae": torch.float32}
+    # its text embeddings are cached as they come (bf16: half the disk of float32), its latents in float32
+    config = tiny_config(tmp_path, model={"base": str(flux_run.base)}, train={"mixed_precision": "bf16"})
+    data = TrainingSet(scan_dataset(config.data), parts, config, TensorCache(config.data.cache_dir))
+    data.prepare()
+    assert data.text_for("").hidden.dtype == torch.bfloat16 and data.latents[0][0].dtype == torch.float32
 
 
 def test_a_single_file_flux_checkpoint_is_refused_in_one_line(tmp_path):

@@ -79,7 +79,9 @@ class TrainingSet:
 
             with torch.no_grad():
                 cond = encode_text(self.parts, [caption])
-            entry = {"hidden": cond.hidden[0].float()}
+            # FLUX / SD3 keep the encoders' dtype: a T5 sequence is 512 x 4096 per caption, 8 MB in float32
+            hidden = cond.hidden[0] if self.parts.is_flow else cond.hidden[0].float()
+            entry = {"hidden": hidden}
             if cond.pooled is not None:
                 entry["pooled"] = cond.pooled[0].float()
             self.cache.put("text", key, entry)
