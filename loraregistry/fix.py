@@ -7,7 +7,9 @@ What it changes, only where the target's rules (``verify.consumers``) say it mus
   diffusers when the input is kohya), peft with ``unet.``/``text_encoder.`` prefixes for diffusers otherwise
   (adds the prefixes bare peft and attention-processor files lack), peft keys relative to the one model for
   peft; SD1/SD2 UNet names in diffusers' block names where InvokeAI or sd-scripts are targets (neither maps
-  the SGM names there); keys that fit no module are dropped;
+  the SGM names there); for InvokeAI alone on a FLUX.1 transformer-only file, ai-toolkit's layout (InvokeAI skips
+  sd-scripts' final layer; ``all`` leaves InvokeAI out on FLUX.1 for that reason); keys that fit no module are
+  dropped;
 * shapes: 1x1-conv factors on Linear modules (kohya SD2 projections) and 2-D factors on 1x1 convs are
   reshaped to the base layout (exact), except for sd-scripts, which builds SD2 with 1x1-conv projections and
   gets them in that shape;

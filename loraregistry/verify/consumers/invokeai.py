@@ -1,5 +1,5 @@
-"""InvokeAI (6.x) LoRA models for SD1/SD2/SDXL: ``LoRALoader._load_model`` ->
-``LayerPatcher.apply_smart_model_patches``.
+"""InvokeAI (6.x) LoRA models for SD1/SD2/SDXL (here), FLUX.1 (``invokeai_flux.py``) and SD3 (refused):
+``LoRALoader._load_model`` -> ``LayerPatcher.apply_smart_model_patches``.
 
 Written from invoke-ai/InvokeAI 6.14.2 (installed here without its dependencies): ``backend/model_manager/load/
 model_loaders/lora.py`` (``_load_model``), ``backend/patches/lora_conversions/sd_lora_conversion_utils.py``,
