@@ -46,6 +46,12 @@ def flatten(path: str) -> str:
 
 
 @cache
+def _word_parts(vocabulary: frozenset[str]) -> frozenset[str]:
+    """Every "_"-separated part of every vocabulary word."""
+    return frozenset(part for word in vocabulary for part in word.split("_"))
+
+
+@cache
 def _widest_word(vocabulary: frozenset[str]) -> int:
     """How many "_"-separated parts the longest vocabulary word has: no segment can be wider."""
     return max((word.count("_") + 1 for word in vocabulary), default=1)
@@ -57,6 +63,9 @@ def split_flat(flat: str, vocabulary: frozenset[str] = VOCABULARY) -> str | None
     Work is linear in the name: a segment is at most as wide as the widest vocabulary word, and each start is
     tried once (a hostile header may hold 100,000 long unknown names)."""
     parts = flat.split("_")
+    known = _word_parts(vocabulary)
+    if not all(part in known or part.isdigit() for part in parts):
+        return None  # a part no word has and no number: no split exists (most unknown names end here)
     failed: set[int] = set()
     widest = _widest_word(vocabulary)
 
