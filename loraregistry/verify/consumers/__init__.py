@@ -34,7 +34,8 @@ ALL_FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux")
 _SHOWN = 3
 _NOT_CONSUMERS = frozenset({"codes", "facts", "cases", "table", "names", "invokeai_flux"})
 
-__all__ = ["CONSUMERS", "OUTCOMES", "Assessment", "Consumer", "Verdict", "Verified", "consumer_verdicts", "known_targets",
+__all__ = ["CONSUMERS", "OUTCOMES", "Assessment", "Consumer", "Verdict", "Verified", "consumer_verdicts",
+           "known_targets",
            "loaders_table_markdown", "parse_targets", "target_option", "target_verdicts", "verdict_exit_code",
            "verdict_findings"]
 

@@ -54,7 +54,8 @@ _TOP = ("time_text_embed.timestep_embedder.linear_1", "time_text_embed.timestep_
         "context_embedder", "x_embedder", "proj_out")
 # sd-scripts' key patterns, as InvokeAI's detector matches them (re.match: from the start, not to the end)
 KOHYA_PATTERNS = tuple(re.compile(p) for p in (
-    r"lora_unet_(\w+_blocks)_(\d+)_(img_attn|img_mlp|img_mod|txt_attn|txt_mlp|txt_mod|linear1|linear2|modulation)_?(.*)",
+    r"lora_unet_(\w+_blocks)_(\d+)_"
+    r"(img_attn|img_mlp|img_mod|txt_attn|txt_mlp|txt_mod|linear1|linear2|modulation)_?(.*)",
     r"lora_unet_final_layer_(linear|linear1|linear2)_?(.*)",
     r"lora_te1_text_model_encoder_layers_(\d+)_(mlp|self_attn)_(\w+)\.?.*",
     r"lora_te2_encoder_block_(\d+)_layer_(\d+)_(DenseReluDense|SelfAttention)_(\w+)_?(\w+)?\.?.*"))
@@ -75,7 +76,8 @@ def diffusers_table() -> dict[str, int | None]:
         table.update({f"transformer_blocks.{i}.{m}": None for m in _DOUBLE})
         table.update({f"transformer_blocks.{i}.{m}": FLUX1_WIDTH for group in _MERGED_DOUBLE for m in group})
     for i in range(FLUX1_SINGLE):
-        table.update({f"single_transformer_blocks.{i}.norm.linear": None, f"single_transformer_blocks.{i}.proj_out": None})
+        table.update(dict.fromkeys((f"single_transformer_blocks.{i}.norm.linear",
+                                    f"single_transformer_blocks.{i}.proj_out")))
         table.update({f"single_transformer_blocks.{i}.{m}": w for m, w in _MERGED_SINGLE.items()})
     return table
 
