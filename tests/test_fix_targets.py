@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from loraregistry.verify.consumers import ALL_FAMILIES, CONSUMERS, consumer_verdicts
-from tests.oracle_cases import arch_of, assert_agrees, derive, path_of
+from tests.oracle_cases import add_bundled_embedding, arch_of, assert_agrees, derive, path_of
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ class Case:
     """A golden (tests/golden, tests/golden/mmdit) or derived case, optionally cut down by ``edit``."""
 
     source: str
-    edit: str | None = None  # a key of EDITS
+    edit: str | None = None  # a key of EDITS, or "to peft"
 
 
 def _keep(prefix: str, strip: bool):
@@ -39,15 +39,15 @@ def _keep(prefix: str, strip: bool):
     return edit
 
 
+# Edits of a golden's tensors; "to peft" (lorareg convert --to peft, component prefixes: what a diffusers export
+# looks like) is made by case_file itself.
 EDITS = {
     "unet only": _keep("lora_unet_", strip=False),
     "unet. only": _keep("unet.", strip=False),
     "transformer. only": _keep("transformer.", strip=False),
     "unet. stripped": _keep("unet.", strip=True),  # bare peft keys: diffusers' loader takes none of them
     "transformer. stripped": _keep("transformer.", strip=True),
-    "bundled embedding": lambda t: t.__setitem__("bundle_emb.style.string_to_param.*", __import__(
-        "numpy").zeros((1, 32), "float16")),
-    "to peft": None,  # lorareg convert --to peft (component prefixes): what a diffusers export looks like
+    "bundled embedding": add_bundled_embedding,
 }
 
 # (loader, family) -> a file that loader does not fully load, and that fix can repair for it
