@@ -109,7 +109,7 @@ def read_kohya(header: Mapping[str, str]) -> Findings:
 def _read_architecture(record: Any, found: Findings) -> None:
     version = record.ss_base_model_version
     if version is not None:
-        arch = resolve(version)
+        arch = ARCHITECTURES.get(_SD3_VERSIONS_READ.get(version, "")) or resolve(version)
         if arch is None:
             found.warnings.append(f"ss_base_model_version = {short(version)}: unknown base; architecture left unset")
             return
@@ -153,6 +153,16 @@ def _read_network(record: Any, found: Findings) -> None:
                               "network.type left unset")
 
 
+# sd-scripts' sd3_train_network.py writes the MMDiT's model type as ss_base_model_version: a suffix of
+# "stable-diffusion-3-" ("medium", "5-large", "5-medium"; "3-medium", "3-5-large", "3-5-medium" before Aug 2025).
+# Those words mean SD3 only in this key, so they are read here, not added to the global alias table.
+_SD3_VERSIONS_WRITTEN = {"sd3-medium": "medium", "sd35-large": "5-large", "sd35-medium": "5-medium"}
+_SD3_VERSIONS_READ = {**{v: k for k, v in _SD3_VERSIONS_WRITTEN.items()},
+                      "3-medium": "sd3-medium", "3-5-large": "sd35-large", "3-5-medium": "sd35-medium"}
+# sd-scripts' network module per family (networks/lora_flux.py, networks/lora_sd3.py); SD1/SD2/SDXL: networks.lora
+_LORA_MODULES = {"flux": "networks.lora_flux", "sd3": "networks.lora_sd3"}
+
+
 # --- projection: the ss_* keys lorareg writes ---------------------------------------------------
 
 # Keys written only when the architecture is known (A1111 reads them to pick SD1 / SD2 / SDXL).
@@ -171,7 +181,8 @@ def _network_module(meta: AdapterMetadata) -> tuple[str | None, dict[str, str]]:
         if net.conv_alpha is not None:
             conv["conv_alpha"] = _number(net.conv_alpha)
     if net.type in ("lora", "locon"):
-        return "networks.lora", conv
+        arch = ARCHITECTURES.get(meta.base.architecture or "")
+        return _LORA_MODULES.get(arch.family if arch else "", "networks.lora"), conv
     if net.type == "dora":
         return "lycoris.kohya", {"algo": "lora", "dora_wd": "True", **conv}
     if net.type in ("loha", "lokr", "full"):
@@ -188,7 +199,9 @@ def kohya_projection(meta: AdapterMetadata) -> dict[str, str]:
     out: dict[str, str] = {}
     arch = ARCHITECTURES.get(meta.base.architecture or "")
     if arch is not None:
-        out["ss_base_model_version"] = arch.kohya  # 'sdxl_' prefix -> A1111 shows it as SDXL
+        # 'sdxl_' prefix -> A1111 shows it as SDXL; SD3: what sd-scripts writes (FLUX.1 schnell keeps
+        # 'flux1_schnell': sd-scripts writes 'flux1' for dev and schnell alike, which would read back as dev)
+        out["ss_base_model_version"] = _SD3_VERSIONS_WRITTEN.get(arch.id, arch.kohya)
         out["ss_v2"] = str(arch.ss_v2)  # 'True' -> A1111 shows it as SD2
     module, args = _network_module(meta)
     if module:

@@ -30,7 +30,9 @@ from .errors import CheckpointError
 _PREFIX = "step-"
 # Settings a checkpoint cannot be resumed under when they change (the state would not fit or would mean
 # something else). Everything else (steps, sampling, output) may change between runs.
-_FIXED = ("model", "network", "data", "optim.optimizer", "train.batch_size", "train.seed",
+# ``flow`` (FLUX/SD3 timestep sampling, shift, guidance, T5 length) changes what the saved state was trained
+# towards; ``model`` holds the base and its architecture.
+_FIXED = ("model", "network", "data", "flow", "optim.optimizer", "train.batch_size", "train.seed",
           "optim.grad_accumulation")
 
 
@@ -139,6 +141,7 @@ def load(path: Path, *, models: dict[str, Any], optimizer, scheduler, generator,
     if not isinstance(rng, dict) or rng.get("format") != _RNG_FORMAT:
         raise CheckpointError("holds RNG state in a layout this lorareg does not read (written by an older "
                               "version?)", path=path / "rng.pt", hint="start a new run without --resume")
+    _check_parameters(path, saved, models)
     with torch.no_grad():
         for component, model in models.items():
             for name, p in _unwrap(model).named_parameters():
@@ -205,10 +208,35 @@ def load_plain(path: Path) -> Any:
 
 def _check_compatible(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
     for dotted in _FIXED:
+        if "." not in dotted and dotted not in saved:
+            continue  # a section newer than the checkpoint (``flow``): its runs had nothing to set there
         old, new = _get(saved, dotted), _get(current, dotted)
         if old != new:
-            raise CheckpointError(f"was made with a different {dotted} ({_short(old)} -> {_short(new)})", path=path,
+            where, old, new = _first_difference(dotted, old, new)
+            raise CheckpointError(f"was made with a different {where} ({_short(old)} -> {_short(new)})", path=path,
                                   hint="resume with the config the run started with, or start a new run")
+
+
+def _first_difference(dotted: str, old: Any, new: Any) -> tuple[str, Any, Any]:
+    """The first setting inside a section that differs (``flow.shift``), so the message names it."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                return f"{dotted}.{key}", old.get(key), new.get(key)
+    return dotted, old, new
+
+
+def _check_parameters(path: Path, saved: dict[str, Any], models: dict[str, Any]) -> None:
+    """The live LoRA layers are the saved ones, same names and shapes; else one line (a base of another
+    architecture behind the same ``model.base`` path, say), and nothing is restored."""
+    live = {f"{component}/{name}": tuple(p.shape) for component, model in models.items()
+            for name, p in _unwrap(model).named_parameters() if p.requires_grad}
+    stored = {name: tuple(tensor.shape) for name, tensor in saved.items()}
+    if live != stored:
+        odd = sorted(set(live) ^ set(stored)) or sorted(n for n in live if live[n] != stored[n])
+        raise CheckpointError(f"holds LoRA parameters that do not fit the model being trained ({len(stored)} saved, "
+                              f"{len(live)} now; first difference: {odd[0][:120]}): the base changed", path=path,
+                              hint="resume with the base the run started with, or start a new run")
 
 
 def _get(data: dict[str, Any], dotted: str) -> Any:
