@@ -6,6 +6,9 @@
     python benchmarks/train.py --device cuda --arch sd15         # full-size SD1.5, random weights, 512 px
     python benchmarks/train.py --device cuda --arch sdxl         # full-size SDXL, random weights, 1024 px
     python benchmarks/train.py --busy                            # `lorareg train` 60 tiny steps next to a busy core
+    python benchmarks/train.py --family flux                     # CPU, tiny FLUX.1-dev transformer (sd35: SD3.5)
+    python benchmarks/train.py --family flux --device cuda       # FLUX.1-dev at full size, bf16, 1024 px
+    python benchmarks/train.py --family sd35 --device cuda --arch sd35-medium --gradient-checkpointing --fp8-base
 
 The bare loop is what the diffusers LoRA example scripts do per step (``unet.add_adapter(LoraConfig)``, AdamW,
 autocast, ``loss.backward()``, clip, step, ``loss.item()`` for logging), given the same cached latents and text
@@ -13,6 +16,8 @@ embeddings that lorareg trains from, so the ratio is lorareg's overhead: acceler
 function, loss CSV and progress. Both sides use the same seeds, rank, targets, precision and batch, and run
 alternately (best of ``--rounds``). Full-size models are built from the shipped public configs with random
 weights: nothing is downloaded. On CUDA it also prints peak memory (targets: >= 1.0x throughput, <= 1.0x memory).
+FLUX.1 / SD3.5 (``--family flux|sd35``, ``train_flow.py``) train the transformer alone from random cached latents
+and embeddings, the same code on CPU (tiny) and CUDA (full size, bf16 by default). Never run in CI.
 """
 
 from __future__ import annotations
@@ -33,10 +38,26 @@ from pathlib import Path
 
 ROOT = Path(_HERE).parent
 
-ARCHES = {  # name -> (tiny arch or shipped config name, default resolution)
+def _sibling(name: str):
+    """A module of this folder, loaded by path (the folder itself must stay off sys.path: see above)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(_HERE, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+train_flow = _sibling("train_flow")
+FLOW_ARCHES = train_flow.FLOW_ARCHES
+
+ARCHES = {  # name -> (tiny arch or shipped config name, default resolution); FLUX / SD3.5: train_flow.FLOW_ARCHES
     "tiny-sd1": ("sd1", 32), "tiny-sdxl": ("sdxl", 32), "sd15": ("sd1", 512), "sdxl": ("sdxl-base", 1024),
 }
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+# --family -> (--arch on the CPU, --arch on CUDA)
+FAMILY_DEFAULTS = {"sd1": ("tiny-sd1", "sd15"), "sdxl": ("tiny-sdxl", "sdxl"), **train_flow.FAMILY_ARCHES}
 # The SD / SDXL VAE (public config values); SDXL only changes the scaling factor.
 VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[128, 256, 512, 512],
                   down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
@@ -105,6 +126,19 @@ def make_config(args, work: Path):
                   "mixed_precision": args.precision, "gradient_checkpointing": args.gradient_checkpointing},
         "output": {"dir": str(work / "out"), "add_to_registry": False},
     })
+
+
+class Memory:
+    """Peak CUDA memory of one side's steps (None on the CPU)."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+
+    def reset(self) -> None:
+        reset_memory(self.device)
+
+    def peak(self) -> float | None:
+        return peak_memory(self.device)
 
 
 def peak_memory(device: str) -> float | None:
@@ -256,7 +290,10 @@ def busy_comparison(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--arch", default=None, choices=sorted(ARCHES))
+    parser.add_argument("--family", default="sd1", choices=["sd1", "sdxl", "flux", "sd35"],
+                        help="picks --arch: tiny on the CPU, full size on CUDA")
+    parser.add_argument("--arch", default=None, choices=sorted(ARCHES) + sorted(FLOW_ARCHES))
+    parser.add_argument("--fp8-base", action="store_true", help="FLUX/SD3.5: frozen transformer weights in float8")
     parser.add_argument("--resolution", type=int, default=None)
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--rank", type=int, default=16)
@@ -272,9 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.busy:
         return busy_comparison(args)
     cuda = args.device == "cuda"
-    args.arch = args.arch or ("sd15" if cuda else "tiny-sd1")
-    args.resolution = args.resolution or ARCHES[args.arch][1]
-    args.batch = args.batch or (1 if args.arch == "sdxl" else 2 if cuda else 4)
+    args.arch = args.arch or FAMILY_DEFAULTS[args.family][cuda]
+    flow = args.arch in FLOW_ARCHES
+    args.precision = args.precision or ("bf16" if cuda else "no")
+    if args.fp8_base and not (flow and args.precision != "no"):
+        parser.error("--fp8-base needs a FLUX/SD3.5 --arch and --precision bf16 (float8 weights compute in bf16)")
+    args.resolution = args.resolution or (FLOW_ARCHES[args.arch][2] if flow else ARCHES[args.arch][1])
+    args.batch = args.batch or (1 if args.arch == "sdxl" or (flow and cuda) else 2 if cuda else 4)
     args.steps = args.steps or (20 if cuda else 30)
     args.precision = args.precision or ("bf16" if cuda else "no")
 
@@ -283,30 +324,36 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     if cuda and not torch.cuda.is_available():
-        print("no CUDA device", file=sys.stderr)
+        print("benchmarks/train.py: --device cuda but torch finds no CUDA device; run it on a GPU machine or use "
+              "--device cpu", file=sys.stderr)
         return 2
+    sides = (("lorareg", train_flow.run_lorareg), ("bare", train_flow.run_bare)) if flow else \
+        (("lorareg", lambda a, w, m: run_lorareg(a, w)), ("bare", lambda a, w, m: run_bare(a, w)))
+    memory_probe = Memory(args.device)
     results: dict[str, list[float]] = {"lorareg": [], "bare": []}
     memory: dict[str, float | None] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        args.data_dir = make_dataset(work / "data", args.batch, args.resolution)
+        if not flow:
+            args.data_dir = make_dataset(work / "data", args.batch, args.resolution)
         for round_ in range(args.rounds):
-            for name, fn in (("lorareg", run_lorareg), ("bare", run_bare)):
-                times, mem = fn(args, work / f"{name}{round_}")
+            for name, fn in sides:
+                times, mem = fn(args, work / f"{name}{round_}", memory_probe)
                 results[name].append(statistics.median(times))
                 memory[name] = mem if memory.get(name) is None else max(memory[name], mem)
                 reset_memory(args.device)
     ours, bare = min(results["lorareg"]), min(results["bare"])
     where = torch.cuda.get_device_name() if cuda else f"CPU, {args.threads} thread(s)"
     print(f"{args.arch} {args.resolution}px batch {args.batch} rank {args.rank} precision {args.precision} "
-          f"grad-ckpt {args.gradient_checkpointing} on {where}; median step, best of {args.rounds} rounds "
-          f"x {args.steps} steps")
+          f"grad-ckpt {args.gradient_checkpointing}{' fp8-base' if args.fp8_base else ''} on {where}; median "
+          f"step, best of {args.rounds} rounds x {args.steps} timed steps (+{args.warmup} warm-up) per side")
     print(f"  lorareg Trainer.fit : {ours * 1000:8.1f} ms/step  {1 / ours:7.2f} it/s"
           + (f"  peak {memory['lorareg']:.2f} GiB" if cuda else ""))
     print(f"  bare diffusers+peft : {bare * 1000:8.1f} ms/step  {1 / bare:7.2f} it/s"
           + (f"  peak {memory['bare']:.2f} GiB" if cuda else ""))
+    memory_ratio = f"; memory ratio {memory['lorareg'] / memory['bare']:.3f}x" if cuda else ""
     print(f"  step time ratio lorareg/bare = {ours / bare:.3f}x (target <= 1.2x on CPU tiny; throughput "
-          f"{bare / ours:.3f}x of bare)" + (f"; memory ratio {memory['lorareg'] / memory['bare']:.3f}x" if cuda else ""))
+          f"{bare / ours:.3f}x of bare){memory_ratio}")
     return 0
 
 
