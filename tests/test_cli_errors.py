@@ -69,13 +69,10 @@ def test_symlink_loop_as_output_never_crashes(tmp_path, good, capsys, operation)
 
 @pytest.mark.parametrize("operation", OPERATIONS)
 def test_full_disk_is_one_line_naming_the_output_and_changes_nothing(tmp_path, good, capsys, monkeypatch, operation):
-    import loraregistry.writer
-
-    def full_disk(path, *args, **kwargs):
-        Path(path).write_bytes(b"partial")  # a temp file half written when the disk filled up
+    def full_disk(fd):  # the data is in the temp file's pages; flushing them to disk finds no room
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(loraregistry.writer, "write_adapter", full_disk)
+    monkeypatch.setattr(os, "fsync", full_disk)  # every writer ends its temp file with fsync, before the rename
     before = good.read_bytes()
     out = tmp_path / OUT
     assert main(_argv(OPERATIONS[operation], input=good, other=good, out=out)) == 2
