@@ -81,6 +81,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+# Optional fields the template shows commented with a value worth trying (and the default named), not the default
+# alone: held-out images and their loss, a negative prompt for the sample grids, trackers, a push when done.
+SUGGESTED: dict[tuple[str, str], Any] = {
+    ("data", "validation_split"): 0.1,
+    ("train", "validate_every"): 250,
+    ("train", "sample_negative_prompt"): "blurry, low quality",
+    ("output", "trackers"): ["tensorboard"],
+    ("output", "push_to"): "your-name/my-lora",
+}
+
 _INTRO = """\
 # lorareg training config ({preset} preset). Run: lorareg train --config {file}
 # Override any field from the command line: --set section.field=value (TOML syntax: 8, 1e-4, true, ["unet"]).
@@ -131,7 +141,10 @@ def template(preset: str = "sd15", *, file_name: str = "run.toml") -> str:
                 lines.append(f"{name} = {toml_value(values[section][name])}")
                 continue
             default = info.get_default(call_default_factory=True)
-            if default is None:
+            if (section, name) in SUGGESTED:
+                shown = "none" if default is None else toml_value(default)
+                lines.append(f"# {name} = {toml_value(SUGGESTED[section, name])}  # e.g.; default: {shown}")
+            elif default is None:
                 lines.append(f"# {name} =")
             else:
                 lines.append(f"# {name} = {toml_value(default)}")
