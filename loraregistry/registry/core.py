@@ -348,7 +348,7 @@ class Registry:
 
     def _build_entry(self, row: sqlite3.Row, origins: list[sqlite3.Row],
                      locations: tuple[dict[str, Any], ...]) -> Entry:
-        verdict = json.loads(row["verdict"]) if row["verdict"] else None
+        verdict = _json(row["verdict"], None)
         if row["stored"] == 0:  # indexed in place: the file the user keeps is the entry's file
             present = [loc["path"] for loc in locations if loc["state"] == "present"]
             path = present[0] if present else (locations[0]["path"] if locations else "")
@@ -361,22 +361,37 @@ class Registry:
             size=row["size"], added_at=row["added_at"], name=row["name"], description=row["description"],
             architecture=row["architecture"], format=row["format"], network_type=row["network_type"],
             rank=row["rank"], content_rating=row["content_rating"],
-            trigger_words=tuple(json.loads(row["trigger_words"])), tags=tuple(json.loads(row["tags"])),
+            trigger_words=tuple(_json(row["trigger_words"], ())), tags=tuple(_json(row["tags"], ())),
             tensor_sha256=row["tensor_sha256"],
             verdict=Verdict(ok=verdict["ok"], error_codes=tuple(verdict["error_codes"])) if verdict else None,
             blob=blob,
-            metadata=json.loads(row["metadata"]),
+            metadata=_json(row["metadata"], {}),
             origins=tuple(Origin.from_dict({k: (o[k] or None) for k in o.keys() if k != "sha256"}) for o in origins),
             sub_base=row["sub_base"],
-            hashes=json.loads(row["hashes"]) if row["hashes"] else {},
-            loaders=json.loads(row["loaders"]) if row["loaders"] else {},
-            findings=json.loads(row["findings"]) if row["findings"] else {},
-            imported=json.loads(row["imported"]) if row["imported"] else {},
+            hashes=_json(row["hashes"], {}),
+            loaders=_json(row["loaders"], {}),
+            findings=_json(row["findings"], {}),
+            imported=_json(row["imported"], {}),
             locations=locations,
         )
 
 
 # --- helpers ---------------------------------------------------------------------------------------
+
+
+_JSON_DECODE = json.JSONDecoder().decode
+
+
+def _json(text: str | None, empty: Any) -> Any:
+    """A JSON column, ``empty`` when it holds nothing (NULL or ''). Most columns of most entries hold "{}" or "[]",
+    and a search decodes eight per entry: those skip the decoder."""
+    if not text:
+        return empty
+    if text == "{}":
+        return {}
+    if text == "[]":
+        return []
+    return _JSON_DECODE(text)
 
 
 def _now() -> str:
