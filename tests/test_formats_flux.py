@@ -590,3 +590,22 @@ def test_diffusers_converter_reads_our_fused_kohya_output_of_a_peft_file(tmp_pat
         got[final] = got[final] * 2.5
     # diffusers scales the factors by alpha / rank in fp32: rounding at 1e-7 of the product's magnitude (~1)
     assert_same_deltas(got, want, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("unet_key", ["lora_unet_double_blocks_0_img_attn_proj",  # FLUX.1
+                                      "lora_unet_joint_blocks_0_x_block_attn_proj"])  # SD3
+def test_clip_l_beside_a_transformer_is_lora_te1_even_without_t5(tmp_path, unet_key):
+    """sd-scripts' lora_flux / lora_sd3 spell CLIP-L lora_te1 whatever else the file holds, and InvokeAI's Flux
+    loader matches only that spelling: a CLIP-L + transformer file converted to kohya must not say lora_te."""
+    rng = np.random.default_rng(12)
+    tensors = {}
+    for name, (out, inn) in {"lora_te1_text_model_encoder_layers_0_self_attn_q_proj": (768, 768),
+                             unet_key: (3072 if "double" in unet_key else 1536,) * 2}.items():
+        tensors[f"{name}.lora_down.weight"] = rng.normal(0, .1, (2, inn)).astype(np.float16)
+        tensors[f"{name}.lora_up.weight"] = rng.normal(0, .1, (out, 2)).astype(np.float16)
+    src, peft, back = (tmp_path / f"{n}.safetensors" for n in ("src", "peft", "back"))
+    write_safetensors(src, tensors)
+    convert(src, peft, to="peft")
+    convert(peft, back, to="kohya")
+    te_keys = {k.split("_text_model")[0] for k in load_tensors(back) if "text_model" in k}
+    assert te_keys == {"lora_te1"}

@@ -186,8 +186,10 @@ class KohyaFormat(KeyFormat):
             levels = sgm.infer_levels({k.path for k in ckeys if k.component == "unet"})
             if levels is not None:
                 full["unet_levels"] = str(levels)
-        second_te = {"text_encoder_2", "text_encoder_3"} & components
-        full.setdefault("te_prefix", "lora_te1" if second_te else "lora_te")
+        # sd-scripts spells CLIP-L lora_te1 wherever a model has more than one text encoder: SDXL, and SD3 / Flux
+        # (lora_sd3, lora_flux), even in a file that holds no T5 keys; InvokeAI's Flux loader matches only that
+        numbered = {"text_encoder_2", "text_encoder_3", "transformer"} & components
+        full.setdefault("te_prefix", "lora_te1" if numbered else "lora_te")
         if "transformer_names" not in full:
             family = _infer_family({k.path for k in ckeys if k.component == "transformer"})
             if family:
