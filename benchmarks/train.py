@@ -174,7 +174,8 @@ def run_lorareg(args, work: Path) -> tuple[list[float], float | None]:
     reset_memory(args.device)
     fit = Trainer(config, parts, data, run_dir=work / "run", accelerator=accelerator, quiet=True).fit()
     memory = peak_memory(args.device)
-    del parts, data, fit.losses
+    accelerator.free_memory()  # accelerate keeps the prepared UNet: it would count in the bare side's peak
+    del parts, data, fit.losses, accelerator
     return fit.step_seconds[args.warmup:], memory
 
 

@@ -142,3 +142,26 @@ def test_lora_layers_that_do_not_fit_are_refused_before_anything_is_restored(tmp
     assert "\n" not in message and "do not fit the model being trained" in message and "unet/bias" in message
     assert torch.equal(other["unet"].weight, before)
 
+
+
+# --- benchmarks/train.py ------------------------------------------------------------------------------------
+
+
+def test_the_cuda_benchmark_without_cuda_is_one_line_exit_2():
+    """Only the refusal is tested: the benchmark itself never runs in CI."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the benchmark would run")
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "train.py"), "--family", "flux", "--device",
+                           "cuda"], capture_output=True, text=True, timeout=120, check=False, cwd=root,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    lines = [line for line in done.stderr.splitlines() if not line.startswith("[transformers]")]
+    assert done.returncode == 2 and done.stdout == ""
+    assert lines == ["benchmarks/train.py: --device cuda but torch finds no CUDA device; run it on a GPU machine or "
+                     "use --device cpu"]
