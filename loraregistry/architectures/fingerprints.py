@@ -10,8 +10,11 @@ with the ``text_model.`` level, T5 paths as in transformers (``encoder.block.0.l
 
 from __future__ import annotations
 
+import functools
 import gzip
+import itertools
 import json
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -110,16 +113,22 @@ def _load(name: str) -> Fingerprint:
     doc = json.loads(gzip.decompress(_data_dir().joinpath(f"{name}.json.gz").read_bytes()))
     if doc.get("format") != FORMAT_VERSION:
         raise ValueError(f"fingerprint {name}: unsupported data format {doc.get('format')!r}")
-    modules = {}
-    specs: dict[tuple, ModuleSpec] = {}  # a base repeats a few dozen shapes over thousands of modules: build each once
+    # Thousands of rows per base, read at the start of every verify: built with C-level maps, and each of the few
+    # dozen distinct shapes made into a ModuleSpec once.
+    modules: dict[ModuleKey, ModuleSpec] = {}
+    specs: dict[tuple, ModuleSpec] = {}
     for component, rows in doc["components"].items():
-        for path, *shape in rows:
-            spec = specs.get(shape_key := tuple(shape))
-            if spec is None:
-                kind, in_features, out_features, *kernel = shape
-                spec = specs[shape_key] = ModuleSpec(kind, in_features, out_features, tuple(kernel) if kernel else None)
-            modules[ModuleKey(component, path)] = spec
+        shapes = list(map(tuple, map(_ROW_SHAPE, rows)))
+        for kind, in_features, out_features, *kernel in set(shapes) - specs.keys():
+            specs[(kind, in_features, out_features, *kernel)] = ModuleSpec(
+                kind, in_features, out_features, tuple(kernel) if kernel else None)
+        keys = map(_new_module_key, zip(itertools.repeat(component), map(_ROW_PATH, rows)))
+        modules.update(zip(keys, map(specs.__getitem__, shapes)))
     return Fingerprint(doc["name"], modules)
+
+
+_ROW_PATH, _ROW_SHAPE = operator.itemgetter(0), operator.itemgetter(slice(1, None))  # [path, kind, in, out, *kernel]
+_new_module_key = functools.partial(tuple.__new__, ModuleKey)  # ModuleKey((component, path)) without a Python call
 
 
 def fingerprint(name_or_arch_id: str) -> Fingerprint:
