@@ -91,18 +91,35 @@ def _mapped_tensors(adapter: AdapterFile):
 def parent_record(adapter: AdapterFile, *, weight: float | None = None):
     """A provenance ``Parent`` for an input file: its sha256 and AutoV3, file name and (merge) weight.
 
-    The two hashes come from one read pass (``hashes.content_hashes``), or from ``adapter.hashes`` when those
-    were computed already. Hashing releases the GIL: operations run this on a thread beside their maths.
+    The two hashes come from ``adapter.hashes`` when those were computed already, else from the registry's hash
+    cache when the registry has seen the file (``registry scan``, or an earlier operation's output), else from one
+    read pass (``hashes.content_hashes``), remembered in the registry when there is one. Hashing releases the
+    GIL: operations run this on a thread beside their maths.
     """
-    from ..hashes import content_hashes
     from ..schema import Parent
 
     known = adapter.__dict__.get("hashes")  # functools.cached_property's cache: never hash a file twice
     if known is not None:
         sha256, tensor_sha256 = known.sha256, known.autov3
     else:
-        sha256, tensor_sha256 = content_hashes(adapter.path, adapter.header.data_offset)
+        sha256, tensor_sha256 = _input_hashes(adapter.path, adapter.header.data_offset)
     return Parent(sha256=sha256, tensor_sha256=tensor_sha256, name=adapter.path.name[:500], weight=weight)
+
+
+def _input_hashes(path: Path, data_offset: int) -> tuple[str, str]:
+    """(sha256, AutoV3) of an input file: from the registry's hash cache, else hashed and then remembered (only
+    when the file's key is the same after the read as before it, so the hashes are those of the bytes read)."""
+    from ..hashes import content_hashes
+    from ..registry import hash_cache
+
+    cached = hash_cache.lookup(path)
+    if cached is not None:
+        return cached
+    before = hash_cache.file_key(path)
+    sha256, tensor_sha256 = content_hashes(path, data_offset)
+    if before is not None:
+        hash_cache.remember(path, sha256, tensor_sha256, key=before)
+    return sha256, tensor_sha256
 
 
 def op_metadata(record, *, operation: str, params: Mapping[str, Any], parents: Sequence[Any]):
@@ -203,6 +220,7 @@ def write_op_output(path: str | os.PathLike[str], tensors: Mapping[CanonicalKey,
     """
     from ..atomic_write import new_temp_path
     from ..hashes import known_tensor_sha256
+    from ..registry import hash_cache
     from ..schema import merge_projection
     from ..verify import verify
     from ..writer import adapter_layout
@@ -221,6 +239,7 @@ def write_op_output(path: str | os.PathLike[str], tensors: Mapping[CanonicalKey,
                 record = metadata.model_copy(update={"network": _network_info(draft), "tensor_sha256": data_sha256})
                 encoded, parsed = layout.header(merge_projection(extra, record), path=temp)
             sha256 = layout.write(temp, encoded)
+            written_key = hash_cache.file_key(temp)  # the bytes just hashed; the rename keeps inode and mtime
             with known_tensor_sha256(temp, parsed.data_offset, data_sha256):
                 report = verify(temp, base=base)
             errors = [f for f in report.findings if f.severity == "error"]
@@ -235,6 +254,8 @@ def write_op_output(path: str | os.PathLike[str], tensors: Mapping[CanonicalKey,
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
     _fsync_folder(out.parent)
+    # The next operation or scan that reads the output finds its hashes in the registry's cache (if any).
+    hash_cache.remember(out, sha256, data_sha256, key=written_key)
     return WrittenOutput(path=out, sha256=sha256, tensor_sha256=data_sha256, report=report, forced=bool(errors))
 
 
