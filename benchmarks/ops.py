@@ -12,9 +12,12 @@
       verifies, records);
     - ``benchmarks/resize_sketch.py``, the bare numpy Gram/Cholesky factor-space method (no checks, no record).
   Prints wall and CPU seconds (medians), peak RSS, and the ratio lorareg / sketch (target <= 1.4x, CPU ratio
-  beside it because lorareg hashes the input on a second thread). Errors: lorareg's per-module errors against
-  the sketch's (same ranks, same error), and on one module per distinct shape a dense float64 SVD of the input's
-  delta: lorareg's stored fp16 output must reach that optimum within fp16 storage.
+  beside it because lorareg hashes the input on a second thread), twice: COLD, without a registry (the input is
+  read and hashed for its provenance record), and WARM, with the input folder scanned into a registry
+  beforehand (``lorareg registry scan --no-verify``, a temporary ``LORAREG_HOME``): its sha256 and AutoV3 then
+  come from the registry's hash cache, as for a user whose LoRA folder the registry indexes. Errors: lorareg's
+  per-module errors against the sketch's (same ranks, same error), and on one module per distinct shape a dense
+  float64 SVD of the input's delta: lorareg's stored fp16 output must reach that optimum within fp16 storage.
   kohya-style: kohya's resize_lora.py does a dense SVD per module; here a numpy float32 dense SVD (thin, which is
   cheaper than kohya's full one) timed on one module of each distinct shape and EXTRAPOLATED to every module by
   shape counts (labelled as such); its truncation error is printed beside lorareg's on the same modules (equal
@@ -24,7 +27,8 @@
   kohya's lora_flux trains (19 double + 38 single blocks with fused qkv / linear1, 304 modules) plus CLIP-L (72),
   rank 32 -> 8, against the same references (target >= 300x kohya-style at one thread).
 * merge (target 4): two SDXL-shaped adapters (rank 16 and 8, every module) merged exactly,
-  ``lorareg merge A B -o M`` against ``cat A B > out`` on a warm cache, same run.
+  ``lorareg merge A B -o M`` against ``cat A B > out`` on a warm page cache, same run; COLD and WARM as for
+  resize (the parents hashed, or their hashes from a registry that scanned them).
 
 One BLAS thread everywhere (OPENBLAS_NUM_THREADS etc. default to 1; set them to override). Nothing here asserts:
 timings move with the machine, the ratios are what count.
@@ -115,19 +119,34 @@ def write_kohya(path: Path, tensors: dict[CanonicalKey, np.ndarray], arch: str =
     return path
 
 
-def run(args: list[str], stdout: Path | None = None) -> dict[str, float]:
-    """One whole process: wall seconds, CPU seconds (user + system) and peak RSS bytes, from wait4."""
-    out = open(stdout, "wb") if stdout else subprocess.DEVNULL  # noqa: SIM115 - closed below
-    start = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=out, stderr=subprocess.PIPE, cwd=ROOT)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if stdout:
-        out.close()
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(args)} failed: {err.strip()}")
-    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "peak": usage.ru_maxrss * 1024}
+# A child's ru_maxrss counts what its parent had resident at the fork (this benchmark holds the 456 MB adapter it
+# wrote), so every command is started by a fresh, nearly empty interpreter, which reports the command's own wall,
+# CPU and peak RSS (its floor: the launcher's ~10 MB) into the file named by its first argument.
+LAUNCH = r"""
+import json, os, sys, time
+start = time.perf_counter()
+pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+wall = time.perf_counter() - start
+with open(sys.argv[1], "w") as f:
+    json.dump({"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "peak": usage.ru_maxrss * 1024,
+               "code": os.waitstatus_to_exitcode(status)}, f)
+"""
+
+
+def run(args: list[str], stdout: Path | None = None, home: Path | None = None) -> dict[str, float]:
+    """One whole process: wall seconds, CPU seconds (user + system) and peak RSS bytes, from wait4 in a launcher
+    (``LAUNCH``). ``home``: its ``LORAREG_HOME`` (the registry it sees, or a missing folder for none)."""
+    env = {**os.environ, "LORAREG_HOME": str(home)} if home is not None else None
+    with tempfile.TemporaryDirectory(prefix="lorareg-bench-run-") as scratch:
+        measured = Path(scratch) / "measured.json"
+        with open(stdout, "wb") if stdout else open(os.devnull, "wb") as out:
+            done = subprocess.run([sys.executable, "-c", LAUNCH, str(measured), *args], stdout=out,
+                                  stderr=subprocess.PIPE, cwd=ROOT, env=env)
+        result = json.loads(measured.read_text()) if measured.exists() else {"code": done.returncode}
+    if done.returncode != 0 or result["code"] != 0:
+        raise SystemExit(f"{' '.join(args)} failed: {done.stderr.decode(errors='replace').strip()}")
+    return {key: result[key] for key in ("wall", "cpu", "peak")}
 
 
 def _median(runs: list[dict[str, float]], key: str) -> float:
@@ -156,6 +175,8 @@ from loraregistry.ops import io
 from loraregistry.ops.resize import ResizeSettings, resize_tensors
 from loraregistry.ops.targets import base_shapes
 import loraregistry.schema, loraregistry.verify
+from loraregistry.registry import hash_cache
+from loraregistry.schema import Parent  # the record's models load on first use: here, not in the hashing step
 step("imports")
 adapter = AdapterFile.open(sys.argv[1])
 tensors = io.load_canonical(adapter, copy=False)
@@ -163,7 +184,7 @@ step("open + read + module checks")
 new, rows = resize_tensors(tensors, ResizeSettings(rank=int(sys.argv[3])), shapes=base_shapes(adapter, None))
 step("resize maths")
 parent = io.parent_record(adapter)
-step("input sha256 + AutoV3 (a thread in the CLI)")
+step("input sha256 + AutoV3 (hashed, or from the registry's cache; a thread in the CLI)")
 record = io.op_metadata(adapter.metadata, operation="resize", params={}, parents=[parent])
 io.write_op_output(sys.argv[2], new, format=adapter.format, dialect=adapter.mapping.dialect, metadata=record,
                    header=io.carried_header(adapter), force=True)
@@ -172,41 +193,61 @@ print(json.dumps(steps))
 """
 
 
+# The two ways lorareg runs: name -> what it means (printed beside its ratio).
+MODES = {"cold": "COLD (no registry: the inputs read and hashed for provenance)",
+         "warm": "WARM (inputs scanned into a registry beforehand: their hashes from its cache)"}
+
+
+def registry_homes(folder: Path, inputs: Path) -> dict[str, Path]:
+    """``LORAREG_HOME`` per mode: COLD names a folder that does not exist (no registry: lorareg hashes its inputs,
+    and creates none); WARM a registry that has scanned ``inputs`` (``registry scan --no-verify``), created here."""
+    homes = {"cold": folder / "no-registry", "warm": folder / f"registry-{inputs.name}"}
+    scanned = run([sys.executable, "-m", "loraregistry", "registry", "scan", str(inputs), "--no-verify", "--json"],
+                  home=homes["warm"])
+    _say(f"  WARM set-up: `lorareg registry scan --no-verify` of the input folder, {scanned['wall']:.2f} s (once, "
+         f"not part of any timing below)")
+    return homes
+
+
 def bench_resize(folder: Path, arch: str, limit: int | None, repeat: int, dense_shapes: int | None) -> dict:
     _, _, rank_in, rank_out, _ = ARCHES[arch]
     tensors = random_adapter(rank_in, arch=arch, limit=limit)
     modules = len(tensors) // 3
-    src = write_kohya(folder / f"{arch}_r{rank_in}.safetensors", tensors, arch)
+    inputs = folder / "resize-inputs"
+    inputs.mkdir()
+    src = write_kohya(inputs / f"{arch}_r{rank_in}.safetensors", tensors, arch)
     _say(f"resize: {modules} {arch} modules, rank {rank_in} -> {rank_out}, "
          f"{src.stat().st_size / 1e6:.0f} MB fp16 input")
+    homes = registry_homes(folder, inputs)
     lorareg = [sys.executable, "-m", "loraregistry", "resize", str(src), "-o", str(folder / "lorareg.safetensors"),
                "--rank", str(rank_out), "--json"]
     sketch = [sys.executable, str(ROOT / "benchmarks" / "resize_sketch.py"), str(src),
               str(folder / "sketch.safetensors"), str(rank_out), "--errors", str(folder / "sketch_errors.npy")]
-    runs: dict[str, list[dict[str, float]]] = {"lorareg": [], "sketch": []}
+    commands = [(mode, lorareg, homes[mode]) for mode in MODES] + [("sketch", sketch, None)]
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in commands}
     run(sketch)  # warm the page cache and the bytecode caches: both then read from memory
     for i in range(repeat):
-        order = (("lorareg", lorareg), ("sketch", sketch)) if i % 2 == 0 else (("sketch", sketch), ("lorareg", lorareg))
-        for name, args in order:
-            result = run(args, stdout=folder / f"{name}.out")
+        for name, args, home in commands if i % 2 == 0 else commands[::-1]:
+            result = run(args, stdout=folder / f"{name}.out", home=home)
             runs[name].append(result)
             _say(f"  round {i + 1}/{repeat}: {name:8s} {result['wall']:6.2f} s wall  {result['cpu']:6.2f} s CPU  "
                  f"peak {result['peak'] / 1e6:5.0f} MB")
-    summary = json.loads((folder / "lorareg.out").read_text())
+    summary = json.loads((folder / "cold.out").read_text())
     ours = np.array([m["rel_error"] for m in summary["per_module"]])
     theirs = np.load(folder / "sketch_errors.npy")
     report = {
         "arch": arch, "rank_in": rank_in, "rank_out": rank_out, "modules": modules,
-        "lorareg_wall_s": _median(runs["lorareg"], "wall"), "sketch_wall_s": _median(runs["sketch"], "wall"),
-        "lorareg_cpu_s": _median(runs["lorareg"], "cpu"), "sketch_cpu_s": _median(runs["sketch"], "cpu"),
-        "lorareg_peak_bytes": max(r["peak"] for r in runs["lorareg"]),
-        "sketch_peak_bytes": max(r["peak"] for r in runs["sketch"]),
+        **{f"{name}_wall_s": _median(r, "wall") for name, r in runs.items()},
+        **{f"{name}_cpu_s": _median(r, "cpu") for name, r in runs.items()},
+        **{f"{name}_peak_bytes": max(x["peak"] for x in r) for name, r in runs.items()},
         "max_error_difference_vs_sketch": float(np.max(np.abs(np.sort(ours) - np.sort(theirs)))),
         "ranks_after": summary["rank_after"],
     }
-    phases = subprocess.run([sys.executable, "-c", PHASES, str(src), str(folder / "phases.safetensors"), str(rank_out)],
-                            capture_output=True, text=True, cwd=ROOT, check=True)
-    report["lorareg_phases_cpu_s"] = json.loads(phases.stdout.strip().splitlines()[-1])
+    for mode in MODES:
+        phases = subprocess.run([sys.executable, "-c", PHASES, str(src), str(folder / "phases.safetensors"),
+                                 str(rank_out)], capture_output=True, text=True, cwd=ROOT, check=True,
+                                env={**os.environ, "LORAREG_HOME": str(homes[mode])})
+        report[f"{mode}_phases_cpu_s"] = json.loads(phases.stdout.strip().splitlines()[-1])
     report.update(_optimum_check(src, folder / "lorareg.safetensors", rank_out))
     if dense_shapes != 0:
         errors = {m["module"]: m["rel_error"] for m in summary["per_module"]}
@@ -274,19 +315,22 @@ def _kohya_extrapolated(tensors: dict[CanonicalKey, np.ndarray], rank: int, limi
 
 
 def print_resize(r: dict) -> None:
-    wall, cpu = r["lorareg_wall_s"] / r["sketch_wall_s"], r["lorareg_cpu_s"] / r["sketch_cpu_s"]
-    _say(f"resize {r['arch']} {r['modules']} modules, rank {r['rank_in']} -> {r['rank_out']}: "
-         f"lorareg {r['lorareg_wall_s']:.2f} s wall / {r['lorareg_cpu_s']:.2f} s CPU, "
-         f"sketch {r['sketch_wall_s']:.2f} s / {r['sketch_cpu_s']:.2f} s (medians)")
-    _say(f"  lorareg / sketch: {wall:.2f}x wall, {cpu:.2f}x CPU (target <= {RESIZE_TARGET}x)")
-    phases = ", ".join(f"{name} {seconds:.2f}" for name, seconds in r["lorareg_phases_cpu_s"].items())
-    _say(f"  lorareg's steps, CPU s (one fresh process, serial): {phases}")
-    hashing = next((v for k, v in r["lorareg_phases_cpu_s"].items() if k.startswith("input sha256")), 0.0)
-    _say(f"  without the input's provenance hashes (sha256 + AutoV3, which the sketch does not compute): "
-         f"{(r['lorareg_cpu_s'] - hashing) / r['sketch_cpu_s']:.2f}x CPU")
-    against = (f" = {r['lorareg_peak_bytes'] / KOHYA_PEAK_BYTES:.2f}x kohya's 3.9 GB on this file (target <= "
+    _say(f"resize {r['arch']} {r['modules']} modules, rank {r['rank_in']} -> {r['rank_out']}: sketch "
+         f"{r['sketch_wall_s']:.2f} s wall / {r['sketch_cpu_s']:.2f} s CPU (medians)")
+    for mode, meaning in MODES.items():
+        wall, cpu = r[f"{mode}_wall_s"] / r["sketch_wall_s"], r[f"{mode}_cpu_s"] / r["sketch_cpu_s"]
+        _say(f"  {meaning}: lorareg {r[f'{mode}_wall_s']:.2f} s wall / {r[f'{mode}_cpu_s']:.2f} s CPU -> "
+             f"lorareg / sketch {wall:.2f}x wall, {cpu:.2f}x CPU (target <= {RESIZE_TARGET}x)")
+    for mode in MODES:
+        phases = ", ".join(f"{name} {seconds:.2f}" for name, seconds in r[f"{mode}_phases_cpu_s"].items())
+        _say(f"  lorareg's steps {mode.upper()}, CPU s (one fresh process, serial): {phases}")
+    hashing = next((v for k, v in r["cold_phases_cpu_s"].items() if k.startswith("input sha256")), 0.0)
+    _say(f"  COLD without the input's provenance hashes (sha256 + AutoV3, which the sketch does not compute): "
+         f"{(r['cold_cpu_s'] - hashing) / r['sketch_cpu_s']:.2f}x CPU")
+    peak = max(r[f"{mode}_peak_bytes"] for mode in MODES)
+    against = (f" = {peak / KOHYA_PEAK_BYTES:.2f}x kohya's 3.9 GB on this file (target <= "
                f"{MEMORY_TARGET}x)") if r["arch"] == "sdxl" and r["modules"] == 986 else ""
-    _say(f"  peak RSS: lorareg {r['lorareg_peak_bytes'] / 1e6:.0f} MB{against}; "
+    _say(f"  peak RSS: lorareg {peak / 1e6:.0f} MB (COLD or WARM, the larger){against}; "
          f"sketch {r['sketch_peak_bytes'] / 1e6:.0f} MB")
     _say(f"  errors: max |lorareg - sketch| per module {r['max_error_difference_vs_sketch']:.1e}; stored fp16 output "
          f"vs dense float64 SVD optimum on {r['optimum_checked_modules']} modules (one per shape): "
@@ -294,7 +338,8 @@ def print_resize(r: dict) -> None:
     if "kohya_extrapolated_s" in r:
         k = r["kohya_extrapolated_s"]
         _say(f"  kohya-style dense SVD, EXTRAPOLATED from {r['kohya_shapes']} shapes ({r['kohya_measured_s']:.1f} s "
-             f"measured): {k:.0f} s -> lorareg {k / r['lorareg_wall_s']:.0f}x faster (target >= {KOHYA_TARGET}x), "
+             f"measured): {k:.0f} s -> lorareg {k / r['cold_wall_s']:.0f}x faster COLD, {k / r['warm_wall_s']:.0f}x "
+             f"WARM (target >= {KOHYA_TARGET}x), "
              f"sketch {k / r['sketch_wall_s']:.0f}x; at equal error (largest difference on the timed modules "
              f"{r['kohya_error_difference']:.1e})")
 
@@ -302,38 +347,102 @@ def print_resize(r: dict) -> None:
 # --- merge --------------------------------------------------------------------------------------------------
 
 
+# ``lorareg merge`` as the CLI runs it, with wall-clock timers around its steps (merge is mostly I/O: wall, not
+# CPU): the modules it imports first (imported up front here, so that no step pays for them), then each step; the
+# parents' hashes run on a thread beside the maths. Prints one JSON line of seconds.
+MERGE_STEPS = r"""
+import functools, json, os, sys, threading, time
+started = time.perf_counter()
+seconds, lock = {}, threading.Lock()
+def timed(owner, name, label):
+    real = getattr(owner, name)
+    @functools.wraps(real)
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - start
+    setattr(owner, name, wrapper)
+import loraregistry.cli, loraregistry.ops.merge, loraregistry.verify, loraregistry.verify.context, loraregistry.schema
+import loraregistry.writer, loraregistry.registry.hash_cache, loraregistry.verify.checks.tensors
+from loraregistry.schema import AdapterMetadata, Parent  # the record's models load on first use
+from loraregistry import adapter, verify, writer
+from loraregistry.ops import io, merge, outfile
+from loraregistry.registry import hash_cache
+seconds["imports"] = time.perf_counter() - started
+steps = [
+        (adapter.AdapterFile, "open", "open inputs (headers)"),
+        (verify.context.Context, "build", "detect architecture"),
+        (io, "load_canonical", "map inputs + module checks"),
+        (merge, "merge_modules", "merge maths"),
+        (io, "parent_record", "parents' sha256 + AutoV3 (thread)"),
+        (io, "write_op_output", "write_op_output"),
+        (writer, "adapter_layout", "  key layout"),
+        (outfile.Layout, "data_sha256", "  output AutoV3 (from memory)"),
+        (outfile.Layout, "header", "  header + record"),
+        (outfile.Layout, "write", "  write + whole-file sha256 + fsync"),
+        (os, "fsync", "    fsync (file and folder)"),
+        (verify, "verify", "  verify the output"),
+        (hash_cache, "remember", "  remember in the hash cache")]
+for owner, name, label in steps:
+    timed(owner, name, label)
+code = loraregistry.cli.main(sys.argv[1:])
+seconds["total in Python"] = time.perf_counter() - started
+order = ["imports", *(label for _, _, label in steps), "total in Python"]
+print(json.dumps({k: round(seconds[k], 3) for k in order if k in seconds}))
+sys.exit(code)
+"""
+
+
 def bench_merge(folder: Path, limit: int | None, repeat: int) -> dict:
-    """Two exact merges against ``cat A B > out``, alternated: weights 0.8 and 0.5 (each parent's ``up`` scaled:
-    arithmetic on half the bytes) and 1 and 1 (one common scale: every tensor byte streamed as stored)."""
-    a = write_kohya(folder / "a.safetensors", random_adapter(16, seed=1, limit=limit))
-    b = write_kohya(folder / "b.safetensors", random_adapter(8, seed=2, limit=limit))
+    """Two exact merges against ``cat A B > out``, alternated, each COLD and WARM: weights 0.8 and 0.5 (each
+    parent's ``up`` scaled: arithmetic on half the bytes) and 1 and 1 (one common scale: every tensor byte streamed
+    as stored)."""
+    inputs = folder / "merge-inputs"
+    inputs.mkdir()
+    a = write_kohya(inputs / "a.safetensors", random_adapter(16, seed=1, limit=limit))
+    b = write_kohya(inputs / "b.safetensors", random_adapter(8, seed=2, limit=limit))
     mb = (a.stat().st_size + b.stat().st_size) / 1e6
     _say(f"merge: 2 SDXL-shaped adapters (rank 16 + 8, alpha rank/2), {mb:.0f} MB of inputs")
-    commands = {
-        "weighted": [sys.executable, "-m", "loraregistry", "merge", f"{a}:0.8", f"{b}:0.5",
-                     "-o", str(folder / "m.safetensors")],
-        "unweighted": [sys.executable, "-m", "loraregistry", "merge", str(a), str(b),
-                       "-o", str(folder / "u.safetensors")],
-        "cat": ["sh", "-c", f"cat '{a}' '{b}' > '{folder / 'cat.bin'}'"],
-    }
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in commands}
-    run(commands["cat"])  # warm the page cache
+    homes = registry_homes(folder, inputs)
+    merges = {"weighted": [f"{a}:0.8", f"{b}:0.5"], "unweighted": [str(a), str(b)]}
+    commands = [(f"{name} {mode}", [sys.executable, "-m", "loraregistry", "merge", *parents, "-o",
+                                    str(folder / f"{name}.safetensors")], homes[mode])
+                for name, parents in merges.items() for mode in MODES]
+    commands.append(("cat", ["sh", "-c", f"cat '{a}' '{b}' > '{folder / 'cat.bin'}'"], None))
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in commands}
+    run(commands[-1][1])  # warm the page cache
     for i in range(repeat):
-        for name, args in commands.items():
-            result = run(args)
+        for name, args, home in commands if i % 2 == 0 else commands[::-1]:
+            result = run(args, home=home)
             runs[name].append(result)
-            _say(f"  round {i + 1}/{repeat}: {name:10s} {result['wall']:6.2f} s wall  {result['cpu']:6.2f} s CPU  "
+            _say(f"  round {i + 1}/{repeat}: {name:16s} {result['wall']:6.2f} s wall  {result['cpu']:6.2f} s CPU  "
                  f"peak {result['peak'] / 1e6:5.0f} MB")
+    steps = {}
+    for mode in MODES:  # where an unweighted merge's time goes, one fresh process each
+        process = run([sys.executable, "-c", MERGE_STEPS, "merge", *merges["unweighted"], "-o",
+                       str(folder / "steps.safetensors")], stdout=folder / "steps.out", home=homes[mode])
+        steps[mode] = json.loads((folder / "steps.out").read_text().strip().splitlines()[-1])
+        steps[mode]["whole process"] = round(process["wall"], 3)
+    python = min(run([sys.executable, "-c", "pass"])["wall"] for _ in range(3))
     return {"mb": mb, **{f"{name}_wall_s": _median(r, "wall") for name, r in runs.items()},
-            **{f"{name}_cpu_s": _median(r, "cpu") for name, r in runs.items()}}
+            **{f"{name}_cpu_s": _median(r, "cpu") for name, r in runs.items()}, "steps": steps,
+            "python_start_s": python}
 
 
 def print_merge(m: dict) -> None:
+    _say(f"merge, {m['mb']:.0f} MB of inputs: cat {m['cat_wall_s']:.2f} s wall / {m['cat_cpu_s']:.2f} s CPU (medians)")
     for name, what in (("weighted", "A:0.8 B:0.5"), ("unweighted", "A B (bytes as stored)")):
-        wall = m[f"{name}_wall_s"]
-        _say(f"merge {what}, {m['mb']:.0f} MB: lorareg {wall:.2f} s wall / {m[f'{name}_cpu_s']:.2f} s CPU "
-             f"({m['mb'] / wall:.0f} MB/s), cat {m['cat_wall_s']:.2f} s -> {wall / m['cat_wall_s']:.1f}x cat "
-             f"(target <= {MERGE_TARGET}x)")
+        for mode, meaning in MODES.items():
+            wall = m[f"{name} {mode}_wall_s"]
+            _say(f"  {what}, {meaning}: lorareg {wall:.2f} s wall / {m[f'{name} {mode}_cpu_s']:.2f} s CPU "
+                 f"({m['mb'] / wall:.0f} MB/s) -> {wall / m['cat_wall_s']:.1f}x cat (target <= {MERGE_TARGET}x)")
+    _say(f"  where an unweighted merge's time goes, wall s (one fresh process each; Python itself starts in "
+         f"{m['python_start_s']:.2f} s; whole process - total in Python = start + exit):")
+    for mode, steps in m["steps"].items():
+        _say(f"    {mode.upper()}: " + ", ".join(f"{name.strip()} {value:.2f}" for name, value in steps.items()))
 
 
 def main(argv: list[str] | None = None) -> int:
