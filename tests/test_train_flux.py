@@ -6,7 +6,6 @@ InvokeAI's FLUX kohya converter (its fused ``qkv`` deltas equal the trained q/k/
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,7 +14,7 @@ import pytest
 
 from loraregistry.verify import verify
 
-from .test_train_support import one_thread, tiny_config, tiny_settings  # noqa: F401 - fixture
+from .test_train_support import mmdit_diffusers_load, one_thread, tiny_config, tiny_settings  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.slow
 
@@ -136,24 +135,7 @@ def test_exports_pass_verify_strict_against_the_tiny_base(flux_run):
 
 
 def _load_with_diffusers(path: Path):
-    """A fresh tiny FLUX pipeline with ``path`` loaded by diffusers: (pipeline, LoRA modules, warnings)."""
-    from diffusers.utils import logging as dlogging
-
-    from loraregistry.train.tiny_mmdit import tiny_mmdit_pipeline
-
-    pipe = tiny_mmdit_pipeline("flux1-dev")
-    records: list[str] = []
-    handler = logging.Handler(level=logging.WARNING)
-    handler.emit = lambda record: records.append(record.getMessage())
-    logger = dlogging.get_logger("diffusers")
-    logger.addHandler(handler)
-    try:
-        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name="trained")
-    finally:
-        logger.removeHandler(handler)
-    patched = {name: m for name, m in pipe.transformer.named_modules()
-               if hasattr(m, "lora_A") and "trained" in m.lora_A}
-    return pipe, patched, records
+    return mmdit_diffusers_load(path, "flux1-dev")
 
 
 def _transformer_output(pipe):

@@ -6,7 +6,6 @@ transformer's output; the kohya file (``lora_unet_joint_blocks_*``, fused q/k/v)
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,7 +14,7 @@ import pytest
 
 from loraregistry.verify import verify
 
-from .test_train_support import one_thread, tiny_config, tiny_settings  # noqa: F401 - fixture
+from .test_train_support import mmdit_diffusers_load, one_thread, tiny_config, tiny_settings  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.slow
 
@@ -142,23 +141,7 @@ def test_exports_pass_verify_strict_and_kohya_uses_joint_block_names(sd35_run):
 
 
 def _load_with_diffusers(path: Path):
-    from diffusers.utils import logging as dlogging
-
-    from loraregistry.train.tiny_mmdit import tiny_mmdit_pipeline
-
-    pipe = tiny_mmdit_pipeline("sd35-medium")
-    records: list[str] = []
-    handler = logging.Handler(level=logging.WARNING)
-    handler.emit = lambda record: records.append(record.getMessage())
-    logger = dlogging.get_logger("diffusers")
-    logger.addHandler(handler)
-    try:
-        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name="trained")
-    finally:
-        logger.removeHandler(handler)
-    patched = {name: m for name, m in pipe.transformer.named_modules()
-               if hasattr(m, "lora_A") and "trained" in m.lora_A}
-    return pipe, patched, records
+    return mmdit_diffusers_load(path, "sd35-medium")
 
 
 def _transformer_output(pipe):

@@ -89,3 +89,27 @@ def diffusers_load(path: Path, arch: str) -> tuple[Any, dict[str, int], list[str
             patched[component] = sum(1 for _, m in model.named_modules()
                                      if hasattr(m, "lora_A") and "trained" in m.lora_A)
     return pipe, patched, records
+
+
+def mmdit_diffusers_load(path: Path, arch: str) -> tuple[Any, dict[str, Any], list[str]]:
+    """A fresh tiny FLUX/SD3 pipeline (``arch``: a tiny_mmdit id) with the adapter file ``path`` loaded by diffusers:
+    (pipeline, the transformer's LoRA modules by name, warnings diffusers logged)."""
+    import logging
+
+    from diffusers.utils import logging as dlogging
+
+    from loraregistry.train.tiny_mmdit import tiny_mmdit_pipeline
+
+    pipe = tiny_mmdit_pipeline(arch)
+    records: list[str] = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = dlogging.get_logger("diffusers")
+    logger.addHandler(handler)
+    try:
+        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name="trained")
+    finally:
+        logger.removeHandler(handler)
+    patched = {name: m for name, m in pipe.transformer.named_modules()
+               if hasattr(m, "lora_A") and "trained" in m.lora_A}
+    return pipe, patched, records
