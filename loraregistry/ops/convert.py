@@ -179,7 +179,7 @@ def convert_tensors(tensors: Mapping[CanonicalKey, np.ndarray], *, to: str, stor
         else:
             out[module] = roles
     if fuse:
-        out = _fuse_all(split_foreign_fused(out), rows)
+        out = fuse_targets(split_foreign_fused(out), rows)
     unsupported = sorted({r for roles in out.values() for r in roles} - FORMATS[to].roles - {"alpha"})
     if unsupported:
         hint = "convert to kohya, which holds every LyCORIS role" if to != "kohya" else "convert to peft"
@@ -190,7 +190,7 @@ def convert_tensors(tensors: Mapping[CanonicalKey, np.ndarray], *, to: str, stor
     return result, rows
 
 
-def _fuse_all(modules: dict[ModuleKey, dict[str, np.ndarray]],
+def fuse_targets(modules: dict[ModuleKey, dict[str, np.ndarray]],
               rows: list[ModuleConversion]) -> dict[ModuleKey, dict[str, np.ndarray]]:
     groups: dict[tuple[str, str], dict[str, dict[str, np.ndarray]]] = {}
     kept: dict[ModuleKey, dict[str, np.ndarray]] = {}
@@ -210,7 +210,7 @@ def _fuse_all(modules: dict[ModuleKey, dict[str, np.ndarray]],
     return dict(sorted(kept.items()))
 
 
-def _wants_native_names(adapter: AdapterFile, dialect: Mapping[str, str]) -> dict[str, str]:
+def native_names_dialect(adapter: AdapterFile, dialect: Mapping[str, str]) -> dict[str, str]:
     """The kohya dialect for transformer modules: original names (fuse) unless told diffusers names; the
     family from the dialect, else from the declared architecture, else from the input's own original names."""
     full = dict(dialect)
@@ -265,7 +265,7 @@ def convert(input: str | os.PathLike[str], output: str | os.PathLike[str], *, to
     defaults = peft_text_model_defaults(adapter) if to not in NATIVE_NAMED and not same_format else {}
     out_dialect = {**defaults, **(adapter.mapping.dialect if same_format else {}), **(dialect or {})}
     if to in NATIVE_NAMED:
-        out_dialect = _wants_native_names(adapter, out_dialect)
+        out_dialect = native_names_dialect(adapter, out_dialect)
     fuse = to in NATIVE_NAMED and out_dialect.get("transformer_names", "") != "diffusers"
     tensors = load_canonical(adapter)
     has_dora = any(key.role == "dora_scale" for key in tensors)

@@ -34,13 +34,15 @@ import numpy as np
 
 from ..adapter import AdapterFile
 from ..canonical import CanonicalKey, ModuleKey
+from ..formats import is_fused
 from .common import alpha_array, by_module, flatten_modules, numpy_dtype, storage_dtype
-from .convert import DEFAULT_MAX_ERROR
+from .convert import DEFAULT_MAX_ERROR, NATIVE_NAMED, fuse_targets, native_names_dialect
+from .fused import split_foreign_fused, split_fused
 from .delta import lowrank_factors, module_scale
 from .errors import BadMergeWeight, DoraNeedsBase, MixedArchitectures, RankTooHigh, TooLossy, UnsupportedModule
 from .lowrank import factor_svd, to_float32
 from .progress import progress
-from .targets import base_shapes, layout, peft_text_model_defaults
+from .targets import base_shapes, fused_path_of, layout, peft_text_model_defaults
 
 _RATINGS = ("general", "mature", "adult")
 _PLAIN_ROLES = frozenset({"down", "up", "alpha"})
@@ -317,22 +319,58 @@ def merge(inputs: Sequence[MergeInput], output: str | os.PathLike[str], *, rank:
         tensors = [(load_canonical(a, copy=False), i.weight) for i, a in zip(inputs, adapters)]
         store = numpy_dtype(dtype) or (storage_dtype(tensors[0][0]) if tensors else None)  # before DoRA -> fp64
         tensors, dora_errors = _lower_dora_parents(tensors, adapters, inputs, base, limit, force)
+        first = adapters[0]
+        fmt = to or (first.format if first.format in ("kohya", "peft", "diffusers") else "kohya")
+        dialect = first.mapping.dialect if first.format == fmt else (
+            peft_text_model_defaults(first) if fmt in ("peft", "diffusers") else {})
+        for adapter in adapters if fmt in NATIVE_NAMED else ():  # the SD3/Flux family from any parent that tells it
+            dialect = native_names_dialect(adapter, dialect)
+            if "transformer_names" in dialect:
+                break
+        native = fmt in NATIVE_NAMED and dialect.get("transformer_names") != "diffusers"
+        tensors, fuse_after = _one_transformer_layout(tensors, native=native)
         shapes = {m: s for a, ctx in zip(adapters, contexts) for m, s in _shapes(a, ctx, base).items()}
         merged, rows = merge_modules(tensors, rank=rank, dtype=store, shapes=shapes,
-                                     show_progress=show_progress, stream=True)
+                                     show_progress=show_progress, stream=not fuse_after)
+        if fuse_after:  # the parents' split SD3/Flux targets go back under the original (fused) module names
+            merged = flatten_modules(fuse_targets(split_foreign_fused(by_module(merged)), []))
         rows = [replace(row, dora_rel_error=dora_errors.get(row.module, 0.0)) for row in rows]
         del tensors  # the inputs' memory maps
         parents = [h.result() for h in hashing]
-    first = adapters[0]
-    fmt = to or (first.format if first.format in ("kohya", "peft", "diffusers") else "kohya")
-    dialect = first.mapping.dialect if first.format == fmt else (
-        peft_text_model_defaults(first) if fmt in ("peft", "diffusers") else {})
     params = {"rank": rank, "to": fmt, "dtype": dtype, "weights": [i.weight for i in inputs],
               **({"dora_to_lora": True} if dora_errors else {})}
     record = op_metadata(merged_record(adapters, architecture), operation="merge", params=params, parents=parents)
     written = write_op_output(output, merged, format=fmt, dialect=dialect, metadata=record,
                               inputs=[i.path for i in inputs], force=force, base=base)
     return MergeResult(modules=rows, output=written)
+
+
+def _one_transformer_layout(parents, *, native: bool):
+    """SD3/Flux parents in one module layout, exactly: a fused module (kohya's ``qkv``) is split into its targets
+    (``down`` shared, slices of ``up``) when another parent holds split targets or the output format names none
+    fused; (parents, whether the merged split targets must be fused again for a format with original names)."""
+    layouts = [by_module(tensors) for tensors, _ in parents]
+    fused = any(m.component == "transformer" and is_fused(m.path) for g in layouts for m in g)
+    split = any(m.component == "transformer" and fused_path_of(m.path) for g in layouts for m in g)
+    if not (fused and (split or not native)):
+        return parents, native and split
+    out = []
+    for (tensors, weight), modules in zip(parents, layouts):
+        if not any(m.component == "transformer" and is_fused(m.path) for m in modules):
+            out.append((tensors, weight))
+            continue
+        regrouped: dict[ModuleKey, dict[str, np.ndarray]] = {}
+        for module, roles in modules.items():
+            if module.component != "transformer" or not is_fused(module.path):
+                regrouped[module] = dict(roles)
+            elif set(roles) <= _PLAIN_ROLES:
+                regrouped.update(split_fused(module, roles))
+            else:
+                raise UnsupportedModule(f"{module}: a fused {'/'.join(sorted(set(roles) - _PLAIN_ROLES))} module "
+                                        "cannot be split to merge with split targets",
+                                        hint="convert that parent to plain LoRA first (lorareg convert --to peft)")
+        out.append((flatten_modules(regrouped), weight))
+    return out, native
 
 
 def _lower_dora_parents(tensors, adapters, inputs, base: str | None, limit: float, force: bool):
