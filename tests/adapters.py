@@ -10,7 +10,9 @@ have. Keys are written here, not by ``loraregistry.formats``: ``lora_unet_`` / `
 
 from __future__ import annotations
 
+import hashlib
 import json
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +93,19 @@ def lora_tensors(arch: str, *, rank: int = 2, small: bool = True, alpha: float |
 def write_adapter(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> Path:
     write_safetensors(path, tensors, metadata)
     return path
+
+
+def sd1_adapter(folder: Path, name: str, *, rank: int = 4, seed: int = 1) -> Path:
+    """An SD1 kohya LoRA file (small module set, alpha rank/2) at ``folder / name``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_adapter(folder / name, lora_tensors("sd1", rank=rank, alpha=rank / 2, seed=seed))
+
+
+def independent_hashes(path: Path) -> tuple[str, str]:
+    """(sha256, AutoV3) of a safetensors file by plain hashlib, with no lorareg code involved."""
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    return hashlib.sha256(raw).hexdigest(), hashlib.sha256(raw[8 + n:]).hexdigest()
 
 
 def first_key(tensors: dict[str, np.ndarray], contains: str, suffix: str = ".lora_up.weight") -> str:

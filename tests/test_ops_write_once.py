@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +24,7 @@ from loraregistry.ops.merge import MergeInput, merge
 from loraregistry.ops.outfile import Layout
 from loraregistry.ops.resize import ResizeSettings, resize
 from loraregistry.safetensors_io import read_header, write_safetensors
-from tests.adapters import lora_tensors
-
-
-def _adapter(folder: Path, name: str, *, rank: int, seed: int) -> Path:
-    path = folder / name
-    write_safetensors(path, lora_tensors("sd1", rank=rank, alpha=rank / 2, seed=seed))
-    return path
-
-
-def _independent_hashes(path: Path) -> tuple[str, str]:
-    raw = path.read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
-    return hashlib.sha256(raw).hexdigest(), hashlib.sha256(raw[8 + n:]).hexdigest()
+from tests.adapters import independent_hashes, lora_tensors, sd1_adapter
 
 
 class _Counter:
@@ -65,8 +52,8 @@ class _Counter:
 
 
 def _run(op: str, folder: Path) -> tuple[Path, object, list[Path]]:
-    a = _adapter(folder, "a.safetensors", rank=8, seed=1)
-    b = _adapter(folder, "b.safetensors", rank=4, seed=2)
+    a = sd1_adapter(folder, "a.safetensors", rank=8, seed=1)
+    b = sd1_adapter(folder, "b.safetensors", rank=4, seed=2)
     out = folder / "out" / "o.safetensors"
     out.parent.mkdir()
     if op == "resize":
@@ -82,7 +69,7 @@ OPS = ["resize", "merge", "convert"]
 @pytest.mark.parametrize("op", OPS)
 def test_reported_and_recorded_hashes_are_the_files_own(op, tmp_path):
     out, result, _ = _run(op, tmp_path)
-    whole, data = _independent_hashes(out)
+    whole, data = independent_hashes(out)
     assert (result.output.sha256, result.output.tensor_sha256) == (whole, data)
     record = json.loads(read_header(out).metadata["lorareg"])
     assert record["tensor_sha256"] == data

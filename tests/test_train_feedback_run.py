@@ -18,7 +18,8 @@ from loraregistry.train.feedback import read_rows
 from loraregistry.train.samples import read_cells
 
 from .test_hub import hf_env, hub  # noqa: F401 - fixtures: the real huggingface_hub client, a Hub server on 127.0.0.1
-from .test_train_support import copy_dataset, one_thread, tiny_config, tiny_settings  # noqa: F401 - fixture
+from .test_train_support import (  # noqa: F401 - fixture
+    copy_dataset, one_thread, tiny_config, tiny_settings, torch_one_thread)
 
 pytestmark = pytest.mark.slow
 
@@ -36,21 +37,15 @@ def _has_tensorboard() -> bool:
 def run(tmp_path_factory):
     """One run: 4 images, 1 held out, validation every 2 of 4 steps, a labelled grid at the end, TensorBoard
     when installed."""
-    import torch
-
     from loraregistry.train import train
 
     tmp = tmp_path_factory.mktemp("feedback")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_one_thread():
         config = tiny_config(tmp, data={"validation_split": 1},
                              train={"steps": 4, "validate_every": 2, **SAMPLES},
                              output={"formats": ["kohya"], "add_to_registry": False,
                                      "trackers": ["tensorboard"] if _has_tensorboard() else []})
         yield train(config, quiet=True)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_validation_rows_in_csv_result_and_run_json(run):

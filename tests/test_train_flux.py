@@ -14,7 +14,8 @@ import pytest
 
 from loraregistry.verify import verify
 
-from .test_train_support import mmdit_diffusers_load, one_thread, tiny_config, tiny_settings  # noqa: F401 - fixture
+from .test_train_support import (  # noqa: F401 - fixture
+    mmdit_diffusers_load, one_thread, tiny_config, tiny_settings, torch_one_thread)
 
 pytestmark = pytest.mark.slow
 
@@ -87,19 +88,13 @@ def test_mode_sampling_favours_the_middle():
 
 @pytest.fixture(scope="module")
 def flux_run(tmp_path_factory):
-    import torch
-
     from loraregistry.train import train
 
     tmp = tmp_path_factory.mktemp("flux-run")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_one_thread():
         config = tiny_config(tmp, "flux1-dev", optim={"lr": 1e-2, "scheduler": "constant"},
                              train={"steps": STEPS, "batch_size": 2, "seed": 7}, output={"dtype": "fp32"})
         result = train(config, quiet=True)
-    finally:
-        torch.set_num_threads(before)
     return SimpleNamespace(result=result, config=config,
                            files={o.format: o.path for o in result.outputs}, base=Path(result.verify_base))
 

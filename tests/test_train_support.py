@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,15 +12,23 @@ import pytest
 EXAMPLE_DATASET = Path(__file__).resolve().parent.parent / "examples" / "dataset"
 
 
-@pytest.fixture
-def one_thread():
+@contextlib.contextmanager
+def torch_one_thread():
     """One CPU thread: deterministic, and much faster than two contending threads on small CI machines."""
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread():
+    with torch_one_thread():
+        yield
 
 
 def copy_dataset(folder: Path, count: int = 4) -> Path:
