@@ -21,7 +21,8 @@ from loraregistry.ops.merge import MergeInput, merge
 from loraregistry.safetensors_io import read_header
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "mmdit"
-PEFT_FILES = {"flux": GOLDEN / "flux_diffusers_transformer_only.safetensors", "sd3": GOLDEN / "sd3_diffusers.safetensors"}
+PEFT_FILES = {"flux": GOLDEN / "flux_diffusers_transformer_only.safetensors",
+              "sd3": GOLDEN / "sd3_diffusers.safetensors"}
 FUSED_KEY = {"flux": "lora_unet_double_blocks_0_img_attn_qkv.", "sd3": "lora_unet_joint_blocks_0_x_block_attn_qkv."}
 WEIGHTS = (0.7, -0.3)
 

@@ -366,9 +366,10 @@ def _one_transformer_layout(parents, *, native: bool):
             elif set(roles) <= _PLAIN_ROLES:
                 regrouped.update(split_fused(module, roles))
             else:
-                raise UnsupportedModule(f"{module}: a fused {'/'.join(sorted(set(roles) - _PLAIN_ROLES))} module "
-                                        "cannot be split to merge with split targets",
-                                        hint="convert that parent to plain LoRA first (lorareg convert --to peft)")
+                extra = "/".join(sorted(set(roles) - _PLAIN_ROLES))
+                raise UnsupportedModule(f"{module}: a fused {extra} module cannot be split to merge with split targets",
+                                        hint="convert that parent to plain LoRA first: "
+                                             "`lorareg convert FILE --to peft -o OUT`")
         out.append((flatten_modules(regrouped), weight))
     return out, native
 
