@@ -3,6 +3,7 @@
     python benchmarks/ops.py                  # the full SDXL-shaped adapter: 986 modules (a few minutes)
     python benchmarks/ops.py --modules 120    # every k-th module: a quicker look
     python benchmarks/ops.py --dense-shapes 0 --no-merge
+    python benchmarks/ops.py --only merge     # the merge benchmark alone (target 4)
     python benchmarks/ops.py --family flux    # a FLUX.1 kohya LoRA: 376 modules, rank 32 -> 8
 
 * resize (issue 14, target 1): an SDXL-shaped kohya LoRA (every default kohya target of the UNet and both text
@@ -454,16 +455,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dense-shapes", type=int, default=None,
                         help="kohya-style dense SVD on this many distinct shapes (default: all; 0 skips it)")
     parser.add_argument("--no-merge", action="store_true", help="skip the merge benchmark")
+    parser.add_argument("--only", choices=("resize", "merge"), help="run only this benchmark")
     parser.add_argument("--keep", type=Path, default=None, help="keep the files in this folder")
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="lorareg-bench-", dir=args.keep))
     _say(f"threads: OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}; load average "
          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the start")
     try:
-        resize = bench_resize(folder, args.arch, args.modules, args.repeat, args.dense_shapes)
-        merged = None if args.no_merge else bench_merge(folder, args.modules, args.repeat)
+        resize = None if args.only == "merge" else bench_resize(folder, args.arch, args.modules, args.repeat,
+                                                                 args.dense_shapes)
+        merged = None if args.no_merge or args.only == "resize" else bench_merge(folder, args.modules, args.repeat)
         _say(f"--- results (load average {os.getloadavg()[0]:.1f} at the end) ---")
-        print_resize(resize)
+        if resize:
+            print_resize(resize)
         if merged:
             print_merge(merged)
     finally:
