@@ -142,6 +142,8 @@ def test_flat_name_index_examples():
 
 def test_shipped_data_is_compact_and_torch_free():
     for path in (ARCH_DIR / "data").glob("*.json.gz"):
+        if path.name == "index.json.gz":  # derived from the others: tests/test_speed_verify_fingerprints.py
+            continue
         assert path.stat().st_size < 16_000, path
         assert json.loads(gzip.decompress(path.read_bytes()))["format"] == 1
     code = (

@@ -1,8 +1,9 @@
 """Module fingerprints of the base architectures: every Linear/Conv2d a LoRA can patch, with its shape.
 
 The data ships as ``data/<name>.json.gz``, generated on the meta device by ``scripts/gen_fingerprints.py``
-from the public configs in ``configs/<name>.json``. This module reads it with the standard library only
-(no torch), lazily, and caches what it loads.
+from the public configs in ``configs/<name>.json``, and as ``data/index.json.gz``, derived from those by
+``scripts/gen_fingerprint_index.py`` in the form that loads fastest (see ``index_doc``). This module reads the
+index with the standard library only (no torch), lazily, and caches what it loads.
 
 Paths are canonical (see ``loraregistry.canonical``): diffusers/transformers module names, CLIP paths
 with the ``text_model.`` level, T5 paths as in transformers (``encoder.block.0.layer.0.SelfAttention.q``).
@@ -10,8 +11,6 @@ with the ``text_model.`` level, T5 paths as in transformers (``encoder.block.0.l
 
 from __future__ import annotations
 
-import functools
-import gzip
 import itertools
 import json
 import operator
@@ -58,35 +57,67 @@ class ModuleSpec:
 
 
 class Fingerprint:
-    """All patchable modules of one base architecture, keyed by ``ModuleKey(component, path)``."""
+    """All patchable modules of one base architecture, keyed by ``ModuleKey(component, path)``.
+
+    Held as one ``path -> ModuleSpec`` table per component: detection looks up every adapter module in every
+    shipped fingerprint, and the shipped index loads straight into these tables. ``modules`` (one mapping over all
+    components) is built on first use."""
 
     def __init__(self, name: str, modules: Mapping[ModuleKey, ModuleSpec]) -> None:
+        tables: dict[str, dict[str, ModuleSpec]] = {}
+        for key, spec in modules.items():
+            tables.setdefault(key.component, {})[key.path] = spec
+        self._init(name, tables)
+
+    @classmethod
+    def from_tables(cls, name: str, tables: dict[str, dict[str, ModuleSpec]]) -> Fingerprint:
+        """A fingerprint over ``{component: {path: spec}}``; the tables are taken over, not copied."""
+        fp = cls.__new__(cls)
+        fp._init(name, tables)
+        return fp
+
+    def _init(self, name: str, tables: dict[str, dict[str, ModuleSpec]]) -> None:
         self.name = name
-        self.modules: Mapping[ModuleKey, ModuleSpec] = MappingProxyType(dict(modules))
+        self._tables = {component: table for component, table in tables.items() if table}
+        self._modules: Mapping[ModuleKey, ModuleSpec] | None = None
+
+    @property
+    def modules(self) -> Mapping[ModuleKey, ModuleSpec]:
+        if self._modules is None:
+            self._modules = MappingProxyType({ModuleKey(component, path): spec
+                                              for component, table in self._tables.items()
+                                              for path, spec in table.items()})
+        return self._modules
 
     @property
     def components(self) -> tuple[str, ...]:
-        return tuple(sorted({key.component for key in self.modules}))
+        return tuple(sorted(self._tables))
+
+    def table(self, component: str) -> Mapping[str, ModuleSpec]:
+        """``path -> ModuleSpec`` of one component (empty when the base has none): exact paths only."""
+        return self._tables.get(component, _NO_MODULES)
 
     def paths(self, component: str) -> list[str]:
-        return sorted(key.path for key in self.modules if key.component == component)
+        return sorted(self._tables.get(component, ()))
 
     def lookup(self, component: str, path: str) -> ModuleSpec | None:
         """The module at ``path``; CLIP paths may omit the ``text_model.`` level.
 
         A fused canonical path (kohya SD3/Flux ``attn.{to_q,to_k,to_v}``, see ``formats.mmdit``) is the Linear
         its targets make when stacked: their shared input, the sum of their outputs."""
-        spec = self.modules.get(ModuleKey(component, path))
+        table = self._tables.get(component, _NO_MODULES)
+        spec = table.get(path)
         if spec is None and not path.startswith(CLIP_PREFIX):
-            spec = self.modules.get(ModuleKey(component, CLIP_PREFIX + path))
+            spec = table.get(CLIP_PREFIX + path)
         if spec is None and "{" in path:
-            spec = self._fused(component, path)
+            spec = self._fused(table, path)
         return spec
 
-    def _fused(self, component: str, path: str) -> ModuleSpec | None:
+    @staticmethod
+    def _fused(table: Mapping[str, ModuleSpec], path: str) -> ModuleSpec | None:
         from ..formats.mmdit import fused_targets  # keys-only module; imported late to keep imports one-way
 
-        parts = [self.modules.get(ModuleKey(component, target)) for target in fused_targets(path)]
+        parts = [table.get(target) for target in fused_targets(path)]
         if len(parts) < 2 or any(p is None or p.kind != "linear" for p in parts):
             return None
         if len({p.in_features for p in parts}) != 1:
@@ -94,41 +125,76 @@ class Fingerprint:
         return ModuleSpec("linear", parts[0].in_features, sum(p.out_features for p in parts))
 
     def __repr__(self) -> str:
-        return f"Fingerprint({self.name!r}, {len(self.modules)} modules)"
+        return f"Fingerprint({self.name!r}, {sum(map(len, self._tables.values()))} modules)"
+
+
+_NO_MODULES: Mapping[str, ModuleSpec] = MappingProxyType({})
 
 
 def _data_dir() -> Path:
     return Path(__file__).with_name("data")  # a plain folder of the package (importlib.resources costs ~10 ms)
 
 
+def read_documents(data_dir: Path | None = None) -> dict[str, dict]:
+    """The shipped fingerprint documents (``<name>.json.gz``, the generated source of truth), by name."""
+    import gzip  # only the index generator and its test read the documents
+
+    suffix = ".json.gz"
+    docs = {}
+    for path in sorted((data_dir or _data_dir()).glob(f"*{suffix}")):
+        if path.name == INDEX_FILE:
+            continue
+        doc = json.loads(gzip.decompress(path.read_bytes()))
+        if doc.get("format") != FORMAT_VERSION:
+            raise ValueError(f"fingerprint {path.name}: unsupported data format {doc.get('format')!r}")
+        docs[path.name[: -len(suffix)]] = doc
+    return docs
+
+
+def index_doc(docs: Mapping[str, dict]) -> dict:
+    """What ``INDEX_FILE`` holds, derived from the documents: per fingerprint its distinct shapes
+    (``[kind, in, out, *kernel]``, in order of first use) and, per component, ``{path: shape number}``.
+
+    A verify reads all eight fingerprints at start: parsed from this, a table is a dict that JSON decoding builds
+    in C, where the documents' rows need Python work each."""
+    fingerprints = {}
+    for name in sorted(docs):
+        shapes: dict[tuple, int] = {}
+        components = {component: {row[0]: shapes.setdefault(tuple(row[1:]), len(shapes)) for row in rows}
+                      for component, rows in docs[name]["components"].items()}
+        fingerprints[name] = {"name": docs[name]["name"], "shapes": [list(shape) for shape in shapes],
+                              "components": components}
+    return {"format": FORMAT_VERSION, "fingerprints": fingerprints}
+
+
+INDEX_FILE = "index.json.gz"  # generated by scripts/gen_fingerprint_index.py; a test checks it equals index_doc(...)
+
+
+@lru_cache(maxsize=None)
+def _index() -> Mapping[str, dict]:
+    import zlib  # not gzip: that module's import costs more than this decompression
+
+    doc = json.loads(zlib.decompress(_data_dir().joinpath(INDEX_FILE).read_bytes(), wbits=31))  # 31: gzip framing
+    if doc.get("format") != FORMAT_VERSION:
+        raise ValueError(f"fingerprint index: unsupported data format {doc.get('format')!r}")
+    return doc["fingerprints"]
+
+
 @lru_cache(maxsize=None)
 def fingerprint_names() -> tuple[str, ...]:
     """Names of the shipped fingerprints (``sd1``, ``sdxl-base``, ...)."""
-    suffix = ".json.gz"
-    return tuple(sorted(p.name[: -len(suffix)] for p in _data_dir().iterdir() if p.name.endswith(suffix)))
+    return tuple(sorted(_index()))
 
 
 @lru_cache(maxsize=None)
 def _load(name: str) -> Fingerprint:
-    doc = json.loads(gzip.decompress(_data_dir().joinpath(f"{name}.json.gz").read_bytes()))
-    if doc.get("format") != FORMAT_VERSION:
-        raise ValueError(f"fingerprint {name}: unsupported data format {doc.get('format')!r}")
-    # Thousands of rows per base, read at the start of every verify: built with C-level maps, and each of the few
-    # dozen distinct shapes made into a ModuleSpec once.
-    modules: dict[ModuleKey, ModuleSpec] = {}
-    specs: dict[tuple, ModuleSpec] = {}
-    for component, rows in doc["components"].items():
-        shapes = list(map(tuple, map(_ROW_SHAPE, rows)))
-        for kind, in_features, out_features, *kernel in set(shapes) - specs.keys():
-            specs[(kind, in_features, out_features, *kernel)] = ModuleSpec(
-                kind, in_features, out_features, tuple(kernel) if kernel else None)
-        keys = map(_new_module_key, zip(itertools.repeat(component), map(_ROW_PATH, rows)))
-        modules.update(zip(keys, map(specs.__getitem__, shapes)))
-    return Fingerprint(doc["name"], modules)
-
-
-_ROW_PATH, _ROW_SHAPE = operator.itemgetter(0), operator.itemgetter(slice(1, None))  # [path, kind, in, out, *kernel]
-_new_module_key = functools.partial(tuple.__new__, ModuleKey)  # ModuleKey((component, path)) without a Python call
+    entry = _index()[name]
+    # One ModuleSpec per distinct shape (a few dozen per base), shared by every module of that shape.
+    specs = [ModuleSpec(kind, in_features, out_features, tuple(kernel) if kernel else None)
+             for kind, in_features, out_features, *kernel in entry["shapes"]]
+    tables = {component: dict(zip(paths, map(specs.__getitem__, paths.values())))
+              for component, paths in entry["components"].items()}
+    return Fingerprint.from_tables(entry["name"], tables)
 
 
 def fingerprint(name_or_arch_id: str) -> Fingerprint:
@@ -149,14 +215,20 @@ def flatten(path: str) -> str:
     return path.replace(".", "_")
 
 
+_flatten_all = operator.methodcaller("replace", ".", "_")  # flatten() without a Python call per path
+
+
 @lru_cache(maxsize=None)
 def _flat_index(component: str) -> Mapping[str, str]:
-    index: dict[str, str] = {}
-    for name in fingerprint_names():
-        for path in _load(name).paths(component):
-            flat = flatten(path)
-            if index.setdefault(flat, path) != path:  # the flattening would be ambiguous
-                raise ValueError(f"{component}: {index[flat]!r} and {path!r} both flatten to {flat!r}")
+    # Every path once, in the order of the fingerprints and their sorted paths (the first spelling wins).
+    paths = list(dict.fromkeys(itertools.chain.from_iterable(_load(name).paths(component)
+                                                             for name in fingerprint_names())))
+    index = dict(zip(map(_flatten_all, paths), paths))
+    if len(index) != len(paths):  # two paths flatten alike: name the first such pair
+        seen: dict[str, str] = {}
+        for path in paths:
+            if (first := seen.setdefault(flatten(path), path)) != path:
+                raise ValueError(f"{component}: {first!r} and {path!r} both flatten to {flatten(path)!r}")
     return MappingProxyType(index)
 
 
@@ -177,7 +249,7 @@ def kohya_default_targets(fingerprint_name: str, component: str, *, include_t5: 
         raise UsageError(f"fingerprint {fp.name} has no component {component!r}", hint=f"has: {fp.components}")
     targets = []
     for path in fp.paths(component):
-        spec = fp.modules[ModuleKey(component, path)]
+        spec = fp.table(component)[path]
         if spec.kind == "conv" and spec.kernel != (1, 1):
             continue
         if _KOHYA_TARGETS.match(path) or (include_t5 and _T5_TARGETS.match(path)):

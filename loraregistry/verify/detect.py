@@ -97,13 +97,12 @@ def _fit(checkable: list[tuple[ModuleKey, ModuleInfo, Shape]], fp: Fingerprint,
          architectures: tuple[str, ...]) -> Fit:
     misfits = []
     components = _components(fp)
-    specs = fp.modules
     # (algo, delta, spec) -> fits: adapters repeat a few shapes many times. A fingerprint's own specs live as long as
     # it does and it shares one per shape, so they are keyed by identity (a dataclass hash is a Python call per
     # module); a spec ``lookup`` builds (fused paths) may be a new object each time, so it is keyed by value.
     verdicts: dict[tuple, bool] = {}
     for key, info, delta in checkable:
-        spec = specs.get(key) if key.component in components else None
+        spec = fp.table(key.component).get(key.path) if key.component in components else None
         if spec is not None:
             verdict_key: tuple = (info.algo, delta, id(spec))
         else:

@@ -43,7 +43,7 @@ def check_against_base(ctx: Context) -> list[Finding]:
         if module.component not in components:
             outside[module.component].append(module)
             continue
-        spec = target.modules.get(module) or target.lookup(module.component, module.path)
+        spec = target.lookup(module.component, module.path)  # the exact path first
         if spec is None:
             findings.append(finding("module-not-in-base", f"got module '{module}', which {label} does not have",
                                     key=str(module), hint="the adapter was made for another base model, or its "
