@@ -88,10 +88,10 @@ json.loads(out.getvalue())
 print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
 """
 # Heavy or needless for a header-level verify of a file without a lorareg record: pydantic and the modules that
-# build models (validation is light, see schema.light), rich (--json prints plain text), numpy and torch (no
-# tensor is read), the Hub client.
+# build models (validation is light, see schema.light), click (the plain verify command line is read without it,
+# cli/fast_args.py), rich (--json prints plain text), numpy and torch (no tensor is read), the Hub client.
 _NOT_FOR_VERIFY = ("pydantic", "pydantic_core", "loraregistry.schema.metadata", "loraregistry.schema.foreign_models",
-                   "loraregistry.verify.output_models", "rich", "numpy", "torch", "huggingface_hub")
+                   "loraregistry.verify.output_models", "click", "rich", "numpy", "torch", "huggingface_hub")
 
 
 def test_header_level_verify_of_a_kohya_file_imports_little(tmp_path):

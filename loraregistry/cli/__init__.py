@@ -4,18 +4,23 @@ Each command parses options, calls one library function and renders the result (
 Errors become messages here and nowhere else: one line on stderr, exit 2 for usage and input errors,
 1 for a failed check; a traceback only with ``--debug``. Subcommands are imported lazily so that
 ``lorareg inspect`` never pays for (or imports) torch.
+
+The click group lives in ``group.py`` (``cli`` here is it, loaded on first use). The plain forms of
+``lorareg verify`` skip click altogether (``fast_args.py``): importing click costs about a sixth of a
+header-level verify. Everything else, help and every malformed line included, goes through click.
 """
 
 from __future__ import annotations
 
 import sys
 import warnings
+from typing import TYPE_CHECKING, Any
 
-import click
-
-from .. import __version__
 from ..errors import LoraregError
-from .lazy import LazyGroup
+from .output import echo
+
+if TYPE_CHECKING:
+    import click
 
 COMMANDS = {
     "bake": "loraregistry.cli.bake_cmd:bake",
@@ -38,22 +43,22 @@ COMMANDS = {
     "verify": "loraregistry.cli.verify_cmd:verify",
 }
 
-
-@click.group(cls=LazyGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="lorareg")
-@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-@click.option("--threads", type=click.IntRange(min=1), metavar="N",
-              help="CPU threads for torch and BLAS (default: OMP_NUM_THREADS, else the cores idle right now).")
-@click.pass_context
-def cli(ctx: click.Context, debug: bool, threads: int | None) -> None:
-    """Verify, inspect, convert and share Stable Diffusion LoRA adapters."""
-    ctx.ensure_object(dict)
-    ctx.obj["debug"] = debug
-
-
 # Commands whose work is numeric (torch / BLAS): they choose their thread count before either loads
 # (threads.py); header-level commands skip the short idle-core sample.
 NUMERIC_COMMANDS = frozenset({"train", "convert", "merge", "resize", "bake", "extract", "fix", "demo"})
+
+# Off: every command line goes through click (the tests compare both ways).
+FAST_PATHS = True
+# click's shell-completion switch for prog_name "lorareg": when set, click answers instead of running anything.
+_COMPLETION_VARIABLE = "_LORAREG_COMPLETE"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "cli":  # the click group, imported only where click runs
+        from .group import cli
+
+        return cli
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _configure_threads(args: list[str]) -> None:
@@ -75,20 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             if not debug:  # numpy's overflow/invalid-value warnings on odd inputs are noise, not messages
                 warnings.simplefilter("ignore", RuntimeWarning)
-            result = cli.main(args=args, prog_name="lorareg", standalone_mode=False)
+            result = _run_fast(args)
+            if result is None:
+                result = _run_click(args)
         return result if isinstance(result, int) else 0
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.UsageError as exc:
-        return _usage_error(exc)
-    except click.ClickException as exc:  # click.FileError and the like: an input error
-        _error_line(exc.format_message())
-        return 2
-    except click.Abort:
-        click.echo("lorareg: aborted", err=True)
-        return 130
     except KeyboardInterrupt:
-        click.echo("lorareg: interrupted", err=True)
+        echo("lorareg: interrupted", err=True)
         return 130
     except BrokenPipeError:
         return 1
@@ -102,6 +99,63 @@ def main(argv: list[str] | None = None) -> int:
             return 70
         _error_line(error.one_line())
         return error.exit_code
+
+
+def _run_fast(args: list[str]) -> int | None:
+    """The verify command in its plain forms, without click; None when click is to parse the line.
+
+    Around the command it does what click's main does around one (standalone_mode off), so that both ways end
+    alike: an interrupt or end of input is an abort (a blank line, then "aborted"), a broken pipe exits 1."""
+    import os
+
+    if not FAST_PATHS or os.environ.get(_COMPLETION_VARIABLE):
+        return None
+    from .fast_args import parse_verify
+
+    try:
+        try:
+            params = parse_verify(args)
+            if params is None:
+                return None
+            from .verify_run import run_verify
+
+            return run_verify(**params)
+        except OSError as exc:
+            import errno
+
+            if exc.errno != errno.EPIPE:
+                raise
+            from .output import quiet_broken_pipe
+
+            quiet_broken_pipe()
+            sys.exit(1)
+    except (EOFError, KeyboardInterrupt):
+        echo("", err=True)  # the blank line closes the terminal's ^C echo
+        return _aborted()
+
+
+def _run_click(args: list[str]) -> int:
+    """The command line through click; click's own exceptions become lorareg's one-line messages here."""
+    import click
+
+    from .group import cli
+
+    try:
+        return cli.main(args=args, prog_name="lorareg", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.UsageError as exc:
+        return _usage_error(exc)
+    except click.ClickException as exc:  # click.FileError and the like: an input error
+        _error_line(exc.format_message())
+        return 2
+    except click.Abort:
+        return _aborted()
+
+
+def _aborted() -> int:
+    echo("lorareg: aborted", err=True)
+    return 130
 
 
 def _as_lorareg_error(exc: BaseException) -> LoraregError | None:
@@ -123,15 +177,17 @@ def _as_lorareg_error(exc: BaseException) -> LoraregError | None:
 def _error_line(text: str, prefix: str = "lorareg: error: ") -> None:
     from .output import safe_line
 
-    click.echo(prefix + safe_line(text), err=True)
+    echo(prefix + safe_line(text), err=True)
 
 
 def _usage_error(exc: click.UsageError) -> int:
     """One line saying what is wrong, and one saying where the help is (click prints four)."""
+    import click
+
     command = exc.ctx.command_path if exc.ctx is not None else "lorareg"
     _error_line(exc.format_message())
     about_a_file = (isinstance(exc, click.BadParameter) and not isinstance(exc, click.MissingParameter)
                     and isinstance(getattr(exc.param, "type", None), click.Path))
     if not about_a_file:  # a bad file needs no pointer to the help
-        click.echo(f"try '{command} --help'", err=True)
+        echo(f"try '{command} --help'", err=True)
     return 2
