@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import struct
 from collections import Counter
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .canonical import CanonicalKey, KeyMapping, ModuleKey, WeightFacts
+from .record import FrozenRecord, Record
 from .safetensors_io import SafetensorsHeader, TensorInfo, numpy_dtype, read_header
 
 if TYPE_CHECKING:
@@ -25,8 +25,7 @@ _LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 _LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
 
 
-@dataclass(frozen=True)
-class ModuleInfo:
+class ModuleInfo(FrozenRecord):
     """One patched module: its tensors by role and what their shapes say."""
 
     module: ModuleKey
@@ -38,9 +37,17 @@ class ModuleInfo:
     in_features: int | None
     out_features: int | None
     kernel: tuple[int, ...] | None
-    alpha: float | None = None  # from the file's alpha tensor; None when the file stores none (or alpha_unknown)
-    dora: bool = False
-    alpha_unknown: bool = False  # an alpha tensor is stored but its value was not read (header-only adapters)
+    alpha: float | None  # from the file's alpha tensor; None when the file stores none (or alpha_unknown)
+    dora: bool
+    alpha_unknown: bool  # an alpha tensor is stored but its value was not read (header-only adapters)
+
+    def __init__(self, module: ModuleKey, tensors: dict[str, TensorInfo], keys: dict[str, str], algo: str, kind: str,
+                 rank: int | None, in_features: int | None, out_features: int | None,
+                 kernel: tuple[int, ...] | None, alpha: float | None = None, dora: bool = False,
+                 alpha_unknown: bool = False) -> None:
+        self._set(module=module, tensors=tensors, keys=keys, algo=algo, kind=kind, rank=rank,
+                  in_features=in_features, out_features=out_features, kernel=kernel, alpha=alpha, dora=dora,
+                  alpha_unknown=alpha_unknown)
 
     @property
     def effective_alpha(self) -> float | None:
@@ -148,8 +155,7 @@ def _most_common(values: list) -> object | None:
     return Counter(values).most_common(1)[0][0] if values else None
 
 
-@dataclass
-class AdapterFile:
+class AdapterFile(Record):
     """An adapter whose container and keys have been checked. Use ``AdapterFile.open``."""
 
     path: Path
@@ -157,7 +163,17 @@ class AdapterFile:
     mapping: KeyMapping
     modules: dict[ModuleKey, ModuleInfo]
     file_size: int
-    _imported: object = field(default=None, repr=False)
+    _imported: object
+    _repr_skips = frozenset({"_imported"})
+
+    def __init__(self, path: Path, header: SafetensorsHeader, mapping: KeyMapping, modules: dict[ModuleKey, ModuleInfo],
+                 file_size: int, _imported: object = None) -> None:
+        self.path = path
+        self.header = header
+        self.mapping = mapping
+        self.modules = modules
+        self.file_size = file_size
+        self._imported = _imported
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> AdapterFile:

@@ -13,8 +13,9 @@ Conversions go through this form, so N key formats need N mappers, not N squared
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
+
+from .record import FrozenRecord, Record
 
 Component = Literal["unet", "text_encoder", "text_encoder_2", "text_encoder_3", "transformer"]
 COMPONENTS: tuple[str, ...] = ("unet", "text_encoder", "text_encoder_2", "text_encoder_3", "transformer")
@@ -74,8 +75,7 @@ class CanonicalKey(NamedTuple):
         return f"{self.component}:{self.path}:{self.role}"
 
 
-@dataclass
-class KeyMapping:
+class KeyMapping(Record):
     """The result of mapping one file's tensor keys to the canonical form.
 
     ``mapped`` holds every key the format understood; ``unknown`` every key it did not (kept and
@@ -85,13 +85,19 @@ class KeyMapping:
     """
 
     format: str
-    mapped: dict[str, CanonicalKey] = field(default_factory=dict)
-    unknown: list[str] = field(default_factory=list)
-    dialect: dict[str, str] = field(default_factory=dict)
+    mapped: dict[str, CanonicalKey]
+    unknown: list[str]
+    dialect: dict[str, str]
+
+    def __init__(self, format: str, mapped: dict[str, CanonicalKey] | None = None, unknown: list[str] | None = None,
+                 dialect: dict[str, str] | None = None) -> None:
+        self.format = format
+        self.mapped = {} if mapped is None else mapped
+        self.unknown = [] if unknown is None else unknown
+        self.dialect = {} if dialect is None else dialect
 
 
-@dataclass(frozen=True)
-class WeightFacts:
+class WeightFacts(FrozenRecord):
     """What the weights alone tell about an adapter; input to metadata inference.
 
     ``rank``/``alpha`` are the most common values over Linear modules (``None`` when there are none),
@@ -102,13 +108,25 @@ class WeightFacts:
     network_type: str
     components: tuple[str, ...]
     module_count: int
-    rank: int | None = None
-    alpha: float | None = None
-    conv_rank: int | None = None
-    conv_alpha: float | None = None
-    rank_pattern: dict[str, int] = field(default_factory=dict)
-    alpha_pattern: dict[str, float] = field(default_factory=dict)
-    target_modules: tuple[str, ...] = ()
-    architecture: str | None = None
-    tensor_sha256: str | None = None
-    conv_modules: tuple[str, ...] = ()  # modules (component:path) whose rank is conv_rank: kernels wider than 1x1
+    rank: int | None
+    alpha: float | None
+    conv_rank: int | None
+    conv_alpha: float | None
+    rank_pattern: dict[str, int]
+    alpha_pattern: dict[str, float]
+    target_modules: tuple[str, ...]
+    architecture: str | None
+    tensor_sha256: str | None
+    conv_modules: tuple[str, ...]  # modules (component:path) whose rank is conv_rank: kernels wider than 1x1
+
+    def __init__(self, format: str, network_type: str, components: tuple[str, ...], module_count: int,
+                 rank: int | None = None, alpha: float | None = None, conv_rank: int | None = None,
+                 conv_alpha: float | None = None, rank_pattern: dict[str, int] | None = None,
+                 alpha_pattern: dict[str, float] | None = None, target_modules: tuple[str, ...] = (),
+                 architecture: str | None = None, tensor_sha256: str | None = None,
+                 conv_modules: tuple[str, ...] = ()) -> None:
+        self._set(format=format, network_type=network_type, components=components, module_count=module_count,
+                  rank=rank, alpha=alpha, conv_rank=conv_rank, conv_alpha=conv_alpha,
+                  rank_pattern={} if rank_pattern is None else rank_pattern,
+                  alpha_pattern={} if alpha_pattern is None else alpha_pattern, target_modules=target_modules,
+                  architecture=architecture, tensor_sha256=tensor_sha256, conv_modules=conv_modules)

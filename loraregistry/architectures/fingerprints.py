@@ -15,7 +15,6 @@ import itertools
 import json
 import operator
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
@@ -23,6 +22,7 @@ from types import MappingProxyType
 from ..canonical import ModuleKey
 from ..errors import UnknownArchitecture, UsageError
 from ..lazy_re import lazy
+from ..record import FrozenRecord
 from . import ids
 
 FORMAT_VERSION = 1
@@ -39,14 +39,16 @@ _KOHYA_TARGETS = lazy(
 _T5_TARGETS = lazy(r"^encoder\.block\.\d+\.layer\.\d+\.(?:SelfAttention|DenseReluDense)\.")
 
 
-@dataclass(frozen=True)
-class ModuleSpec:
+class ModuleSpec(FrozenRecord):
     """Kind and shape of one patchable module. ``kernel`` is ``(kh, kw)`` for convs, None for Linear."""
 
     kind: str  # "linear" or "conv"
     in_features: int
     out_features: int
-    kernel: tuple[int, int] | None = None
+    kernel: tuple[int, int] | None
+
+    def __init__(self, kind: str, in_features: int, out_features: int, kernel: tuple[int, int] | None = None) -> None:
+        self._set(kind=kind, in_features=in_features, out_features=out_features, kernel=kernel)
 
     @property
     def weight_shape(self) -> tuple[int, ...]:

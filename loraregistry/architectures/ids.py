@@ -8,13 +8,11 @@ without a ``/lora``-style adapter suffix.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ..errors import UnknownArchitecture
+from ..record import FrozenRecord
 
 
-@dataclass(frozen=True)
-class Architecture:
+class Architecture(FrozenRecord):
     id: str
     family: str  # sd1 / sd2 / sdxl / sd3 / flux
     title: str
@@ -25,9 +23,16 @@ class Architecture:
     kohya: str  # ss_base_model_version
     hub_tag: str  # the family tag a Hub model card carries
     hub_repos: tuple[str, ...]  # first one is the canonical base_model for cards
-    civitai: tuple[str, ...] = ()
-    aliases: tuple[str, ...] = ()  # other spellings (OMI ids, older kohya values, ...)
-    fingerprint: str = ""  # name of the shipped module fingerprint; shapes shared where equal
+    civitai: tuple[str, ...]
+    aliases: tuple[str, ...]  # other spellings (OMI ids, older kohya values, ...)
+    fingerprint: str  # name of the shipped module fingerprint; shapes shared where equal
+
+    def __init__(self, id: str, family: str, title: str, components: tuple[str, ...], prediction_type: str,
+                 resolution: int, modelspec: str, kohya: str, hub_tag: str, hub_repos: tuple[str, ...],
+                 civitai: tuple[str, ...] = (), aliases: tuple[str, ...] = (), fingerprint: str = "") -> None:
+        self._set(id=id, family=family, title=title, components=components, prediction_type=prediction_type,
+                  resolution=resolution, modelspec=modelspec, kohya=kohya, hub_tag=hub_tag, hub_repos=hub_repos,
+                  civitai=civitai, aliases=aliases, fingerprint=fingerprint)
 
     @property
     def modelspec_lora(self) -> str:

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-
 from ..canonical import CanonicalKey, KeyMapping, ModuleKey
 from ..errors import UnknownAdapterFormat, UsageError
+from ..record import Record
 from .attn_procs import AttnProcsFormat
 from .base import KeyFormat, ParsedKey, add_without_collisions
 from .bfl import BflFormat
@@ -54,13 +53,18 @@ def register_format(fmt: KeyFormat, *, before: str | None = None) -> None:
 
 
 
-@dataclass
-class FormatDetection:
+class FormatDetection(Record):
     """Which format claims how many keys. ``format`` is a format name, ``mixed`` or ``unknown``."""
 
     format: str
-    counts: dict[str, int] = field(default_factory=dict)
-    unknown_keys: list[str] = field(default_factory=list)
+    counts: dict[str, int]
+    unknown_keys: list[str]
+
+    def __init__(self, format: str, counts: dict[str, int] | None = None, unknown_keys: list[str] | None = None
+                 ) -> None:
+        self.format = format
+        self.counts = {} if counts is None else counts
+        self.unknown_keys = [] if unknown_keys is None else unknown_keys
 
 
 def _claimant(key: str, component: str | None) -> tuple[str, ParsedKey] | None:

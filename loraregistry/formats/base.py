@@ -12,16 +12,17 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-
 from ..canonical import CanonicalKey, KeyMapping
 from ..errors import UsageError
+from ..record import FrozenRecord
 
 
-@dataclass(frozen=True)
-class ParsedKey:
+class ParsedKey(FrozenRecord):
     key: CanonicalKey
-    facts: Mapping[str, str] = field(default_factory=dict)
+    facts: Mapping[str, str]
+
+    def __init__(self, key: CanonicalKey, facts: Mapping[str, str] | None = None) -> None:
+        self._set(key=key, facts={} if facts is None else facts)
 
 
 class KeyFormat(ABC):

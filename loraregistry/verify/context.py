@@ -3,13 +3,13 @@ declared and detected architecture, and the base the modules are checked against
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
 from ..adapter import AdapterFile
 from ..architectures import Fingerprint, fingerprint
 from ..canonical import ModuleKey
+from ..record import Record
 from .detect import Declaration, Detection, detect_architecture, read_declaration
 from .shapes import Problem, Shape, factor_problems
 
@@ -17,14 +17,23 @@ if TYPE_CHECKING:
     from .base import Base
 
 
-@dataclass
-class Context:
+class Context(Record):
     adapter: AdapterFile
     base: Base | None  # the requested base (--base), if any
     deltas: dict[ModuleKey, Shape | None]
     factor_problems: dict[ModuleKey, list[Problem]]
     declaration: Declaration
     detection: Detection
+
+    def __init__(self, adapter: AdapterFile, base: Base | None, deltas: dict[ModuleKey, Shape | None],
+                 factor_problems: dict[ModuleKey, list[Problem]], declaration: Declaration,
+                 detection: Detection) -> None:
+        self.adapter = adapter
+        self.base = base
+        self.deltas = deltas
+        self.factor_problems = factor_problems
+        self.declaration = declaration
+        self.detection = detection
 
     @classmethod
     def build(cls, adapter: AdapterFile, base: Base | None) -> Context:

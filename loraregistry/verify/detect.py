@@ -10,40 +10,46 @@ architecture, then the declared prediction type / resolution, picks one, else al
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import NamedTuple
 from functools import lru_cache
+from typing import NamedTuple
 
 from ..adapter import ModuleInfo
 from ..architectures import ARCHITECTURES, Fingerprint, fingerprint, fingerprint_names
 from ..canonical import ModuleKey
 from ..errors import MetadataError
+from ..record import FrozenRecord
 from .shapes import Shape, fits
 
 
-@dataclass(frozen=True)
-class Fit:
+class Fit(FrozenRecord):
     """How one fingerprint holds an adapter's checkable modules."""
 
     fingerprint: str
     architectures: tuple[str, ...]  # architecture ids that share this fingerprint
     fitted: int
     total: int
-    misfits: tuple[ModuleKey, ...] = ()  # modules absent from the fingerprint, or whose shapes do not load
+    misfits: tuple[ModuleKey, ...]  # modules absent from the fingerprint, or whose shapes do not load
+
+    def __init__(self, fingerprint: str, architectures: tuple[str, ...], fitted: int, total: int,
+                 misfits: tuple[ModuleKey, ...] = ()) -> None:
+        self._set(fingerprint=fingerprint, architectures=architectures, fitted=fitted, total=total, misfits=misfits)
 
     @property
     def fits_all(self) -> bool:
         return self.total > 0 and self.fitted == self.total
 
 
-@dataclass(frozen=True)
-class Declaration:
+class Declaration(FrozenRecord):
     """What the metadata says the base is. ``sources`` maps the header key to the architecture id it names,
     in precedence order (lorareg record, modelspec, kohya, diffusers base model id)."""
 
-    sources: dict[str, str] = field(default_factory=dict)
-    prediction_type: str | None = None
-    resolution: int | None = None
+    sources: dict[str, str]
+    prediction_type: str | None
+    resolution: int | None
+
+    def __init__(self, sources: dict[str, str] | None = None, prediction_type: str | None = None,
+                 resolution: int | None = None) -> None:
+        self._set(sources={} if sources is None else sources, prediction_type=prediction_type, resolution=resolution)
 
     @property
     def architecture(self) -> str | None:
@@ -54,8 +60,7 @@ class Declaration:
         return next(iter(self.sources), None)
 
 
-@dataclass(frozen=True)
-class Detection:
+class Detection(FrozenRecord):
     """The result of matching an adapter against every fingerprint.
 
     ``architecture``: the one architecture the adapter is for, or None (no fit, or several candidates that
@@ -68,6 +73,10 @@ class Detection:
     candidates: tuple[str, ...]
     decided_by: str | None
     fits: tuple[Fit, ...]
+
+    def __init__(self, architecture: str | None, candidates: tuple[str, ...], decided_by: str | None,
+                 fits: tuple[Fit, ...]) -> None:
+        self._set(architecture=architecture, candidates=candidates, decided_by=decided_by, fits=fits)
 
     @property
     def best(self) -> Fit | None:

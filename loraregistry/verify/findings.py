@@ -8,9 +8,9 @@ call site; ``docs/verify-codes.md`` is generated from this table by ``codes_mark
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..record import FrozenRecord
 from .consumers.codes import CONSUMER_ROWS
 from .consumers.codes import FAMILY as _CONSUMER_FAMILY
 from .consumers.codes import FAMILY_BLURB as _CONSUMER_BLURB
@@ -30,8 +30,7 @@ FAMILIES[_CONSUMER_FAMILY] = _CONSUMER_BLURB  # LRG6xx: what each loader does wi
 _FAMILY_OF_HUNDRED = dict(enumerate(FAMILIES))
 
 
-@dataclass(frozen=True)
-class CodeInfo:
+class CodeInfo(FrozenRecord):
     """One row of the table: what a code means, and how severe it is."""
 
     code: str
@@ -39,6 +38,9 @@ class CodeInfo:
     severity: Severity
     title: str
     description: str
+
+    def __init__(self, code: str, name: str, severity: Severity, title: str, description: str) -> None:
+        self._set(code=code, name=name, severity=severity, title=title, description=description)
 
     @property
     def family(self) -> str:
@@ -198,8 +200,7 @@ CODES: dict[str, CodeInfo] = {row[0]: CodeInfo(*row) for row in _TABLE + CONSUME
 BY_NAME: dict[str, CodeInfo] = {info.name: info for info in CODES.values()}
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(FrozenRecord):
     """One defect found in one file.
 
     ``code`` is the stable ``LRG###``; ``name`` its short name; ``family`` and ``severity`` come from the
@@ -212,8 +213,12 @@ class Finding:
     severity: Severity
     family: str
     message: str
-    key: str | None = None
-    hint: str | None = None
+    key: str | None
+    hint: str | None
+
+    def __init__(self, code: str, name: str, severity: Severity, family: str, message: str, key: str | None = None,
+                 hint: str | None = None) -> None:
+        self._set(code=code, name=name, severity=severity, family=family, message=message, key=key, hint=hint)
 
     def to_dict(self) -> dict[str, Any]:
         return {"code": self.code, "name": self.name, "severity": self.severity, "family": self.family,

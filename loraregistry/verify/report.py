@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
+from ..record import Record
 from .findings import SEVERITIES, Finding
 
 REPORT_SCHEMA_VERSION = "1"
 
 
-@dataclass
-class Report:
+class Report(Record):
     """The findings for one file and what verify learned on the way.
 
     Fields (also the keys of ``to_dict()``):
@@ -35,18 +34,38 @@ class Report:
     """
 
     path: str
-    findings: list[Finding] = field(default_factory=list)
-    format: str | None = None
-    network_type: str | None = None
-    detected_architecture: str | None = None
-    candidates: tuple[str, ...] = ()
-    declared_architecture: str | None = None
-    declared_source: str | None = None
-    requested_base: str | None = None
-    modules: int = 0
-    components: dict[str, int] = field(default_factory=dict)
-    fitted: int | None = None
-    tensors_checked: bool = False
+    findings: list[Finding]
+    format: str | None
+    network_type: str | None
+    detected_architecture: str | None
+    candidates: tuple[str, ...]
+    declared_architecture: str | None
+    declared_source: str | None
+    requested_base: str | None
+    modules: int
+    components: dict[str, int]
+    fitted: int | None
+    tensors_checked: bool
+
+    def __init__(self, path: str, findings: list[Finding] | None = None, format: str | None = None,
+                 network_type: str | None = None, detected_architecture: str | None = None,
+                 candidates: tuple[str, ...] = (), declared_architecture: str | None = None,
+                 declared_source: str | None = None, requested_base: str | None = None, modules: int = 0,
+                 components: dict[str, int] | None = None, fitted: int | None = None,
+                 tensors_checked: bool = False) -> None:
+        self.path = path
+        self.findings = [] if findings is None else findings
+        self.format = format
+        self.network_type = network_type
+        self.detected_architecture = detected_architecture
+        self.candidates = candidates
+        self.declared_architecture = declared_architecture
+        self.declared_source = declared_source
+        self.requested_base = requested_base
+        self.modules = modules
+        self.components = {} if components is None else components
+        self.fitted = fitted
+        self.tensors_checked = tensors_checked
 
     @property
     def summary(self) -> dict[str, int]:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
 
 from ...errors import MetadataError
+from ...record import FrozenRecord
 from ...schema.keys import HEADER_KEY
 from ..context import Context
 from ..findings import Finding, finding
@@ -86,13 +86,15 @@ def _imported(ctx: Context):
     return _Imported(imported.warnings, imported.metadata.trigger_words, imported.metadata.license)
 
 
-@dataclass(frozen=True)
-class _Imported:
+class _Imported(FrozenRecord):
     """What check_imported reads of the merged record."""
 
     warnings: list[str]
     trigger_words: list[str]
     license: str | None
+
+    def __init__(self, warnings: list[str], trigger_words: list[str], license: str | None) -> None:
+        self._set(warnings=warnings, trigger_words=trigger_words, license=license)
 
 
 def check_imported(ctx: Context) -> list[Finding]:

@@ -16,10 +16,10 @@ import importlib
 import pkgutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any, Literal
 
+from ...record import FrozenRecord
 from .codes import consumer_finding
 
 if TYPE_CHECKING:
@@ -40,8 +40,7 @@ __all__ = ["CONSUMERS", "OUTCOMES", "Assessment", "Consumer", "Verdict", "Verifi
            "verdict_exit_code", "verdict_findings"]
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(FrozenRecord):
     """What one consumer would do with the adapter. ``loaded``: modules it applies, per component;
     ``applied``: those modules; ``unused_keys``: the file's keys it never applies (keys of skipped modules,
     ignored keys, a DoRA magnitude it drops). ``not_modelled``: the rules do not cover the file's family."""
@@ -49,10 +48,16 @@ class Verdict:
     consumer: str
     version_range: str
     outcome: Outcome
-    findings: tuple[Finding, ...] = ()
-    loaded: Mapping[str, int] = field(default_factory=dict)
-    applied: frozenset[ModuleKey] = frozenset()
-    unused_keys: frozenset[str] = frozenset()
+    findings: tuple[Finding, ...]
+    loaded: Mapping[str, int]
+    applied: frozenset[ModuleKey]
+    unused_keys: frozenset[str]
+
+    def __init__(self, consumer: str, version_range: str, outcome: Outcome, findings: tuple[Finding, ...] = (),
+                 loaded: Mapping[str, int] | None = None, applied: frozenset[ModuleKey] = frozenset(),
+                 unused_keys: frozenset[str] = frozenset()) -> None:
+        self._set(consumer=consumer, version_range=version_range, outcome=outcome, findings=findings,
+                  loaded={} if loaded is None else loaded, applied=applied, unused_keys=unused_keys)
 
     @property
     def ok(self) -> bool:
@@ -68,8 +73,7 @@ class Verdict:
         return self.outcome in ("fails", "loads_partly") or (strict and self.outcome == "not_modelled")
 
 
-@dataclass(frozen=True)
-class Verified:
+class Verified(FrozenRecord):
     """Where the rules for one family are checked against the loader's running code: the installed ``package``
     at ``version`` (what ``code`` names), by the oracle ``tests`` ("tests/<file>.py::<test function>"), each of
     which has a case of that family. tests/test_loaders_doc.py holds the table to all of that."""
@@ -79,9 +83,11 @@ class Verified:
     code: str
     tests: tuple[str, ...]
 
+    def __init__(self, package: str, version: str, code: str, tests: tuple[str, ...]) -> None:
+        self._set(package=package, version=version, code=code, tests=tests)
 
-@dataclass(frozen=True)
-class Consumer:
+
+class Consumer(FrozenRecord):
     """One loader. ``assess`` holds its rules; ``sources`` names the upstream files they were written from;
     ``families`` the base families the rules model (any other known family answers "not modelled");
     ``verified``: family -> the running code the rules are checked against in the test suite (the docs table)."""
@@ -91,8 +97,14 @@ class Consumer:
     version_range: str
     sources: tuple[str, ...]
     assess: Callable[[AdapterFacts], Assessment]
-    families: tuple[str, ...] = ALL_FAMILIES
-    verified: Mapping[str, Verified] = field(default_factory=dict)
+    families: tuple[str, ...]
+    verified: Mapping[str, Verified]
+
+    def __init__(self, name: str, title: str, version_range: str, sources: tuple[str, ...],
+                 assess: Callable[[AdapterFacts], Assessment], families: tuple[str, ...] = ALL_FAMILIES,
+                 verified: Mapping[str, Verified] | None = None) -> None:
+        self._set(name=name, title=title, version_range=version_range, sources=sources, assess=assess,
+                  families=families, verified={} if verified is None else verified)
 
     def models(self, family: str | None) -> bool:
         """None (nothing tells the family) is assessed with the rules; "other" and unlisted families are not."""

@@ -37,7 +37,7 @@ Checked by tests/test_oracle_comfyui.py (the snapshot, live) and tests/test_cons
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from . import Assessment, Consumer, Verified
 from .facts import ABSENT, MISMATCH, AdapterFacts, ModuleFacts
@@ -185,5 +185,4 @@ CONSUMER = Consumer(
         ("tests/test_oracle_comfyui.py::test_snapshot_rules_equal_the_snapshot",
          "tests/test_oracle_comfyui.py::test_fix_for_comfyui"))))
 # The same rules frozen at the snapshot: what tests/test_oracle_comfyui.py runs against the real code.
-SNAPSHOT_CONSUMER = replace(CONSUMER, version_range=SNAPSHOT.name, assess=assess_snapshot,
-                            families=SNAPSHOT.families)
+SNAPSHOT_CONSUMER = CONSUMER.replace(version_range=SNAPSHOT.name, assess=assess_snapshot, families=SNAPSHOT.families)
