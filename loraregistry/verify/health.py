@@ -3,7 +3,9 @@
 Pass one reads each tensor once, on its raw bits, at integer speed (numpy's float16 -> float32 cast runs at
 ~0.4 GB/s, a mask + max over uint16 at >10 GB/s): for IEEE floats the exponent field says NaN/Inf, and with
 the sign bit cleared the integer order of the bits is the order of |x|, so one ``max`` gives both "all zero"
-and the largest finite magnitude. Other dtypes (F8, integers) are converted to float32 as before.
+and the largest finite magnitude. Other dtypes (F8, integers) are converted to float32 as before. Small
+files skip numpy's import (which costs more than scanning them): ``bitscan`` computes the same fields with the
+standard library, and numpy loads only for what it leaves (NaN/Inf, other dtypes) or an exact pass.
 
 Module deltas then get a free upper bound on their RMS entry from those maxima (each delta entry is a sum of
 ``r`` products of factor entries, so for LoRA ``RMS(s * up @ down) <= |s| * r * max|up| * max|down|``). Only
@@ -22,6 +24,7 @@ ever, so every value and finding is what a full float pass gives.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property, partial
@@ -31,9 +34,17 @@ from ..adapter import ModuleInfo
 from ..canonical import ModuleKey
 from ..errors import InvalidSafetensorsError
 from ..safetensors_io import SafetensorsHeader, TensorInfo, numpy_dtype
+from . import bitscan
 from .shapes import NOT_FACTORS
 
 CHUNK_ELEMENTS = 1 << 22  # 4 Mi values per step: 16 MB of float32, whatever the tensor's size
+
+# Pass one runs on the standard library (bitscan) up to this many bytes of tensor data per process while numpy
+# is not loaded. Measured (one process per file: bitscan, then import numpy + numpy's pass one): bitscan takes
+# ~0.2-0.55x numpy's cost on 19 MB SD1 files, ~0.8x on 38 MB fp16/bf16 files with uniform-initialised downs
+# (many ties), ~1.2x at 76 MB; past this budget numpy's import pays for itself.
+STDLIB_SCAN_BYTES = 32 << 20
+_stdlib_scanned = 0  # bytes this process has scanned through bitscan
 
 # Base SD/SDXL/Flux weights have an RMS entry well below 0.1 (SD1 attention ~0.02-0.05). A delta whose RMS
 # entry is >= 1.0 is ten to fifty times the weight it is added to: the output saturates ("fried" images),
@@ -112,26 +123,36 @@ class HealthScan:
 
 
 def scan(path: str | Path, header: SafetensorsHeader, modules: dict[ModuleKey, ModuleInfo],
-         deltas: dict[ModuleKey, tuple[int, ...] | None], *, alpha_fallback: float | None = None) -> HealthScan:
-    """Scan every tensor of the file, then bound each module's delta RMS from its factors' statistics."""
-    import numpy as np
-
+         deltas: dict[ModuleKey, tuple[int, ...] | None], *, alpha_fallback: float | None = None,
+         stdlib: bool | None = None) -> HealthScan:
+    """Scan every tensor of the file, then bound each module's delta RMS from its factors' statistics.
+    ``stdlib``: pass one on the standard library where it can (``bitscan``); None decides by ``_stdlib_first``."""
     roles = {key: role for info in modules.values() for role, key in info.keys.items()}
     result = HealthScan()
-    # A plain ndarray view of the map: slicing an np.memmap subclass costs more than scanning a small tensor.
-    data = (np.memmap(path, dtype=np.uint8, mode="r", offset=header.data_offset,
-                      shape=(header.data_size,)).view(np.ndarray) if header.data_size else None)
+    data = _DataSection(path, header)
+    use_stdlib = _stdlib_first(header) if stdlib is None else stdlib
+    settled = bitscan.pass_one(path, header) if use_stdlib else None
+    readable = None
+    if settled is None:  # numpy's pass one, a few calls per run of back-to-back tensors
+        readable = {info.name: array for info in header.tensors.values()
+                    if (array := _array(data(), info, result)) is not None}
+        settled = _scan_runs(data(), [header.tensors[name] for name in readable])
     floats = _FloatPasses()
-    readable = [(info, array) for info in header.tensors.values()
-                if (array := _array(data, info, result)) is not None]
-    batched = _scan_runs(data, [info for info, _ in readable])
-    for info, array in readable:
+    for info in header.tensors.values():
         sumsq = partial(floats.sumsq, info.name)
-        found = batched.get(info.name)
-        stats = TensorStats(info.name, info.numel, *found, sumsq) if found else _scan_tensor(info, array, sumsq)
-        floats.register(info, array, _gram_mode(roles.get(info.name)), stats.finite)
+        found = settled.get(info.name)
+        if found is not None:
+            stats = TensorStats(info.name, info.numel, *found, sumsq)
+            source = partial(_array_of, data, info, result)  # the exact pass maps the file only if a bound asks
+        else:  # NaN/Inf, dtypes without a bit rule, tensors outside runs: one numpy scan each
+            array = readable.get(info.name) if readable is not None else _array(data(), info, result)
+            if array is None:  # unscannable
+                continue
+            stats = _scan_tensor(info, array, sumsq)
+            source = partial(_same, array)
+        floats.register(info, source, _gram_mode(roles.get(info.name)), stats.finite)
         result.tensors[info.name] = stats
-    arrays = lambda info: _array(data, info, result)  # noqa: E731 - small factors read whole (LoHa, mids)
+    arrays = lambda info: _array(data(), info, result)  # noqa: E731 - small factors read whole (LoHa, mids)
     for key, module in modules.items():
         stats = [result.tensors.get(k) for r, k in module.keys.items() if r not in NOT_FACTORS]
         zero = any(s is not None and s.all_zero for s in stats)
@@ -144,6 +165,45 @@ def scan(path: str | Path, header: SafetensorsHeader, modules: dict[ModuleKey, M
         else:
             result.modules[key] = ModuleStats(key, zero, None, size)
     return result
+
+
+def _stdlib_first(header: SafetensorsHeader) -> bool:
+    """Pass one on the standard library while numpy is not loaded and this process has scanned at most
+    ``STDLIB_SCAN_BYTES`` that way (the budget makes a verify of many files switch once numpy repays its import)."""
+    global _stdlib_scanned
+    if "numpy" in sys.modules or _stdlib_scanned + header.data_size > STDLIB_SCAN_BYTES:
+        return False
+    _stdlib_scanned += header.data_size
+    return True
+
+
+class _DataSection:
+    """The file's data section as one uint8 array (None when empty), mapped on first call: a file the standard
+    library scans whole never imports numpy."""
+
+    def __init__(self, path: str | Path, header: SafetensorsHeader) -> None:
+        self._path, self._header = path, header
+        self._mapped = False
+        self._array = None
+
+    def __call__(self):
+        if not self._mapped:
+            import numpy as np
+
+            header = self._header
+            # A plain ndarray view of the map: slicing an np.memmap subclass costs more than scanning a small tensor.
+            self._array = (np.memmap(self._path, dtype=np.uint8, mode="r", offset=header.data_offset,
+                                     shape=(header.data_size,)).view(np.ndarray) if header.data_size else None)
+            self._mapped = True
+        return self._array
+
+
+def _array_of(data: _DataSection, info: TensorInfo, result: HealthScan):
+    return _array(data(), info, result)
+
+
+def _same(value):
+    return value
 
 
 def _array(data, info: TensorInfo, result: HealthScan):
@@ -279,12 +339,14 @@ class _FloatPasses:
         self._sources: dict[str, tuple] = {}
         self._done: dict[str, tuple[float, object]] = {}
 
-    def register(self, info: TensorInfo, array, gram_mode: str | None, finite: bool) -> None:
-        self._sources[info.name] = (info, array, gram_mode, finite)
+    def register(self, info: TensorInfo, source: Callable[[], object], gram_mode: str | None, finite: bool) -> None:
+        """``source()`` gives the tensor's array, on the first float pass that needs it."""
+        self._sources[info.name] = (info, source, gram_mode, finite)
 
     def _get(self, key: str) -> tuple[float, object]:
         if key not in self._done:
-            self._done[key] = _float_pass(*self._sources[key])
+            info, source, gram_mode, finite = self._sources[key]
+            self._done[key] = _float_pass(info, source(), gram_mode, finite)
         return self._done[key]
 
     def sumsq(self, key: str) -> float:
