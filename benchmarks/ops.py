@@ -381,11 +381,12 @@ steps = [
         (io, "parent_record", "parents' sha256 + AutoV3 (thread)"),
         (io, "write_op_output", "write_op_output"),
         (writer, "adapter_layout", "  key layout"),
-        (outfile.Layout, "data_sha256", "  output AutoV3 (from memory)"),
         (outfile.Layout, "header", "  header + record"),
-        (outfile.Layout, "write", "  write + whole-file sha256 + fsync"),
-        (os, "fsync", "    fsync (file and folder)"),
-        (verify, "verify", "  verify the output"),
+        (outfile.OutputFile, "write_data", "  write the data (its AutoV3 on a thread meanwhile)"),
+        (outfile.OutputFile, "data_sha256", "  then wait for the AutoV3"),
+        (os, "fsync", "  fsync (the file on a thread, then the folder)"),
+        (verify, "verify", "  verify the output (the whole-file sha256 and fsync on threads meanwhile)"),
+        (outfile.OutputFile, "sha256", "  then wait for the whole-file sha256 and fsync"),
         (hash_cache, "remember", "  remember in the hash cache")]
 for owner, name, label in steps:
     timed(owner, name, label)

@@ -21,7 +21,7 @@ from loraregistry.canonical import CanonicalKey
 from loraregistry.ops import io as ops_io
 from loraregistry.ops.convert import convert
 from loraregistry.ops.merge import MergeInput, merge
-from loraregistry.ops.outfile import Layout
+from loraregistry.ops.outfile import Layout, OutputFile
 from loraregistry.ops.resize import ResizeSettings, resize
 from loraregistry.safetensors_io import read_header, write_safetensors
 from tests.adapters import independent_hashes, lora_tensors, sd1_adapter
@@ -138,12 +138,23 @@ def test_the_layout_writes_what_write_safetensors_writes(tmp_path):
     write_safetensors(reference, named, {"k": "v"})
     layout = Layout.of(named)
     encoded, parsed = layout.header({"k": "v"}, path=tmp_path / "new.safetensors")
-    sha256 = layout.write(tmp_path / "new.safetensors", encoded)
+    output = OutputFile(layout)
+    try:
+        output.write_data(tmp_path / "new.safetensors", len(encoded))  # the data first, behind the header's room
+        data_sha256 = output.data_sha256()
+        output.finish(encoded)
+        sha256 = output.sha256()
+    finally:
+        output.close()
     assert (tmp_path / "new.safetensors").read_bytes() == reference.read_bytes()
     assert sha256 == hashlib.sha256(reference.read_bytes()).hexdigest()
-    assert layout.data_sha256() == hashes.tensor_sha256(reference, parsed.data_offset)
-    with pytest.raises(FileExistsError):  # a new file only: never writes over one
-        layout.write(tmp_path / "new.safetensors", encoded)
+    assert data_sha256 == hashes.tensor_sha256(reference, parsed.data_offset)
+    again = OutputFile(layout)
+    try:
+        with pytest.raises(FileExistsError):  # a new file only: never writes over one
+            again.write_data(tmp_path / "new.safetensors", len(encoded))
+    finally:
+        again.close()
 
 
 def test_the_record_describes_the_weights_as_reading_the_file_does(tmp_path):

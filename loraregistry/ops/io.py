@@ -31,7 +31,9 @@ from ..canonical import CanonicalKey, ModuleKey
 from ..errors import FileAccessError
 from .common import by_module
 from .errors import OutputFailsVerify, OutputIsInput, about
-from .validate import check_alpha, check_modules
+from .validate import EXPONENT_MASKS, check_alpha, check_modules
+
+_ANY_SHA256 = "0" * 64  # stands for the output's AutoV3 while the header's size is measured
 
 # Header keys that describe the old tensors or the old format: never carried into an op's output.
 STALE_HEADER_KEYS = frozenset({PEFT_CONFIG_KEY, "lorareg", "sshs_model_hash", "sshs_legacy_hash",
@@ -51,9 +53,12 @@ def load_canonical(adapter: AdapterFile, *, with_alpha: bool = True,
     Which alphas were synthesized: those whose key is not in ``adapter.mapping.mapped.values()``.
     """
     by_name = adapter.mapping.mapped
+    data = _mapped_data(adapter)
     tensors = {by_name[info.name]: np.array(arr) if copy else arr
-               for info, arr in _mapped_tensors(adapter) if info.name in by_name}
-    check_modules(by_module(tensors), adapter.path)  # bad shapes/values: one error naming file and module
+               for info, arr in _tensor_views(adapter, data) if info.name in by_name}
+    factors = [adapter.header.tensors[name] for name, key in by_name.items() if key.role != "alpha"]
+    # bad shapes/values: one error naming file and module
+    check_modules(by_module(tensors), adapter.path, values_checked=_sixteen_bit_finite(data, adapter.header, factors))
     for key, value in tensors.items():
         if key.role == "alpha" and value.ndim:  # [1] or [1, 1]: the 0-d scalar every loader reads
             tensors[key] = value.reshape(())
@@ -65,24 +70,58 @@ def load_canonical(adapter: AdapterFile, *, with_alpha: bool = True,
     return tensors
 
 
-def _mapped_tensors(adapter: AdapterFile):
-    """(info, read-only array) for every tensor, views of one memory map of the file: plain ndarrays over an
-    ``mmap`` (``safetensors_io.memmap_tensors`` gives ``np.memmap`` views, whose every reshape or slice runs
-    numpy's memmap bookkeeping: a third of reading a 3,000-tensor adapter)."""
-    import mmap
+def _mapped_data(adapter: AdapterFile) -> np.ndarray | None:
+    """The file's data section as read-only bytes over one memory map (the arrays keep it alive); None when empty.
 
-    from ..safetensors_io import numpy_dtype
+    Plain ndarrays over an ``mmap``: ``safetensors_io.memmap_tensors`` gives ``np.memmap`` views, whose every
+    reshape or slice runs numpy's memmap bookkeeping (a third of reading a 3,000-tensor adapter)."""
+    import mmap
 
     header = adapter.header
     if header.data_size == 0:
-        for info in header.tensors.values():
-            yield info, np.zeros(info.shape, dtype=numpy_dtype(info.dtype))
-        return
+        return None
     with open(adapter.path, "rb") as f:
-        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # the arrays keep it alive
-    data = np.frombuffer(mapped, dtype=np.uint8, count=header.data_size, offset=header.data_offset)
-    for info in header.tensors.values():
-        yield info, data[info.start:info.end].view(numpy_dtype(info.dtype)).reshape(info.shape)
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    return np.frombuffer(mapped, dtype=np.uint8, count=header.data_size, offset=header.data_offset)
+
+
+def _tensor_views(adapter: AdapterFile, data: np.ndarray | None):
+    """(info, read-only array) for every tensor: views of ``data`` (zeros when the file has no data)."""
+    from ..safetensors_io import numpy_dtype
+
+    for info in adapter.header.tensors.values():
+        if data is None:
+            yield info, np.zeros(info.shape, dtype=numpy_dtype(info.dtype))
+        else:
+            yield info, data[info.start:info.end].view(numpy_dtype(info.dtype)).reshape(info.shape)
+
+
+_SCAN_ELEMENTS = 1 << 17  # 256 KiB of 16-bit values: a chunk and its masked copy stay in the L2 cache
+
+
+def _sixteen_bit_finite(data: np.ndarray | None, header, factors) -> bool:
+    """True when every one of ``factors`` (TensorInfo) is fp16 or bf16 and no 16-bit float of the file is infinite
+    or NaN, by one chunked pass over the file's 16-bit float ranges (adjacent tensors of one dtype merged): the
+    per-tensor check (``validate``) costs a masked copy and a call per tensor, most of reading a large adapter.
+    False says nothing: the per-tensor check then runs (and names the module), as it does for wider floats."""
+    if data is None or not factors or any(info.dtype not in _BITS16 for info in factors):
+        return False
+    ranges: list[list] = []  # [mask, start, end]
+    for info in sorted((i for i in header.tensors.values() if i.dtype in _BITS16), key=lambda i: i.start):
+        mask = EXPONENT_MASKS[_BITS16[info.dtype]]
+        if ranges and ranges[-1][0] == mask and ranges[-1][2] == info.start:
+            ranges[-1][2] = info.end
+        else:
+            ranges.append([mask, info.start, info.end])
+    for mask, start, end in ranges:
+        values = data[start:end].view(np.uint16)  # a 16-bit tensor spans an even number of bytes
+        for offset in range(0, values.size, _SCAN_ELEMENTS):
+            if int((values[offset:offset + _SCAN_ELEMENTS] & mask).max()) == mask:  # an all-ones exponent
+                return False
+    return True
+
+
+_BITS16 = {"F16": "float16", "BF16": "bfloat16"}  # safetensors dtype -> numpy name (EXPONENT_MASKS' keys)
 
 
 # --- metadata helpers -----------------------------------------------------------------------------------
@@ -214,9 +253,11 @@ def write_op_output(path: str | os.PathLike[str], tensors: Mapping[CanonicalKey,
     architecture id or a model folder/checkpoint). Verify errors -> OutputFailsVerify (exit 1) listing
     them, and no file, unless ``force``. Alpha is stored the way ``format`` stores it (``writer``).
 
-    One write, one hash of each kind (``outfile``): the record is built from the tensors in memory, the data
-    hashed from memory, the file written once (fsync) while its whole-file sha256 is taken, and verify reads
-    the written file again (header, alphas, the value scan) but is told the tensor hash instead of re-hashing.
+    One write, one hash of each kind (``outfile``): the record is built from the tensors in memory while a
+    second thread hashes their bytes (AutoV3); the file is written once, the data first behind the header's room
+    (a hash has one length whatever its value), then the header that records the hash; the whole-file sha256 is
+    taken from memory on a thread during the fsync and verify, which reads the written file (header, alphas, the
+    value scan) but is told the tensor hash instead of re-hashing.
     """
     from ..atomic_write import new_temp_path
     from ..hashes import known_tensor_sha256
@@ -224,7 +265,7 @@ def write_op_output(path: str | os.PathLike[str], tensors: Mapping[CanonicalKey,
     from ..schema import merge_projection
     from ..verify import verify
     from ..writer import adapter_layout
-    from .outfile import Layout
+    from .outfile import Layout, OutputFile
 
     out = check_output_path(path, inputs)
     temp = new_temp_path(out)  # not *.safetensors: a killed run's leftover is no adapter, and is swept
@@ -232,16 +273,29 @@ def write_op_output(path: str | os.PathLike[str], tensors: Mapping[CanonicalKey,
         with about(out):  # a full disk or a vanished folder: one line naming the output
             named, extra = adapter_layout(tensors, format=format, dialect=dialect, header=header)
             layout = Layout.of(named)
-            data_sha256 = layout.data_sha256()
-            encoded, parsed = layout.header(extra, path=temp)
-            if metadata is not None:
-                draft = _in_memory_adapter(parsed, layout.arrays, temp)
-                record = metadata.model_copy(update={"network": _network_info(draft), "tensor_sha256": data_sha256})
-                encoded, parsed = layout.header(merge_projection(extra, record), path=temp)
-            sha256 = layout.write(temp, encoded)
+            output = OutputFile(layout)  # hashing the data from here on
+            try:
+                encoded, parsed = layout.header(extra, path=temp)
+                if metadata is not None:
+                    draft = _in_memory_adapter(parsed, layout.arrays, temp)
+                    record = metadata.model_copy(update={"network": _network_info(draft)})
+
+                    def final_header(data_sha256: str) -> tuple[bytes, Any]:
+                        recorded = record.model_copy(update={"tensor_sha256": data_sha256})
+                        return layout.header(merge_projection(extra, recorded), path=temp)
+
+                    encoded, parsed = final_header(_ANY_SHA256)  # its size: any hash takes 64 hex digits
+                output.write_data(temp, len(encoded))
+                data_sha256 = output.data_sha256()
+                if metadata is not None:
+                    encoded, parsed = final_header(data_sha256)
+                output.finish(encoded)  # the whole-file sha256 and the fsync run while verify reads the file
+                with known_tensor_sha256(temp, parsed.data_offset, data_sha256):
+                    report = verify(temp, base=base)
+                sha256 = output.sha256()
+            finally:
+                output.close()
             written_key = hash_cache.file_key(temp)  # the bytes just hashed; the rename keeps inode and mtime
-            with known_tensor_sha256(temp, parsed.data_offset, data_sha256):
-                report = verify(temp, base=base)
             errors = [f for f in report.findings if f.severity == "error"]
             if errors and not force:
                 listed = "; ".join(f"{f.code} {f.message}" for f in errors[:5])
@@ -269,7 +323,9 @@ def _in_memory_adapter(header, arrays: Mapping[str, np.ndarray], path: Path) -> 
             alpha = arrays[key]
             scalar = alpha.size == 1 and (alpha.dtype.kind in "fiu" or alpha.dtype.name.startswith(("bfloat", "float8")))
             value = float(alpha.reshape(-1)[0]) if scalar else None  # what AdapterFile reads from the stored bytes
-            adapter.modules[module] = replace(info, alpha=value, alpha_unknown=False)
+            changes = {"alpha": value, "alpha_unknown": False}
+            # ModuleInfo is becoming a record.Record (its own replace) rather than a dataclass: either works
+            adapter.modules[module] = info.replace(**changes) if hasattr(info, "replace") else replace(info, **changes)
     return adapter
 
 

@@ -110,15 +110,26 @@ class _Piece:
     coefficient: float
 
     def scaled_up(self) -> np.ndarray:
-        if self.coefficient == 1.0 and self.up.dtype.name not in _SINGLE_DTYPES:
+        if self.coefficient == 1.0 and not _single(self.up.dtype):
             return self.up
-        return (to_float32(self.up) if self.up.dtype.name in _SINGLE_DTYPES else self.up) * np.float32(self.coefficient)
+        return (to_float32(self.up) if _single(self.up.dtype) else self.up) * np.float32(self.coefficient)
+
+
+def _single(dtype: np.dtype) -> bool:
+    """``dtype.name in _SINGLE_DTYPES``, remembered per dtype (``name`` is computed in Python at each call)."""
+    known = _SINGLE.get(dtype)
+    if known is None:
+        known = _SINGLE[dtype] = dtype.name in _SINGLE_DTYPES
+    return known
+
+
+_SINGLE: dict[np.dtype, bool] = {}
 
 
 def _piece(roles: Mapping[str, np.ndarray], weight: float) -> _Piece:
     up, down = roles.get("up"), roles.get("down")
     if (up is not None and down is not None and _PLAIN_ROLES.issuperset(roles)
-            and up.dtype.name in _SINGLE_DTYPES and down.dtype.name in _SINGLE_DTYPES
+            and _single(up.dtype) and _single(down.dtype)
             and down.shape[0] <= min(up.shape[0], math.prod(down.shape[1:]))):  # else exact_compress first
         return _Piece(up.reshape(up.shape[0], -1), down.reshape(down.shape[0], -1), (up.shape[0], *down.shape[1:]),
                       weight * module_scale(roles))
@@ -133,8 +144,27 @@ def _stacked_up(pieces: Sequence[_Piece], dtype: np.dtype, exact: bool) -> tuple
     reads) and the scale is 1."""
     first = pieces[0].coefficient
     if exact and first > 0 and all(p.coefficient == first and p.up.dtype == dtype for p in pieces):
-        return np.concatenate([p.up for p in pieces], axis=1), first
+        return _columns([p.up for p in pieces], dtype), first
+    if all(_single(p.up.dtype) for p in pieces):  # float32 products, written in place: no concatenated copy
+        stacked = np.empty((pieces[0].up.shape[0], sum(p.up.shape[1] for p in pieces)), np.float32)
+        column = 0
+        for p in pieces:
+            width = p.up.shape[1]
+            np.multiply(to_float32(p.up), np.float32(p.coefficient), out=stacked[:, column:column + width])
+            column += width
+        return stacked, 1.0
     return np.concatenate([p.scaled_up() for p in pieces], axis=1), 1.0
+
+
+def _columns(parts: Sequence[np.ndarray], dtype: np.dtype) -> np.ndarray:
+    """``np.concatenate(parts, axis=1)`` into one new array, each part copied straight to its columns (a third
+    faster than concatenate on an exact merge's narrow ``up`` factors)."""
+    stacked = np.empty((parts[0].shape[0], sum(p.shape[1] for p in parts)), dtype)
+    column = 0
+    for part in parts:
+        stacked[:, column:column + part.shape[1]] = part
+        column += part.shape[1]
+    return stacked
 
 
 def _stacked_down(pieces: Sequence[_Piece], dtype: np.dtype, shape: tuple[int, ...], stream: bool):
@@ -146,7 +176,7 @@ def _stacked_down(pieces: Sequence[_Piece], dtype: np.dtype, shape: tuple[int, .
 
         return RowStack(tuple(d.reshape(d.shape[0], *shape[1:]) for d in downs))
     if len({d.dtype for d in downs}) > 1:  # e.g. fp16 and bf16 parents: numpy has no common type for those
-        downs = [to_float32(d) if d.dtype.name in _SINGLE_DTYPES else d for d in downs]
+        downs = [to_float32(d) if _single(d.dtype) else d for d in downs]
     down = np.concatenate(downs, axis=0)
     return down.reshape(down.shape[0], *shape[1:]).astype(dtype, copy=False)
 
@@ -212,8 +242,8 @@ def merge_modules(parents: Sequence[tuple[dict[CanonicalKey, np.ndarray], float]
         up, scale = _stacked_up(pieces, dtype, exact=not reduce)
         if reduce:
             downs = [p.down for p in pieces]
-            if len({d.dtype for d in downs}) > 1 or downs[0].dtype.name in _SINGLE_DTYPES:
-                downs = [to_float32(d) if d.dtype.name in _SINGLE_DTYPES else d for d in downs]
+            if len({d.dtype for d in downs}) > 1 or _single(downs[0].dtype):
+                downs = [to_float32(d) if _single(d.dtype) else d for d in downs]
             svd = factor_svd(up, np.concatenate(downs, axis=0))
             up, down = svd.factors(rank)
             error = svd.error(rank)[1]

@@ -1,16 +1,20 @@
-"""An operation's output written once: tensors laid out, their bytes hashed from memory, header and data
-written to a new file in one pass while the whole file is hashed, then fsync.
+"""An operation's output written once: tensors laid out, the header's room reserved, the data written there
+while a second thread hashes the same buffers (AutoV3), the header (which records that hash) put into its room,
+then the whole-file sha256 on a thread beside the fsync (and the caller's verify).
 
-The record an output carries holds its own tensor-data sha256 (AutoV3), and the header comes before the data:
-so the data is hashed first, from the arrays in memory (no file is read back), the header is built with that
-hash, and the file is written once, its whole-file sha256 taken from the same buffers as they go out. The
-layout is ``safetensors_io.write_safetensors``'s (the safetensors library's): larger dtypes first, then by name.
+Why this order: the record an output carries holds its own tensor-data sha256, and the header comes before the
+data. So the header is final only once the data is hashed, but its length is known before (a hash is 64 hex
+digits whatever its value): the data goes to its place first, hashed as it goes out, and the header follows into
+the room kept for it. The whole-file sha256 starts with the header, so it is a second pass over the buffers in
+memory (no file is read back), on a thread while the file is synced and verified. The layout is
+``safetensors_io.write_safetensors``'s (the safetensors library's): larger dtypes first, then by name.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -84,31 +88,96 @@ class Layout:
                 if part.nbytes:
                     yield _bytes(part)
 
-    def data_sha256(self) -> str:
-        """AutoV3 of the file this layout becomes: sha256 of its data section, from memory."""
-        digest = hashlib.sha256()
-        for view in self.buffers():
-            digest.update(view)
-        return digest.hexdigest()
-
     def header(self, metadata: Mapping[str, str] | None, *,
                path: str | os.PathLike[str]) -> tuple[bytes, SafetensorsHeader]:
         """(encoded header, parsed and validated header) of the file with ``metadata``."""
         encoded = encode_header(self.entries, metadata)
         return encoded, parse_header(encoded, path=os.fspath(path), file_size=len(encoded) + self.data_size)
 
-    def write(self, path: str | os.PathLike[str], encoded_header: bytes) -> str:
-        """Create ``path`` (it must not exist), write the header and data, fsync; the whole file's sha256.
 
-        The mode is what a plain ``open`` gives a new file (the umask applies); a failure leaves the partial file
-        for the caller to remove (it writes to a temporary name)."""
-        whole = hashlib.sha256(encoded_header)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
-        with open(fd, "wb") as f:
-            f.write(encoded_header)
-            for view in self.buffers():
-                whole.update(view)  # hashlib and the write both release the GIL: buffers in memory, no re-read
-                f.write(view)
-            f.flush()
-            os.fsync(f.fileno())
-        return whole.hexdigest()
+class OutputFile:
+    """The file ``layout`` becomes, written once: ``OutputFile(layout)`` starts hashing the data (AutoV3) on a
+    thread at once; ``write_data(path, header_size)`` creates ``path`` (it must not exist) and writes the data
+    after the header's room meanwhile; ``data_sha256()``; ``finish(header)``; ``sha256()``; ``close()`` always
+    (it waits for the threads, then closes the file).
+
+    The mode is what a plain ``open`` gives a new file (the umask applies); a failure leaves the partial file for
+    the caller to remove (it writes to a temporary name)."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.views = list(layout.buffers())  # taken once: both hashes and the write read the same memory
+        self.fd: int | None = None
+        self.header_size = 0
+        self._threads: list[_Background] = []
+        self._data = self._start(_sha256, b"", self.views)
+
+    def write_data(self, path: str | os.PathLike[str], header_size: int) -> None:
+        """Create ``path`` and write the data section after ``header_size`` bytes kept for the header."""
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        self.header_size = header_size
+        with open(self.fd, "wb", closefd=False) as f:  # buffered: a thousand 4-byte alphas in few writes
+            f.seek(header_size)
+            for view in self.views:
+                f.write(view)  # releases the GIL, as hashlib does: the AutoV3 thread runs meanwhile
+
+    def data_sha256(self) -> str:
+        """sha256 of the data section (AutoV3), hashed from memory."""
+        return self._data.result()
+
+    def finish(self, encoded_header: bytes) -> None:
+        """Put the header in its room; then the whole-file sha256 (header + buffers) and the fsync start on two
+        threads: the caller verifies the file meanwhile and collects both with ``sha256()``."""
+        if len(encoded_header) != self.header_size:  # a bug, never the input's fault: no file is half-written
+            raise RuntimeError(f"header of {len(encoded_header)} bytes for a room of {self.header_size}")
+        done = 0
+        while done < len(encoded_header):
+            done += os.pwrite(self.fd, memoryview(encoded_header)[done:], done)
+        self._whole = self._start(_sha256, encoded_header, self.views)
+        self._synced = self._start(lambda: os.fsync(self.fd))  # os.fsync looked up now: a test may replace it
+
+    def sha256(self) -> str:
+        """The whole file's sha256, once the file is on disk (its fsync done)."""
+        self._synced.result()
+        return self._whole.result()
+
+    def close(self) -> None:
+        for thread in self._threads:
+            thread.join()  # none touches the descriptor after this
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def _start(self, function, *args) -> _Background:
+        thread = _Background(function, args)
+        self._threads.append(thread)
+        return thread
+
+
+def _sha256(first: bytes, views: list[memoryview]) -> str:
+    digest = hashlib.sha256(first)
+    for view in views:
+        digest.update(view)  # releases the GIL on all but tiny buffers
+    return digest.hexdigest()
+
+
+class _Background(threading.Thread):
+    """``function(*args)`` on a thread; ``result()`` waits and returns it, or raises what it raised."""
+
+    def __init__(self, function, args) -> None:
+        super().__init__(daemon=True)
+        self._function, self._args = function, args
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self._value = self._function(*self._args)
+        except BaseException as exc:  # handed to the caller's thread by result()
+            self._error = exc
+
+    def result(self) -> Any:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return self._value

@@ -167,19 +167,19 @@ def _full(roles) -> Geometry:
 _GEOMETRY = {"lora": _lora, "loha": _loha, "lokr": _lokr, "full": _full}
 
 
-_EXPONENT_MASKS = {"float16": 0x7C00, "bfloat16": 0x7F80}  # an all-ones exponent: infinity or NaN
+EXPONENT_MASKS = {"float16": 0x7C00, "bfloat16": 0x7F80}  # an all-ones exponent: infinity or NaN
 
 
 def _finite(a: np.ndarray) -> bool:
     """No NaN or infinity (nor, for wider floats, a float64 sum that overflows). 16-bit floats by their exponent
     bits: a float64 sum converts every value, 80x slower, and was the costliest step of reading an fp16 file."""
-    mask = _EXPONENT_MASKS.get(a.dtype.name)
+    mask = EXPONENT_MASKS.get(a.dtype.name)
     if mask is not None:
         return int((a.view(np.uint16) & mask).max()) != mask
     return bool(np.isfinite(a.sum(dtype=np.float64)))  # one pass, no temporary: NaN/Inf propagate
 
 
-def _check(roles: Mapping[str, np.ndarray]) -> Geometry:
+def _check(roles: Mapping[str, np.ndarray], values_checked: bool = False) -> Geometry:
     algo = algorithm(roles)
     if algo not in _GEOMETRY:
         raise _Bad(f"has no factors, only {', '.join(sorted(roles))}")
@@ -196,7 +196,7 @@ def _check(roles: Mapping[str, np.ndarray]) -> Geometry:
             raise _Bad(f"{role} is {a.dtype.name}; factors are floating point")
         if a.size == 0:
             raise _Bad(f"{role} is empty {tuple(a.shape)} (rank 0?)")
-        if not _finite(a):
+        if not values_checked and not _finite(a):
             raise _Bad(f"{role} holds NaN, infinite or overflowing values")
     geometry = _GEOMETRY[algo](roles)
     if geometry.out * geometry.inner > MAX_DELTA_ENTRIES:
@@ -207,10 +207,11 @@ def _check(roles: Mapping[str, np.ndarray]) -> Geometry:
     return geometry
 
 
-def check_module(module, roles: Mapping[str, np.ndarray], path) -> Geometry:
-    """The module's geometry, or MalformedModule naming ``path`` and ``module``."""
+def check_module(module, roles: Mapping[str, np.ndarray], path, *, values_checked: bool = False) -> Geometry:
+    """The module's geometry, or MalformedModule naming ``path`` and ``module``. ``values_checked``: the caller
+    found every factor finite already (``io.load_canonical``: one pass over a 16-bit file's data)."""
     try:
-        return _check(roles)
+        return _check(roles, values_checked)
     except _Bad as exc:
         raise MalformedModule(f"module {module} {exc}", path=path,
                               hint="`lorareg verify` lists every problem of the file") from None
@@ -229,6 +230,6 @@ def check_alpha(module, alpha: float, path) -> float:
     return value
 
 
-def check_modules(modules: Mapping[object, Mapping[str, np.ndarray]], path) -> None:
+def check_modules(modules: Mapping[object, Mapping[str, np.ndarray]], path, *, values_checked: bool = False) -> None:
     for module, roles in modules.items():
-        check_module(module, roles, path)
+        check_module(module, roles, path, values_checked=values_checked)
