@@ -7,6 +7,7 @@ from whichever conventions the file carries. Hashes are computed on first use.
 
 from __future__ import annotations
 
+import operator
 import os
 import struct
 from collections import Counter
@@ -152,7 +153,8 @@ def _is_spatial_conv(info: ModuleInfo) -> bool:
 
 def _most_common(values: list) -> object | None:
     values = [v for v in values if v is not None]
-    return Counter(values).most_common(1)[0][0] if values else None
+    # Counter.most_common(1) is this max (the first of the most common), after an import of heapq
+    return max(Counter(values).items(), key=operator.itemgetter(1))[0] if values else None
 
 
 class AdapterFile(Record):

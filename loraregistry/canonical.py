@@ -13,6 +13,7 @@ Conversions go through this form, so N key formats need N mappers, not N squared
 
 from __future__ import annotations
 
+import functools
 from typing import Literal, NamedTuple
 
 from .record import FrozenRecord, Record
@@ -69,10 +70,13 @@ class CanonicalKey(NamedTuple):
 
     @property
     def module(self) -> ModuleKey:
-        return ModuleKey(self.component, self.path)
+        return _module_key(self[:2])  # a file's every key asks: ModuleKey(component, path) without its Python __new__
 
     def __str__(self) -> str:
         return f"{self.component}:{self.path}:{self.role}"
+
+
+_module_key = functools.partial(tuple.__new__, ModuleKey)  # ModuleKey((component, path)), built in C
 
 
 class KeyMapping(Record):

@@ -13,7 +13,6 @@ Kept light at import: no torch, and nothing from ``verify.findings`` at module l
 from __future__ import annotations
 
 import importlib
-import pkgutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from functools import cache
@@ -226,6 +225,8 @@ def _examples(items: Iterable[str]) -> str:
 
 @cache
 def _discover() -> dict[str, Consumer]:
+    import pkgutil  # here: verify imports this package for its codes, and most runs name no --target
+
     found: dict[str, Consumer] = {}
     for info in pkgutil.iter_modules(__path__):
         if info.name.startswith("_") or info.name in _NOT_CONSUMERS:
