@@ -32,15 +32,11 @@ def add(files: tuple[Path, ...], run_verify: bool, as_json: bool) -> int:
     """Add adapter files (stored by content; adding the same bytes twice records the new origin only)."""
     from ..registry import Registry
 
-    entries = []
-    with Registry.open() as reg:
-        for path in files:
-            report = None
-            if run_verify:
-                from ..verify import verify
-
-                report = verify(path)
-            entries.append(reg.add(path, report=report))
+    verify_with = None
+    if run_verify:
+        from ..verify import verify as verify_with
+    with Registry.open() as reg:  # in order, each file verified just before it is added; the first failure stops
+        entries = reg.add_many(list(files), verify_with=verify_with)
     if as_json:
         emit_json([e.to_dict() for e in entries])
     else:

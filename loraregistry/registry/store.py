@@ -19,9 +19,9 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..atomic_write import fsync_folder, sweep_stale_temps, temp_path
+from ..atomic_write import sweep_stale_temps, temp_path
 from .errors import RegistryError
 
 if TYPE_CHECKING:
@@ -35,6 +35,21 @@ _FICLONE = 0x40049409  # Linux ioctl: share the source's blocks copy-on-write (b
 
 # What the cheap check and ``check`` say about a blob.
 BLOB_OK, BLOB_MISSING, BLOB_CHANGED = "ok", "missing", "changed"
+
+
+class StagedCopy(NamedTuple):
+    """A copy of ``source`` written and fsynced under the temp name ``tmp``, not yet a blob (``Store.stage``)."""
+
+    source: Path
+    tmp: Path
+    hashes: Any  # hashes.FileHashes of the copy's bytes
+    cloned: bool  # a reflink: shares the source's blocks
+    copied_from: os.stat_result  # the source's stat after the copy
+
+    def discard(self) -> None:
+        """Remove the temp file (gone already once placed)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp)
 
 
 class Store:
@@ -52,38 +67,52 @@ class Store:
     def journal_path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / f"{sha256[2:]}{JOURNAL_SUFFIX}"
 
-    def put(self, source: Path, header: SafetensorsHeader, read_at: os.stat_result) -> tuple[Path, Any]:
-        """Place a copy of ``source`` in the store, hashing it on the way: one read of the file gives the store's
-        copy and every hash (``hashes.FileHashes``). ``header`` is the file's header as the caller read it after
-        ``read_at`` (its stat); a copy of a file that changed since, whose header is not that one, is refused.
-        Returns the blob path and the hashes. An existing blob is kept when it still holds these bytes, and
-        replaced by a fresh copy when it is damaged or still hard-linked to a user's file (stores of older
-        lorareg versions linked)."""
+    def prepare(self) -> None:
+        """Create the store's root and sweep it of the temp files of killed runs (once per batch of adds)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        sweep_stale_temps(self.root)
+
+    def stage(self, source: Path) -> StagedCopy:
+        """Step 1 of storing a file (thread-safe: hashlib, zlib, blake3 and fsync release the GIL, so a thread runs
+        it while the caller parses the header): the store's own copy of ``source`` under a temp name in the store's
+        root (same filesystem as every blob: renames are atomic), every byte hashed on the way (one read gives the
+        copy and every hash), its data fsynced. The caller must ``discard`` it once placed or refused."""
         from ..hashes import StreamHasher
 
         source = source.resolve()  # copy the file itself, not a symlink to it (huggingface_hub's cache)
-        self.root.mkdir(parents=True, exist_ok=True)
-        sweep_stale_temps(self.root)
-        tmp = temp_path(self.root / f"incoming{BLOB_SUFFIX}")  # same filesystem as every blob: renames are atomic
-        hasher = StreamHasher(header.data_offset)
+        tmp = temp_path(self.root / f"incoming{BLOB_SUFFIX}")
+        hasher = StreamHasher()  # reads the data offset from the copy's first bytes, as hash_file does
         try:
             cloned, copied_from = _clone_or_copy(source, tmp, hasher.update)
-            hashes = hasher.result()
-            unchanged = not cloned and _same_file(copied_from, read_at)  # else compare what the store now holds
-            if not unchanged and not _same_header(tmp, header):
-                raise RegistryError("the file changed while it was being added (its header is not the one read)",
-                                    path=source, hint="add it again once nothing writes to it")
-            dest = self.blob_path(hashes.sha256)
-            if dest.exists() and self._intact_and_private(dest, hashes.sha256):
-                return dest, hashes
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(tmp, BLOB_MODE)
-            os.replace(tmp, dest)
-        finally:
+        except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        fsync_folder(dest.parent)  # a crash may leave the temp name in the root too: sweep_stale_temps clears it
-        return dest, hashes
+            raise
+        return StagedCopy(source, tmp, hasher.result(), cloned, copied_from)
+
+    def check_copy(self, staged: StagedCopy, header: SafetensorsHeader, read_at: os.stat_result,
+                   read_until: os.stat_result | None) -> None:
+        """Step 2: refuse a copy that may not be of the file the caller read. ``header`` was read between the
+        stats ``read_at`` and ``read_until``; when the file stayed the same from before the header was read
+        until after it was copied, the copy is of that file; otherwise (or for a clone) compare the header the
+        store now holds."""
+        unchanged = (not staged.cloned and read_until is not None and _same_file(staged.copied_from, read_at)
+                     and _same_file(read_until, read_at))
+        if not unchanged and not _same_header(staged.tmp, header):
+            raise RegistryError("the file changed while it was being added (its header is not the one read)",
+                                path=staged.source, hint="add it again once nothing writes to it")
+
+    def place(self, staged: StagedCopy) -> Path:
+        """Step 3: rename the staged copy to its blob path (read-only), unless an intact private blob of these
+        bytes is there already; a damaged one, or one still hard-linked to a user's file (stores of older lorareg
+        versions linked), is replaced. The rename is durable once the caller fsyncs the blob's folder."""
+        dest = self.blob_path(staged.hashes.sha256)
+        if dest.exists() and self._intact_and_private(dest, staged.hashes.sha256):
+            return dest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(staged.tmp, BLOB_MODE)
+        os.replace(staged.tmp, dest)
+        return dest
 
     @staticmethod
     def _intact_and_private(blob: Path, sha256: str) -> bool:
