@@ -105,17 +105,18 @@ def _checkable(modules: Mapping[ModuleKey, ModuleInfo], deltas: Mapping[ModuleKe
 def _fit(checkable: list[tuple[ModuleKey, ModuleInfo, Shape]], fp: Fingerprint,
          architectures: tuple[str, ...]) -> Fit:
     misfits = []
-    components = _components(fp)
+    tables = {component: fp.table(component) for component in _components(fp)}
     # (algo, delta, spec) -> fits: adapters repeat a few shapes many times. A fingerprint's own specs live as long as
-    # it does and it shares one per shape, so they are keyed by identity (a dataclass hash is a Python call per
+    # it does and it shares one per shape, so they are keyed by identity (a record's hash is a Python call per
     # module); a spec ``lookup`` builds (fused paths) may be a new object each time, so it is keyed by value.
     verdicts: dict[tuple, bool] = {}
     for key, info, delta in checkable:
-        spec = fp.table(key.component).get(key.path) if key.component in components else None
+        table = tables.get(key.component)
+        spec = table.get(key.path) if table is not None else None
         if spec is not None:
             verdict_key: tuple = (info.algo, delta, id(spec))
         else:
-            spec = fp.lookup(key.component, key.path) if key.component in components else None
+            spec = fp.lookup(key.component, key.path) if table is not None else None
             verdict_key = (info.algo, delta, spec)
         verdict = verdicts.get(verdict_key)
         if verdict is None:
