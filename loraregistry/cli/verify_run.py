@@ -78,27 +78,19 @@ _PARALLEL_FROM = 16
 
 
 def verify_many(files: list[str], base: str | None, tensors: bool, targets, strict: bool = False) -> list[tuple]:
-    """Verify files in order; local ones in worker processes (forked: they inherit the loaded modules, so a
-    worker starts in milliseconds) when there are enough of them and more than one CPU."""
+    """Verify files in order; local ones shared with forked copies of this process (fork_map.py: they inherit
+    the loaded modules, so a copy starts in milliseconds) when there are enough of them and more than one CPU."""
     local = [f for f in files if not f.startswith(("hf://", "http://", "https://"))]
     workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
-    if len(local) < _PARALLEL_FROM or workers < 2 or len(local) != len(files):
+    if len(local) < _PARALLEL_FROM or workers < 2 or len(local) != len(files) or not hasattr(os, "fork"):
         return [verify_one(spec, base, tensors, targets, strict=strict) for spec in files]
-    import functools
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from .fork_map import fork_map
 
-    try:
-        context = multiprocessing.get_context("fork")
-    except ValueError:  # no fork (Windows, some macOS setups): stay in this process
-        return [verify_one(spec, base, tensors, targets, strict=strict) for spec in files]
-    # The first file runs here: it loads the fingerprints, key indexes and imports that the forked workers
+    # The first file runs here: it loads the fingerprints, key indexes and imports that the forked copies
     # then inherit instead of each building them again.
     first = verify_one(files[0], base, tensors, targets, strict=strict)
-    job = functools.partial(verify_one, base=base, tensors=tensors, targets=targets, strict=strict)
-    rest = files[1:]
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        return [first, *pool.map(job, rest, chunksize=max(1, len(rest) // (4 * workers)))]
+    return [first, *fork_map(lambda spec: verify_one(spec, base, tensors, targets, strict=strict), files[1:],
+                             workers)]
 
 
 def _render(reports, strict: bool) -> None:
