@@ -280,15 +280,16 @@ def write_op_output(path: str | os.PathLike[str], tensors: Mapping[CanonicalKey,
                     draft = _in_memory_adapter(parsed, layout.arrays, temp)
                     record = metadata.model_copy(update={"network": _network_info(draft)})
 
-                    def final_header(data_sha256: str) -> tuple[bytes, Any]:
-                        recorded = record.model_copy(update={"tensor_sha256": data_sha256})
-                        return layout.header(merge_projection(extra, recorded), path=temp)
+                    def with_hash(data_sha256: str) -> dict[str, str]:
+                        return merge_projection(extra, record.model_copy(update={"tensor_sha256": data_sha256}))
 
-                    encoded, parsed = final_header(_ANY_SHA256)  # its size: any hash takes 64 hex digits
+                    # Measured and validated with a stand-in hash: the real one, 64 hex digits as well, changes
+                    # neither the size nor anything the parse checks.
+                    encoded, parsed = layout.header(with_hash(_ANY_SHA256), path=temp)
                 output.write_data(temp, len(encoded))
                 data_sha256 = output.data_sha256()
                 if metadata is not None:
-                    encoded, parsed = final_header(data_sha256)
+                    encoded = layout.encoded_header(with_hash(data_sha256))
                 output.finish(encoded)  # the whole-file sha256 and the fsync run while verify reads the file
                 with known_tensor_sha256(temp, parsed.data_offset, data_sha256):
                     report = verify(temp, base=base)

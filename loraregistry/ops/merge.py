@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from .fused import split_foreign_fused, split_fused
 from .delta import lowrank_factors, module_scale
 from .errors import BadMergeWeight, DoraNeedsBase, MixedArchitectures, RankTooHigh, TooLossy, UnsupportedModule
 from .lowrank import factor_svd, to_float32
+from .outfile import Background
 from .progress import progress
 from .targets import base_shapes, fused_path_of, layout, peft_text_model_defaults
 
@@ -344,8 +344,9 @@ def merge(inputs: Sequence[MergeInput], output: str | os.PathLike[str], *, rank:
     adapters = [AdapterFile.open(i.path) for i in inputs]
     contexts = [Context.build(a, None) for a in adapters]  # detection once per input: architecture and shapes
     architecture = check_same_architecture([(i.path, a) for i, a in zip(inputs, adapters)], contexts)
-    with ThreadPoolExecutor(max_workers=1) as pool:  # the parents' hashes (GIL released) beside the maths
-        hashing = [pool.submit(parent_record, a, weight=i.weight) for i, a in zip(inputs, adapters)]
+    # the parents' hashes (GIL released) on a thread beside the maths
+    hashing = Background(lambda: [parent_record(a, weight=i.weight) for i, a in zip(inputs, adapters)], ())
+    try:
         tensors = [(load_canonical(a, copy=False), i.weight) for i, a in zip(inputs, adapters)]
         store = numpy_dtype(dtype) or (storage_dtype(tensors[0][0]) if tensors else None)  # before DoRA -> fp64
         tensors, dora_errors = _lower_dora_parents(tensors, adapters, inputs, base, limit, force)
@@ -366,7 +367,9 @@ def merge(inputs: Sequence[MergeInput], output: str | os.PathLike[str], *, rank:
             merged = flatten_modules(fuse_targets(split_foreign_fused(by_module(merged)), []))
         rows = [replace(row, dora_rel_error=dora_errors.get(row.module, 0.0)) for row in rows]
         del tensors  # the inputs' memory maps
-        parents = [h.result() for h in hashing]
+        parents = hashing.result()
+    finally:
+        hashing.join()
     params = {"rank": rank, "to": fmt, "dtype": dtype, "weights": [i.weight for i in inputs],
               **({"dora_to_lora": True} if dora_errors else {})}
     record = op_metadata(merged_record(adapters, architecture), operation="merge", params=params, parents=parents)

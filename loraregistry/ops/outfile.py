@@ -91,8 +91,12 @@ class Layout:
     def header(self, metadata: Mapping[str, str] | None, *,
                path: str | os.PathLike[str]) -> tuple[bytes, SafetensorsHeader]:
         """(encoded header, parsed and validated header) of the file with ``metadata``."""
-        encoded = encode_header(self.entries, metadata)
+        encoded = self.encoded_header(metadata)
         return encoded, parse_header(encoded, path=os.fspath(path), file_size=len(encoded) + self.data_size)
+
+    def encoded_header(self, metadata: Mapping[str, str] | None) -> bytes:
+        """The encoded header alone (``header`` without parsing it back)."""
+        return encode_header(self.entries, metadata)
 
 
 class OutputFile:
@@ -108,7 +112,7 @@ class OutputFile:
         self.views = list(layout.buffers())  # taken once: both hashes and the write read the same memory
         self.fd: int | None = None
         self.header_size = 0
-        self._threads: list[_Background] = []
+        self._threads: list[Background] = []
         self._data = self._start(_sha256, b"", self.views)
 
     def write_data(self, path: str | os.PathLike[str], header_size: int) -> None:
@@ -147,8 +151,8 @@ class OutputFile:
             os.close(self.fd)
             self.fd = None
 
-    def _start(self, function, *args) -> _Background:
-        thread = _Background(function, args)
+    def _start(self, function, *args) -> Background:
+        thread = Background(function, args)
         self._threads.append(thread)
         return thread
 
@@ -160,7 +164,7 @@ def _sha256(first: bytes, views: list[memoryview]) -> str:
     return digest.hexdigest()
 
 
-class _Background(threading.Thread):
+class Background(threading.Thread):
     """``function(*args)`` on a thread; ``result()`` waits and returns it, or raises what it raised."""
 
     def __init__(self, function, args) -> None:
