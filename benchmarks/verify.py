@@ -8,7 +8,8 @@ times, as whole processes (Python start-up and imports included; the package's b
 installed package has it):
 
 * ``lorareg verify --no-tensors --json FILE`` (header + fingerprint) and ``lorareg verify --json FILE`` (+ tensor
-  scan), best of ``--repeat``, with the peak RSS of each;
+  scan), best of ``--repeat``, with the peak RSS of each, and whether the scan imported numpy (small files: no,
+  the scan's pass one runs on the standard library; its in-process speed is printed next to numpy's);
 * the reference, once: a process that builds the SD1 UNet and CLIP text encoder from
   ``loraregistry/architectures/configs/sd1.json`` on the meta device, puts them in a ``StableDiffusionPipeline``
   and calls ``load_lora_weights`` on the same file (the cheapest way to learn from diffusers whether an adapter
@@ -215,6 +216,39 @@ def scan_speed(path: Path, repeat: int) -> tuple[float, float, int]:
     return size / timings["scan"] / 1e9, size / timings["exact"] / 1e9, size
 
 
+# Whether a whole-process `verify --json` of the file loaded numpy (the scan's pass one runs without it on small files).
+NUMPY_LOADED = r"""
+import sys
+from loraregistry.cli import main
+main(sys.argv[1:])
+sys.stderr.write("NUMPY_LOADED " + str("numpy" in sys.modules) + "\n")
+"""
+
+
+def numpy_loaded(args: list[str]) -> bool:
+    done = subprocess.run([sys.executable, "-c", NUMPY_LOADED, *args], env=ENV, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    return any(line == "NUMPY_LOADED True" for line in done.stderr.splitlines())
+
+
+def stdlib_pass_one_speed(path: Path, repeat: int) -> tuple[float, float]:
+    """(stdlib pass one GB/s, numpy pass one GB/s) on ``path``, warm, best of ``repeat`` (numpy already loaded here:
+    its import is what the whole-process line saves)."""
+    from loraregistry.safetensors_io import read_header
+    from loraregistry.verify import health
+
+    header = read_header(path)
+    speeds = []
+    for stdlib in (True, False):
+        runs = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            health.scan(path, header, {}, {}, stdlib=stdlib)
+            runs.append(time.perf_counter() - start)
+        speeds.append(header.data_size / min(runs) / 1e9)
+    return speeds[0], speeds[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rank", type=int, default=16)
@@ -234,6 +268,8 @@ def main() -> None:
         full_s, full_max = best([*lorareg, "verify", "--json", str(one)], args.repeat)
         header_rss = peak_rss_mb(["verify", "--no-tensors", "--json", str(one)])
         full_rss = peak_rss_mb(["verify", "--json", str(one)])
+        full_numpy = numpy_loaded(["verify", "--json", str(one)])
+        stdlib_gbs, numpy_gbs = stdlib_pass_one_speed(one, args.repeat)
         ref_s, phases = reference(one)
         if phases["patched"] != 264:
             raise SystemExit(f"the reference patched {phases['patched']} of 264 modules")
@@ -256,7 +292,9 @@ def main() -> None:
     print(f"lorareg verify --no-tensors --json (whole process): {header_s * 1e3:6.0f} ms  (max {header_max * 1e3:.0f};"
           f" target <= 90 ms), peak RSS {_mb(header_rss)} MB (target <= 60)")
     print(f"lorareg verify --json, tensor scan (whole process) : {full_s * 1e3:6.0f} ms  (max {full_max * 1e3:.0f};"
-          f" target <= 150 ms), peak RSS {_mb(full_rss)} MB")
+          f" target <= 150 ms), peak RSS {_mb(full_rss)} MB, numpy imported: {'yes' if full_numpy else 'no'}")
+    print(f"  its pass one on the standard library     : {stdlib_gbs:7.2f} GB/s in-process (numpy's: "
+          f"{numpy_gbs:.2f} GB/s, once its import is paid)")
     print(f"diffusers load check on a meta-device base (whole process): {ref_s:6.2f} s  (import {phases['import_s']:.1f}"
           f" s, build from config {phases['build_s']:.1f} s, load_lora_weights {phases['load_s']:.1f} s; "
           f"{phases['patched']} modules patched)")

@@ -24,9 +24,9 @@ from tests.adapters import KNOWN_BAD_ADAPTERS, lora_tensors, write_adapter
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDENS = sorted((ROOT / "tests" / "golden").rglob("*.safetensors"))
-SIZES = {"F16": 2, "BF16": 2, "F32": 4}
-INF_BITS = {"F16": 0x7C00, "BF16": 0x7F80, "F32": 0x7F80_0000}
-WORD = {2: "<u2", 4: "<u4"}
+SIZES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
+INF_BITS = {"F16": 0x7C00, "BF16": 0x7F80, "F32": 0x7F80_0000, "F64": 0x7FF0_0000_0000_0000}
+WORD = {2: "<u2", 4: "<u4", 8: "<u8"}
 
 
 def _fields(result: health.HealthScan) -> list[tuple]:
@@ -47,6 +47,8 @@ SPECIALS = {  # -0, smallest/largest subnormal, smallest normal, largest finite,
     "F16": [0x8000, 0x0001, 0x03FF, 0x0400, 0x7BFF, 0x7C00, 0x7E00, 0x3C00],
     "BF16": [0x8000, 0x0001, 0x007F, 0x0080, 0x7F7F, 0x7F80, 0x7FC0, 0x3F80],
     "F32": [0x8000_0000, 0x1, 0x007F_FFFF, 0x0080_0000, 0x7F7F_FFFF, 0x7F80_0000, 0x7FC0_0000, 0x3F80_0000],
+    "F64": [1 << 63, 0x1, (1 << 52) - 1, 1 << 52, 0x7FEF_FFFF_FFFF_FFFF, 0x7FF0_0000_0000_0000,
+            0x7FF8_0000_0000_0000, 0x3FF0_0000_0000_0000],
 }
 
 
@@ -57,19 +59,20 @@ def tensor_specs(draw):
     shape = draw(st.one_of(st.just(()), st.just((0,)), st.tuples(st.integers(1, 70)),
                            st.tuples(st.integers(60, 3000)), st.tuples(st.integers(1, 40), st.integers(1, 90))))
     mode = draw(st.sampled_from(["random", "ties", "specials", "zeros", "normal", "nonfinite"]))
-    return dtype, shape, mode, draw(st.integers(0, 2**32 - 1)), draw(st.floats(0.0, 1.0)), draw(st.integers(1, 3))
+    return dtype, shape, mode, draw(st.integers(0, 2**32 - 1)), draw(st.floats(0.0, 1.0)), draw(st.integers(1, 7))
 
 
 def _words(spec) -> tuple[str, tuple[int, ...], bytes]:
     """Raw little-endian words: random bits; values tied on their leading byte(s) (``depth`` of them, a
     ``fraction`` of the values, the rest below); specials; all zeros (+-0); normal floats; finite with a few
     NaN/Inf."""
-    dtype, shape, mode, seed, fraction, depth = spec
+    dtype, shape, mode, seed, fraction, depth = spec  # depth: leading bytes tied (at most all but one)
     rng = np.random.default_rng(seed)
     size = SIZES[dtype]
     n = math.prod(shape)
     bits = 8 * size
-    words = rng.integers(0, 1 << bits, n, dtype=np.uint64)
+    words = rng.integers(0, 1 << bits, n, dtype=np.uint64, endpoint=False) if bits < 64 else \
+        rng.integers(0, 1 << 63, n, dtype=np.uint64) | (rng.integers(0, 2, n, dtype=np.uint64) << np.uint64(63))
     if mode == "ties":
         keep = min(depth, size - 1) * 8  # leading bits shared by the tied values (sign free)
         lead = int(rng.integers(0, INF_BITS[dtype] >> (bits - keep)))  # finite leading bits
@@ -88,8 +91,10 @@ def _words(spec) -> tuple[str, tuple[int, ...], bytes]:
             words = values.astype(np.float16).view(np.uint16).astype(np.uint64)
         elif dtype == "BF16":
             words = values.astype(ml_dtypes.bfloat16).view(np.uint16).astype(np.uint64)
-        else:
+        elif dtype == "F32":
             words = values.view(np.uint32).astype(np.uint64)
+        else:
+            words = values.astype(np.float64).view(np.uint64)
         if mode == "nonfinite" and n:
             spots = rng.integers(0, n, int(rng.integers(1, 4)))
             words[spots] = rng.choice(np.array(SPECIALS[dtype][5:7], dtype=np.uint64), spots.size)
