@@ -109,9 +109,12 @@ class Store:
         dest = self.blob_path(staged.hashes.sha256)
         if dest.exists() and self._intact_and_private(dest, staged.hashes.sha256):
             return dest
-        dest.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(staged.tmp, BLOB_MODE)
-        os.replace(staged.tmp, dest)
+        try:
+            os.replace(staged.tmp, dest)
+        except FileNotFoundError:  # the blob's folder is not there yet (the temp is: it was just written)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged.tmp, dest)
         return dest
 
     @staticmethod
@@ -146,9 +149,13 @@ class Store:
     def append_journal(self, sha256: str, record: dict[str, Any]) -> None:
         """One JSON line per event; O_APPEND keeps concurrent small writes whole."""
         path = self.journal_path(sha256)
-        path.parent.mkdir(parents=True, exist_ok=True)
         line = (json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        try:
+            fd = os.open(path, flags, 0o644)
+        except FileNotFoundError:  # no folder yet (the blob's folder holds its journal: there is one after add)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, flags, 0o644)
         try:
             os.write(fd, line)
         finally:
