@@ -264,12 +264,80 @@ def test_a_broken_pipe_ends_alike(fmt, files):
     assert fast == (1, "stdout as it was" if fmt == "text" else "stdout wrapped")
 
 
-@pytest.mark.parametrize("fmt", ["--json", "--format=github"])
-def test_a_header_level_run_imports_no_click(fmt, files):
+@pytest.mark.parametrize("args", [["--json"], ["--format=github"], ["-q", "--strict"]])
+def test_a_header_level_run_imports_neither_click_nor_rich(args, files):
+    """--json and github print plain text; -q with every file passing prints only the summary line."""
     probe = ("import json, sys\nfrom loraregistry.cli import main\ncode = main(sys.argv[1:])\n"
              "sys.stderr.write(json.dumps([code, sorted(sys.modules)]))\n")
-    done = subprocess.run([sys.executable, "-c", probe, "verify", "--no-tensors", fmt, str(files["good"])],
-                          capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run([sys.executable, "-c", probe, "verify", "--no-tensors", *args, str(files["good"]),
+                           str(files["odd"])], capture_output=True, text=True, cwd=ROOT)
     code, modules = json.loads(done.stderr.splitlines()[-1])  # github: the summary line comes first
-    assert code == 0 and (done.stdout or fmt == "--format=github")  # a clean file: no annotation
+    assert code == 0 and (done.stdout or "--format=github" in args)  # clean files: no annotation
     assert [m for m in modules if m.split(".")[0] in ("click", "rich")] == []
+
+
+# --- the summary line without rich ----------------------------------------------------------------------------
+
+SUMMARIES = ["100 file(s): 100 passed, 0 failed (0 errors, 0 warnings, 0 notes)",
+             "1 file(s): 0 passed, 1 failed (3 errors, 12 warnings, 1 notes)", ""]
+# Lines print_line must leave to rich: markup, an emoji code, escapes, non-ASCII, controls.
+FOR_RICH = ["[bold]1[/bold] file(s)", "a :smile: b", "x \\[y]", "café", "a\tb", "\x1b[31mred"]
+
+_PRINT_BOTH_WAYS = """
+import sys
+from loraregistry.cli.output import console, print_line
+for text in sys.argv[2:]:
+    (print_line if sys.argv[1] == "plain" else lambda t: console().print(t))(text)
+"""
+
+
+@pytest.mark.parametrize("text", SUMMARIES + FOR_RICH)
+def test_print_line_writes_what_rich_writes(text, capsys):
+    from loraregistry.cli.output import console, print_line
+
+    print_line(text)
+    plain = capsys.readouterr()
+    console().print(text)
+    assert plain == capsys.readouterr()
+
+
+@pytest.mark.parametrize("env", [{}, {"FORCE_COLOR": "1"}, {"NO_COLOR": "1"}, {"TERM": "dumb"},
+                                 {"TERM": "xterm-256color", "COLORTERM": "truecolor"}])
+def test_print_line_writes_what_rich_writes_on_a_terminal(env):
+    import pty
+    import select
+
+    def on_a_terminal(way: str) -> bytes:
+        controller, terminal = pty.openpty()
+        base = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR", "TERM", "COLORTERM")}
+        done = subprocess.run([sys.executable, "-c", _PRINT_BOTH_WAYS, way, *SUMMARIES], stdout=terminal,
+                              stderr=subprocess.PIPE, cwd=ROOT, env={**base, **env})
+        os.close(terminal)
+        assert done.returncode == 0, done.stderr
+        data = b""
+        while select.select([controller], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # the terminal side is closed: all read
+                break
+            if not chunk:
+                break
+            data += chunk
+        os.close(controller)
+        return data
+
+    plain = on_a_terminal("plain")
+    assert plain == on_a_terminal("rich")
+    assert plain.count(b"passed") == 2
+
+
+def test_print_line_meets_a_broken_pipe_as_rich_does():
+    def run(way: str) -> tuple[int, str]:
+        read, write = os.pipe()
+        os.close(read)
+        with os.fdopen(write, "wb") as stdout:
+            done = subprocess.run([sys.executable, "-c", _PRINT_BOTH_WAYS, way, SUMMARIES[0]], stdout=stdout,
+                                  stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        return done.returncode, done.stderr
+
+    assert run("plain") == run("rich") == (1, "")

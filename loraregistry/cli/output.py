@@ -53,6 +53,27 @@ def console():
                    force_terminal=use_color() or None, width=None if sys.stdout.isatty() else 120)
 
 
+def print_line(text: str) -> None:
+    """``console().print(text)``, without importing rich (~25 ms) where rich writes ``text`` as it is: printable
+    ASCII with no markup (``[``) and no emoji code (``:name:``) has nothing for rich to style or replace, on a
+    terminal or not. Elsewhere (and in a notebook, or on Windows' consoles) this is rich itself."""
+    if (sys.platform == "win32" or "IPython" in sys.modules or not (text.isascii() and text.isprintable())
+            or "[" in text or text.count(":") > 1):
+        console().print(text)
+        return
+    stream = sys.stdout
+    stream = getattr(stream, "rich_proxied_file", stream)
+    if stream is None:  # rich writes to nothing then
+        return
+    try:
+        stream.write(text + "\n")
+        stream.flush()
+    except BrokenPipeError:  # what rich does: stdout to the null device, exit 1
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(1)
+
+
 # json.dumps escapes C0 controls itself; C1 controls and bidi characters it leaves raw with ensure_ascii=False.
 _JSON_ESCAPES = {c: f"\\u{c:04x}" for c in _UNSAFE if c >= 0x7F}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..atomic_write import is_temp_name
 from ..errors import FileAccessError, LoraregError
-from .output import console, echo, status
+from .output import console, echo, print_line, status
 
 _GLOB_CHARS = set("*?[")
 
@@ -97,6 +97,8 @@ def _render(reports, strict: bool) -> None:
     from ..verify.outputs import failed
     from .output import markup_safe as escape  # file-derived text: controls made visible, markup escaped
 
+    if not reports:  # -q with every file passing: no console (no rich) for nothing
+        return
     out = console()
     colors = {"error": "red", "warning": "yellow", "info": "cyan"}
     for report in reports:
@@ -161,7 +163,7 @@ def run_verify(paths: tuple[str, ...], base: str | None, strict: bool, no_tensor
     else:
         _render([r for r in reports if failed(r, strict)] if quiet else reports, strict)
         if len(reports) > 1 or quiet:
-            console().print(_summary(reports, strict))
+            print_line(_summary(reports, strict))  # plain text: printed as rich would, without rich
     if junit is not None:
         with atomic_write(junit) as f:
             f.write(junit_xml(reports, strict=strict).encode())
