@@ -42,7 +42,7 @@ def fork_map(fn: Callable[[Any], Any], items: Sequence[Any], processes: int) -> 
     per_job = -(-len(items) // _MAX_JOBS)
     jobs = -(-len(items) // per_job)
     read_jobs, write_jobs = os.pipe()
-    os.write(write_jobs, b"".join(j.to_bytes(_JOB_BYTES, "little") for j in range(jobs)))
+    _write_all(write_jobs, b"".join(j.to_bytes(_JOB_BYTES, "little") for j in range(jobs)))
     os.close(write_jobs)  # before any fork: once the pipe is empty, every reader sees its end
     children: list[tuple[int, int]] = []
     try:
@@ -102,10 +102,8 @@ def _draw(fn, items, per_job: int, read_jobs: int):
 def _child(fn, items, per_job: int, read_jobs: int, write_results: int) -> None:
     code = 1
     try:
-        data = _pickled([(i, _sendable(outcome)) for i, outcome in _draw(fn, items, per_job, read_jobs)])
-        view = memoryview(data)
-        while view:
-            view = view[os.write(write_results, view):]
+        _write_all(write_results, _pickled([(i, _sendable(outcome))
+                                            for i, outcome in _draw(fn, items, per_job, read_jobs)]))
         code = 0
     finally:  # whatever happened (an interrupt included), leave without running the parent's code
         os._exit(code)
@@ -143,6 +141,12 @@ def _pickled(outcomes: list) -> bytes:
                                    None))
             sendable.append((i, outcome))
         return pickle.dumps(sendable, pickle.HIGHEST_PROTOCOL)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _read_all(fd: int) -> bytes:
