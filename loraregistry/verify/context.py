@@ -39,8 +39,15 @@ class Context(Record):
     def build(cls, adapter: AdapterFile, base: Base | None) -> Context:
         deltas: dict[ModuleKey, Shape | None] = {}
         problems: dict[ModuleKey, list[Problem]] = {}
+        # What factor_problems reads of a module: an adapter has a few dozen such signatures over hundreds of modules.
+        seen: dict[tuple, tuple[Shape | None, list[Problem]]] = {}
         for key, info in adapter.modules.items():
-            deltas[key], problems[key] = factor_problems(info)
+            signature = (info.algo, info.alpha, info.rank,
+                         tuple([(role, t.dtype, t.shape) for role, t in info.tensors.items()]))
+            found = seen.get(signature)
+            if found is None:
+                found = seen[signature] = factor_problems(info)
+            deltas[key], problems[key] = found[0], list(found[1])
         declaration = read_declaration(adapter.header.metadata)
         detection = detect_architecture(adapter.modules, deltas, declaration)
         return cls(adapter, base, deltas, problems, declaration, detection)

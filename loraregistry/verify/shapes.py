@@ -146,7 +146,10 @@ def delta_shape(info: ModuleInfo) -> Shape:
 
 
 def factor_problems(info: ModuleInfo) -> tuple[Shape | None, list[Problem]]:
-    """The delta shape (None when the factors do not make one) and every base-independent problem."""
+    """The delta shape (None when the factors do not make one) and every base-independent problem.
+
+    Reads only the module's algo, alpha, rank and its tensors' roles, dtypes and shapes: ``Context.build`` keeps
+    one answer per such signature (extend that signature when this reads more)."""
     problems: list[Problem] = []
     for role, t in info.tensors.items():
         if role != "alpha" and t.dtype not in FLOAT_DTYPES:
