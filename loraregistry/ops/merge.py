@@ -157,8 +157,11 @@ def _stacked_up(pieces: Sequence[_Piece], dtype: np.dtype, exact: bool) -> tuple
 
 
 def _columns(parts: Sequence[np.ndarray], dtype: np.dtype) -> np.ndarray:
-    """``np.concatenate(parts, axis=1)`` into one new array, each part copied straight to its columns (a third
-    faster than concatenate on an exact merge's narrow ``up`` factors)."""
+    """``np.concatenate(parts, axis=1)``: one new array, each part copied straight to its columns (a third
+    faster than concatenate on an exact merge's narrow ``up`` factors); one part is returned as it is (a view of
+    its input's memory map: written from there)."""
+    if len(parts) == 1:
+        return parts[0]
     stacked = np.empty((parts[0].shape[0], sum(p.shape[1] for p in parts)), dtype)
     column = 0
     for part in parts:
