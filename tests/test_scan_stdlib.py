@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from loraregistry.safetensors_io import encode_header, read_header
 from loraregistry.verify import bitscan, health, verify
 from tests.adapters import KNOWN_BAD_ADAPTERS, lora_tensors, write_adapter
+from tests.known_bad import KNOWN_BAD
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDENS = sorted((ROOT / "tests" / "golden").rglob("*.safetensors"))
@@ -177,6 +178,14 @@ def test_known_bad_reports_are_identical_through_both_paths(case, monkeypatch, t
     assert stdlib == numpy
 
 
+@pytest.mark.parametrize("bad", KNOWN_BAD, ids=lambda b: b.name)
+def test_known_bad_containers_report_identically_through_both_paths(bad, monkeypatch, tmp_path):
+    path = tmp_path / f"{bad.name}.safetensors"
+    path.write_bytes(bad.content)
+    stdlib, numpy = _documents(path, monkeypatch)
+    assert stdlib == numpy
+
+
 def _kohya(dtype, *, seed: int, poison: str | None = None, scale: float = 1.0) -> dict[str, np.ndarray]:
     """Every SD1 default target, rank 4: uniform downs (kaiming-like: many ties on the leading byte), normal ups."""
     tensors = lora_tensors("sd1", rank=4, small=False, seed=seed, dtype=np.float32)
@@ -250,3 +259,18 @@ def test_the_budget_hands_later_files_to_numpy(tmp_path):
     assert loaded == [False, True]
     stdlib_first, _ = _child(budget * 4, *paths)
     assert documents == stdlib_first  # the same documents whichever path scanned
+
+
+def test_a_file_shorter_than_its_header_is_left_to_numpy(tmp_path):
+    data = [("F16", (100,), bytes(200)), ("F32", (3,), bytes(12))]
+    path = _write_raw(tmp_path / "short.safetensors", data, [0, 0])
+    header = read_header(path)
+    assert set(bitscan.pass_one(path, header)) == {"t0", "t1"}
+    path.write_bytes(path.read_bytes()[:-1])  # shrunk after its header was read
+    assert bitscan.pass_one(path, header) is None
+
+
+def test_empty_tensors_only(tmp_path):
+    data = [("F16", (0,), b""), ("BF16", (0, 4), b""), ("I8", (0,), b"")]
+    stdlib, numpy, settled = _both_paths(_write_raw(tmp_path / "empty.safetensors", data, [0, 0, 0]))
+    assert stdlib == numpy and set(settled) == {"t0", "t1"}

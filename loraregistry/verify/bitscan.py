@@ -6,11 +6,12 @@
 * The leading byte of every value (``mm[start + k - 1 : end : k]``, one strided copy) holds the sign and the top
   exponent bits. With the sign cleared, the bytes of a value, leading byte first, order like ``|x|`` (the same
   IEEE property the numpy path uses on whole words).
-* The largest leading byte: a sample's maximum is a lower bound; ``translate(None, delete=...)`` drops every
-  byte below it (usually almost all), and ``max`` runs over what is left.
+* The largest leading byte: a sample's maximum is a lower bound; ``translate(table, delete=...)`` clears the
+  signs and drops every byte up to it (usually almost all), and ``max`` runs over what is left.
 * Values tied on that byte are few for most tensors: they are found with ``find`` and read whole. Where many
   tie (uniform initialisations, BF16/F32 whose leading byte is an octave), the next byte column is masked to
-  the tied values with one big-int AND and reduced the same way, column by column.
+  the tied values with one big-int AND and reduced the same way, column by column. (A Python loop never runs
+  over more than ``MAX_TIES`` values or a sample of ``_SAMPLE``.)
 * A largest magnitude at or above +Inf's bits means NaN/Inf: those tensors (and dtypes without an IEEE layout
   here) are left to the numpy path, which counts them. Tensors of a few values are read value by value.
 
@@ -41,9 +42,9 @@ _CLEAR_SIGN = bytes(b & 0x7F for b in range(256))
 
 
 def pass_one(path: str | Path, header: SafetensorsHeader) -> dict[str, Fields] | None:
-    """``name -> (nan, inf, all_zero, max_abs)`` for the tensors this path settles (IEEE dtypes without NaN/Inf);
-    the rest are for the numpy path. None where the file cannot be mapped or is shorter than its header says
-    (the numpy path then reads it and reports as it always did)."""
+    """``name -> (nan, inf, all_zero, max_abs)`` for the tensors this path settles (IEEE dtypes, without NaN/Inf
+    unless they hold at most ``SMALL_TENSOR`` values); the rest are for the numpy path. None where the file
+    cannot be mapped or is shorter than its header says (the numpy path then reads it and reports as it did)."""
     found: dict[str, Fields] = {}
     tensors = [(info, _LAYOUT[info.dtype]) for info in header.tensors.values() if info.dtype in _LAYOUT]
     if not header.data_size:  # nothing to map: every tensor is empty
