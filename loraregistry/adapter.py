@@ -7,6 +7,7 @@ from whichever conventions the file carries. Hashes are computed on first use.
 
 from __future__ import annotations
 
+import functools
 import operator
 import os
 import struct
@@ -59,44 +60,51 @@ class ModuleInfo(FrozenRecord):
         return self.alpha if self.alpha else (float(self.rank) if self.rank else None)
 
 
-def _shape(t: TensorInfo | None) -> tuple[int, ...]:
-    return t.shape if t is not None else ()
-
-
 def describe_module(module: ModuleKey, tensors: dict[str, TensorInfo], keys: dict[str, str],
                     alpha: float | None, *, alpha_unknown: bool = False) -> ModuleInfo:
     """Read rank, kind and features from the shapes of a module's factors."""
-    roles = set(tensors)
+    algo, kind, rank, fin, fout, kernel, dora = _shape_facts(tuple([(role, t.shape) for role, t in tensors.items()]))
+    return ModuleInfo(module=module, tensors=tensors, keys=keys, algo=algo, kind=kind, rank=rank, in_features=fin,
+                      out_features=fout, kernel=kernel, alpha=alpha, dora=dora, alpha_unknown=alpha_unknown)
+
+
+@functools.lru_cache(maxsize=4096)
+def _shape_facts(role_shapes: tuple[tuple[str, tuple[int, ...]], ...]
+                 ) -> tuple[str, str, int | None, int | None, int | None, tuple[int, ...] | None, bool]:
+    """(algo, kind, rank, in_features, out_features, kernel, dora) from a module's (role, shape) pairs. Kept: an
+    adapter repeats a few dozen such shape sets over hundreds of modules, and files of one base share them."""
+    shapes = dict(role_shapes)
+    roles = set(shapes)
     dora = "dora_scale" in roles
     rank = fin = fout = None
     kernel: tuple[int, ...] | None = None
     if "down" in roles or "up" in roles:
         algo = "lora"
-        down, up = _shape(tensors.get("down")), _shape(tensors.get("up"))
+        down, up = shapes.get("down", ()), shapes.get("up", ())
         rank = down[0] if down else (up[1] if len(up) > 1 else None)
         fin = down[1] if len(down) > 1 else None
         fout = up[0] if up else None
         if "mid" in roles:  # LoCon Tucker: down [r, in, 1, 1], mid [r, r, kh, kw]
-            kernel = _shape(tensors["mid"])[2:] or None
+            kernel = shapes["mid"][2:] or None
         elif len(down) == 4:
             kernel = down[2:]
     elif roles & set(_LOHA):
         algo = "loha"
-        w1a, w1b = _shape(tensors.get("hada_w1_a")), _shape(tensors.get("hada_w1_b"))
+        w1a, w1b = shapes.get("hada_w1_a", ()), shapes.get("hada_w1_b", ())
         if "hada_t1" in roles:  # Tucker: w1_a [r, out], w1_b [r, in], t1 [r, r, kh, kw]
             rank = w1a[0] if w1a else None
             fout = w1a[1] if len(w1a) > 1 else None
-            kernel = _shape(tensors["hada_t1"])[2:] or None
+            kernel = shapes["hada_t1"][2:] or None
         else:  # w1_a [out, r], w1_b [r, in (x kh x kw)]
             rank = w1a[1] if len(w1a) > 1 else None
             fout = w1a[0] if w1a else None
         fin = w1b[1] if len(w1b) > 1 else None
     elif roles & set(_LOKR):
         algo = "lokr"
-        w1 = _shape(tensors.get("lokr_w1"))
-        w1a, w1b = _shape(tensors.get("lokr_w1_a")), _shape(tensors.get("lokr_w1_b"))
-        w2 = _shape(tensors.get("lokr_w2"))
-        w2a, w2b = _shape(tensors.get("lokr_w2_a")), _shape(tensors.get("lokr_w2_b"))
+        w1 = shapes.get("lokr_w1", ())
+        w1a, w1b = shapes.get("lokr_w1_a", ()), shapes.get("lokr_w1_b", ())
+        w2 = shapes.get("lokr_w2", ())
+        w2a, w2b = shapes.get("lokr_w2_a", ()), shapes.get("lokr_w2_b", ())
         left = (w1[0], w1[1]) if len(w1) >= 2 else ((w1a[0], w1b[1]) if len(w1a) > 1 and len(w1b) > 1 else None)
         if len(w2) >= 2:
             right: tuple[int, int] | None = (w2[0], w2[1])
@@ -104,7 +112,7 @@ def describe_module(module: ModuleKey, tensors: dict[str, TensorInfo], keys: dic
         elif len(w2a) > 1 and len(w2b) > 1:
             if "lokr_t2" in roles:  # Tucker: w2_a [r, out2], w2_b [r, in2], t2 [r, r, kh, kw]
                 right = (w2a[1], w2b[1])
-                kernel = _shape(tensors["lokr_t2"])[2:] or None
+                kernel = shapes["lokr_t2"][2:] or None
             else:  # w2_a [out2, r], w2_b [r, in2 (x kh x kw)]
                 right = (w2a[0], w2b[1])
         else:
@@ -117,15 +125,13 @@ def describe_module(module: ModuleKey, tensors: dict[str, TensorInfo], keys: dic
             rank = w1a[1] if len(w1a) > 1 else None
     elif "diff" in roles:
         algo = "full"
-        d = _shape(tensors["diff"])
+        d = shapes["diff"]
         fout, fin = (d[0], d[1]) if len(d) > 1 else (None, None)
         kernel = d[2:] or None
     else:
         algo = "other"
     kind = "conv" if kernel is not None else "linear"
-    return ModuleInfo(module=module, tensors=tensors, keys=keys, algo=algo, kind=kind, rank=rank, in_features=fin,
-                      out_features=fout, kernel=tuple(kernel) if kernel else None, alpha=alpha, dora=dora,
-                      alpha_unknown=alpha_unknown)
+    return algo, kind, rank, fin, fout, tuple(kernel) if kernel else None, dora
 
 
 def _group(header: SafetensorsHeader) -> tuple[KeyMapping, dict[ModuleKey, dict[str, str]]]:
