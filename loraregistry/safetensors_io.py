@@ -27,6 +27,7 @@ import stat
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from json.decoder import scanstring
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -57,6 +58,7 @@ MAX_TENSORS = 100_000
 # room for the tensor cap and metadata; past it Python's json would build gigabytes of objects.
 MAX_JSON_VALUES = 2_000_000
 METADATA_KEY = "__metadata__"
+_OFFSETS_KEY = b'"data_offsets"'  # every tensor entry holds it once
 _CHUNK = 1 << 20
 
 # dtype -> size in bits (sub-byte float formats exist in newer safetensors releases).
@@ -257,6 +259,10 @@ def _decode_json(raw: bytes | memoryview, path: str | None) -> dict[str, Any]:
         text = str(raw, "utf-8")
     except UnicodeDecodeError as exc:
         _fail(f"header is not valid UTF-8 (byte {exc.start} of the header)", path, "the file is corrupt")
+    return _decode_json_text(text, path)
+
+
+def _decode_json_text(text: str, path: str | None) -> dict[str, Any]:
     # safetensors pads the header with spaces; anything before '{' is not allowed.
     if not text.startswith("{"):
         _fail("header does not start with a JSON object '{'", path, "the file is corrupt or not safetensors")
@@ -435,9 +441,11 @@ def parse_header(header_bytes: bytes, *, path: str | None = None, cap: int = DEF
     # Too many entries are refused before decoding, so a huge header costs one scan, not millions of Python
     # objects. ('"data_offsets"' occurs at most once per JSON string; escaped spellings of the key are
     # counted again after parsing.)
-    declared = header_bytes.count(b'"data_offsets"', 8, 8 + n)
-    if declared > MAX_TENSORS:
-        _too_many(declared, path)
+    # A header shorter than MAX_TENSORS + 1 keys cannot hold too many: the scan is skipped.
+    if n >= len(_OFFSETS_KEY) * (MAX_TENSORS + 1):
+        declared = header_bytes.count(_OFFSETS_KEY, 8, 8 + n)
+        if declared > MAX_TENSORS:
+            _too_many(declared, path)
     raw = memoryview(header_bytes)[8 : 8 + n]  # a view: no copy of a 100 MB header
     fast = _parse_well_formed(raw)
     if fast is not None:
@@ -445,13 +453,13 @@ def parse_header(header_bytes: bytes, *, path: str | None = None, cap: int = DEF
     else:
         metadata, tensors = _parse_carefully(raw, path)
     header = SafetensorsHeader(header_size=n, metadata=metadata, tensors=tensors, path=path)
-    if file_size is not None and file_size != header.total_size:
-        if file_size < header.total_size:
-            _fail(f"file is {file_size} bytes but its header describes {header.total_size} "
-                  f"(missing {header.total_size - file_size} bytes of tensor data)", path,
+    if file_size is not None and file_size != (total := header.total_size):
+        if file_size < total:
+            _fail(f"file is {file_size} bytes but its header describes {total} "
+                  f"(missing {total - file_size} bytes of tensor data)", path,
                   "the download or copy did not finish; fetch the file again", TruncatedFileError)
-        _fail(f"file is {file_size} bytes but its header describes {header.total_size} "
-              f"({file_size - header.total_size} trailing bytes no tensor accounts for)", path,
+        _fail(f"file is {file_size} bytes but its header describes {total} "
+              f"({file_size - total} trailing bytes no tensor accounts for)", path,
               "the file is corrupt or was appended to")
     return header
 
@@ -468,13 +476,21 @@ _dtype, _shape, _offsets = operator.itemgetter("dtype"), operator.itemgetter("sh
 _first, _second = operator.itemgetter(0), operator.itemgetter(1)
 
 
-_NUMBER = "(?:0|[1-9][0-9]*)"  # JSON's spelling of a non-negative integer: no sign, no leading zero
-# One entry exactly as the safetensors library (and lorareg) writes it: compact, fields in this order, a name with
-# no escape, plain non-negative integers. Split on it, a header leaves only "," between entries.
-_COMPACT_ENTRY = lazy(r'"([^"\\\x00-\x1f]*+)":\{"dtype":"([A-Z0-9_]++)",'
-                      rf'"shape":\[((?:{_NUMBER}(?:,{_NUMBER})*)?)\],"data_offsets":\[({_NUMBER}),({_NUMBER})\]\}}')
+_NUMBER = "(?:0|[1-9][0-9]*+)"  # JSON's spelling of a non-negative integer: no sign, no leading zero
+# One entry exactly as the safetensors library (and lorareg) writes it, entries joined by ",":
+#   "NAME":{"dtype":"DTYPE","shape":[DIMS],"data_offsets":[START,END]}
+# Split at '"', every entry gives ten parts: NAME, ':{', 'dtype', ':', DTYPE, ',', 'shape', ':[DIMS],',
+# 'data_offsets', ':[START,END]},' (the last one from the ',' and the '"' that open the next entry).
+_CONSTANT_PARTS = ((2, ":{"), (3, "dtype"), (4, ":"), (6, ","), (7, "shape"), (9, "data_offsets"))
+_SPELLED_DIMS = lazy(rf":\[((?:{_NUMBER}(?:,{_NUMBER})*+)?)\],")
+_SPELLED_OFFSETS = lazy(rf':\[{_NUMBER},{_NUMBER}\]\}},(?:":\[{_NUMBER},{_NUMBER}\]\}},)*+')  # '"'-joined parts
+_DIGITS = lazy("[0-9]++")
+_NEXT_OFFSETS = ']},":['  # between one entry's END and the next entry's START, the parts joined by '"'
+_ITEMSIZE = {dtype: bits // 8 for dtype, bits in DTYPE_BITS.items() if bits % 8 == 0}  # whole-byte dtypes
 _JSON_BLANKS = " \t\r\n"
 _METADATA_HEAD = '{"' + METADATA_KEY + '":'
+_METADATA_LAST = ',"' + METADATA_KEY + '":{'
+_SCANNER = json.JSONDecoder()  # no hooks: only finds where the metadata object ends; the careful reader judges it
 
 
 def _parse_well_formed(raw: memoryview) -> tuple[dict[str, str], dict[str, TensorInfo]] | None:
@@ -483,56 +499,147 @@ def _parse_well_formed(raw: memoryview) -> tuple[dict[str, str], dict[str, Tenso
         text = str(raw, "utf-8")
     except UnicodeDecodeError:
         return None
-    if not text.startswith("{") or text.count(",") >= MAX_JSON_VALUES:
+    # (a text shorter than MAX_JSON_VALUES cannot hold that many commas: the count is skipped)
+    if not text.startswith("{") or (len(text) >= MAX_JSON_VALUES and text.count(",") >= MAX_JSON_VALUES):
         return None
     compact = _parse_compact(text)
     return compact if compact is not None else _parse_bulk(text)
 
 
+def _split_compact(text: str) -> tuple[str | None, str] | None:
+    """(the metadata member as a JSON object of its own, or None; the entries) of a header whose metadata comes first,
+    last or not at all; None for any other shape. The header is exactly "{" + entries + "," + metadata member + "}"
+    (or the other way round, plus blanks), so the caller, checking both parts, checks all of it."""
+    body = text.rstrip(_JSON_BLANKS)
+    if not body.endswith("}"):
+        return None
+    if text.startswith(_METADATA_HEAD):
+        try:  # where the metadata object ends, found by json's C scanner (strings may hold any character)
+            end = _SCANNER.raw_decode(text, len(_METADATA_HEAD))[1]
+        except (ValueError, RecursionError):
+            return None
+        if text[end : end + 2] != ',"':
+            return None
+        return text[:end] + "}", body[end + 1 : -1]
+    if not text.startswith('{"'):
+        return None
+    at = body.rfind(_METADATA_LAST)
+    if at == -1:
+        return None, body[1:-1]
+    return "{" + body[at + 1 :], body[1:at]
+
+
 def _parse_compact(text: str) -> tuple[dict[str, str], dict[str, TensorInfo]] | None:
-    """A header in the compact layout, read by one regex split: no dict per entry, numbers converted per distinct
-    shape. None when any part of the text is not that layout."""
-    parts = _COMPACT_ENTRY.split(text)
-    if len(parts) < 7:
+    """A header in the compact layout (metadata first, last or absent), read by one split at '"': no regex over
+    names, no dict per entry. None when any part of the text is not that layout."""
+    split = _split_compact(text)
+    if split is None:
         return None
-    head, tail, separators = parts[0], parts[-1], parts[6:-1:6]
-    if separators.count(",") != len(separators):
-        return None
-    body_end = len(tail.rstrip(_JSON_BLANKS))
-    if head == "{" and tail[:body_end] == "}":
-        metadata_text = None
-    elif head == "{" and tail.startswith("," + _METADATA_HEAD[1:]) and tail[:body_end].endswith("}"):
-        metadata_text = "{" + tail[1 : body_end - 1] + "}"
-    elif head.startswith(_METADATA_HEAD) and head.endswith(",") and tail[:body_end] == "}":
-        metadata_text = head[:-1] + "}"
-    else:
-        return None
+    metadata_text, entries = split
     metadata: dict[str, str] = {}
     if metadata_text is not None:
         try:  # the careful reader: duplicate keys, escapes, surrogates, non-string values all refused there
-            parsed = _decode_json(memoryview(metadata_text.encode("utf-8")), None)
+            parsed = _decode_json_text(metadata_text, None)
             if list(parsed) != [METADATA_KEY]:
                 return None
             metadata = _parse_metadata(parsed[METADATA_KEY], None)
         except LoraregError:
             return None
-    names, dtypes, shapes, starts, ends = parts[1::6], parts[2::6], parts[3::6], parts[4::6], parts[5::6]
-    if len(set(names)) != len(names) or METADATA_KEY in names:
+    tensors = _compact_entries(entries)
+    return None if tensors is None else (metadata, tensors)
+
+
+def _compact_entries(entries: str) -> dict[str, TensorInfo] | None:
+    """The tensors of ``entries`` when it is exactly compact entries joined by ","; None otherwise.
+
+    Split at '"', the parts are accepted only when every constant part is in its place and every other part is
+    valid on its own (a name with no escape or control character, a known dtype, canonical numbers): the text is
+    then that layout and nothing else, whatever its names hold."""
+    if "\\" in entries:  # an escape in a name: the careful reader decodes it
         return None
+    parts = (entries + ',"').split('"')  # the last entry ends like the others
+    count = (len(parts) - 2) // 10
+    if count < 1 or len(parts) != 10 * count + 2 or parts[0] or parts[-1]:
+        return None
+    for at, constant in _CONSTANT_PARTS:
+        if parts[at::10] != [constant] * count:
+            return None
+    names, dtypes, spelled_shapes, spelled_offsets = parts[1:-1:10], parts[5::10], parts[8::10], parts[10::10]
+    try:
+        scanstring("".join(names) + '"', 0, True)  # json's own check: no control character in a name
+        shape_of: dict[str, tuple[int, ...]] = {}
+        for spelled in set(spelled_shapes):
+            dims = _SPELLED_DIMS.fullmatch(spelled)
+            if dims is None:
+                return None
+            shape_of[spelled] = tuple(map(int, dims[1].split(","))) if dims[1] else ()
+    except ValueError:  # a control character; a number past Python's digit limit
+        return None
+    numel_of = {spelled: math.prod(shape) for spelled, shape in shape_of.items()}
+    if min(numel_of.values()) == 0 or max(map(len, shape_of.values())) > _MAX_DIMENSIONS:
+        return None  # empty tensors (ties in the layout) and too many dimensions: the careful path
+    shapes = list(map(shape_of.__getitem__, spelled_shapes))
+    sizes = _byte_sizes(dtypes, spelled_shapes, numel_of)
+    tensors = None if sizes is None else _back_to_back(names, dtypes, shapes, sizes, spelled_offsets)
+    if tensors is None:
+        numels = list(map(numel_of.__getitem__, spelled_shapes))
+        tensors = _in_any_order(names, dtypes, shapes, numels, spelled_offsets)
+    if tensors is None or len(tensors) != count or METADATA_KEY in tensors:
+        return None  # a repeated name (the dict kept one) or an entry named like the metadata
+    return tensors
+
+
+def _byte_sizes(dtypes: list[str], spelled_shapes: list[str], numel_of: dict[str, int]) -> list[int] | None:
+    """Each entry's size in bytes; None when a dtype is unknown or smaller than a byte."""
+    itemsize = _ITEMSIZE.get(dtypes[0])
+    if itemsize is not None and dtypes.count(dtypes[0]) == len(dtypes):  # one dtype, the usual case: per shape
+        size_of = {spelled: numel * itemsize for spelled, numel in numel_of.items()}
+        return list(map(size_of.__getitem__, spelled_shapes))
+    try:
+        return list(map(operator.mul, map(numel_of.__getitem__, spelled_shapes), map(_ITEMSIZE.__getitem__, dtypes)))
+    except KeyError:
+        return None
+
+
+def _back_to_back(names: list[str], dtypes: list[str], shapes: list[tuple[int, ...]], sizes: list[int],
+                  spelled_offsets: list[str]) -> dict[str, TensorInfo] | None:
+    """The tensors when they are written in data order from byte 0, each starting where the one before ends (what
+    the safetensors library writes): the offsets follow from the sizes, so their spelling is only compared with the
+    text, nothing parsed. None otherwise (or when an offset is too big for the fast path)."""
+    ends = list(itertools.accumulate(sizes))
+    if ends[-1] >= _FAST_OFFSET_LIMIT:
+        return None
+    spelled_ends = list(map(repr, ends))  # a positive int's repr is its canonical JSON spelling
+    # ':[0,' E1 ']},":[' E1 ',' E2 ']},":[' E2 ',' ... Em ']},': the offset parts joined by '"'
+    expected = [_NEXT_OFFSETS] * (4 * len(ends) - 2)
+    expected[0::4], expected[2::4], expected[3::4] = spelled_ends, spelled_ends[:-1], [","] * (len(ends) - 1)
+    expected[-1] = "]},"
+    if ":[0," + "".join(expected) != '"'.join(spelled_offsets):
+        return None
+    return dict(zip(names, map(tuple.__new__, itertools.repeat(TensorInfo), zip(names, dtypes, shapes,
+                                                                               [0, *ends[:-1]], ends))))
+
+
+def _in_any_order(names: list[str], dtypes: list[str], shapes: list[tuple[int, ...]], numels: list[int],
+                  spelled_offsets: list[str]) -> dict[str, TensorInfo] | None:
+    """The tensors in data order, for entries written in another order (or with sub-byte dtypes): the offsets
+    parsed from their canonical spelling, sizes and layout checked over all entries at once."""
+    joined = '"'.join(spelled_offsets)
     try:
         bits = list(map(DTYPE_BITS.__getitem__, dtypes))
-        starts_at, ends_at = list(map(int, starts)), list(map(int, ends))
-        shape_of = {text: tuple(map(int, text.split(","))) if text else () for text in set(shapes)}
+        if _SPELLED_OFFSETS.fullmatch(joined) is None:
+            return None
+        numbers = list(map(int, _DIGITS.findall(joined)))
     except (KeyError, ValueError):  # an unknown dtype; a number past Python's digit limit
         return None
-    numel_of = {text: math.prod(shape) for text, shape in shape_of.items()}
-    if min(numel_of.values()) == 0 or max(map(len, shape_of.values())) > _MAX_DIMENSIONS \
-            or max(ends_at) >= _FAST_OFFSET_LIMIT:
-        return None  # empty tensors (ties in the layout) and huge numbers: the careful path
-    if list(map(operator.mul, map(numel_of.__getitem__, shapes), bits)) != \
-            list(map(operator.mul, map(operator.sub, ends_at, starts_at), itertools.repeat(8))):
+    starts, ends = numbers[0::2], numbers[1::2]
+    if max(ends) >= _FAST_OFFSET_LIMIT:
         return None
-    return _laid_out(names, dtypes, list(map(shape_of.__getitem__, shapes)), starts_at, ends_at, metadata)
+    if list(map(operator.mul, numels, bits)) != \
+            list(map(operator.mul, map(operator.sub, ends, starts), itertools.repeat(8))):
+        return None
+    laid_out = _laid_out(names, dtypes, shapes, starts, ends, {})
+    return None if laid_out is None else laid_out[1]
 
 
 def _laid_out(names: list[str], dtypes: list[str], shapes: list[tuple[int, ...]], starts: list[int],
@@ -641,19 +748,35 @@ def _check_regular_file(path: Path) -> os.stat_result:
     return st
 
 
+def _read_up_to(fd: int, size: int) -> bytes:
+    """``size`` bytes from the file position, fewer only at the end of the file (``os.read`` may stop short)."""
+    data = os.read(fd, size)
+    if len(data) == size or not data:
+        return data
+    chunks = [data]
+    missing = size - len(data)
+    while missing and (chunk := os.read(fd, missing)):
+        chunks.append(chunk)
+        missing -= len(chunk)
+    return b"".join(chunks)
+
+
 def read_header(path: str | os.PathLike[str], *, cap: int = DEFAULT_HEADER_CAP) -> SafetensorsHeader:
     """Read and validate only the header of a file: 8 + N bytes are read, never the data."""
     p = Path(path)
-    st = _check_regular_file(p)
-    try:
-        with p.open("rb") as f:
-            prefix = f.read(SNIFF_BYTES)  # enough to say what a non-safetensors file is
+    st = _check_regular_file(p)  # before opening: a FIFO or a device is named, never opened
+    try:  # os-level reads on one descriptor: a buffered file object costs more than the reads themselves
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            prefix = _read_up_to(fd, SNIFF_BYTES)  # enough to say what a non-safetensors file is
             n = header_length(prefix, path=str(p), file_size=st.st_size, cap=cap)
             if len(prefix) >= 8 + n:
                 raw = prefix[: 8 + n]
             else:  # one read of the whole header: no second copy of up to 100 MB
-                f.seek(0)
-                raw = f.read(8 + n)
+                os.lseek(fd, 0, os.SEEK_SET)
+                raw = _read_up_to(fd, 8 + n)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise FileAccessError(f"cannot read: {exc.strerror}", path=p) from None
     return parse_header(raw, path=str(p), cap=cap, file_size=st.st_size)
