@@ -55,3 +55,31 @@ def test_the_same_shapes_with_other_alphas_get_other_problems(tmp_path):
     ctx = Context.build(AdapterFile.open(write_adapter(tmp_path / "a.safetensors", tensors)), None)
     messages = sorted(p.message for problems in ctx.factor_problems.values() for p in problems)
     assert len(messages) == 2 and messages[0] != messages[1]
+
+
+def test_base_findings_are_each_modules_own_fit(tmp_path):
+    """check_against_base keeps one fit_problems answer per (algo, delta, spec): the findings must be those of a
+    module-by-module check. Here equal deltas meet different specs: SD1's proj_in/proj_out factors squeezed to
+    Linear shape (320 x 320, as attention's to_q) against SD1's 1x1 convs, and against SD2's Linear layers."""
+    from loraregistry.verify.base import load_base
+    from loraregistry.verify.checks.compatibility import check_against_base
+    from loraregistry.verify.shapes import fit_problems
+
+    tensors = lora_tensors("sd1", rank=4, small=False)
+    for key in [k for k in tensors if "_proj_in." in k or "_proj_out." in k]:
+        if tensors[key].ndim == 4:
+            tensors[key] = tensors[key][:, :, 0, 0]
+    adapter = AdapterFile.open(write_adapter(tmp_path / "sd1.safetensors", tensors))
+    # SD2: its Linear projections fit; its cross-attention (1024-wide context) does not fit SD1's to_k/to_v
+    for base, shown in (("sd1", {"linear-shaped-conv"}), ("sd2-512", {"shape-mismatch"})):
+        ctx = Context.build(adapter, load_base(base))
+        expected = []
+        for module, info in adapter.modules.items():
+            spec = ctx.target.lookup(module.component, module.path)
+            if spec is None:
+                expected.append(("module-not-in-base", str(module)))
+            elif ctx.deltas[module] is not None:
+                expected += [(p.name, str(module)) for p in fit_problems(info, ctx.deltas[module], spec)]
+        got = [(f.name, f.key) for f in check_against_base(ctx)]
+        assert got == expected, base
+        assert {name for name, _ in got} == shown, base

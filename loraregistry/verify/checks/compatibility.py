@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from ...architectures import ModuleSpec
 from ...canonical import ModuleKey
 from ..context import Context
 from ..findings import Finding, finding
@@ -39,6 +40,10 @@ def check_against_base(ctx: Context) -> list[Finding]:
     findings: list[Finding] = []
     outside: dict[str, list[ModuleKey]] = defaultdict(list)
     components = set(target.components)  # computed on each access: hoisted
+    # fit_problems reads the module's algo, its delta and the spec: adapters repeat a few of each. Specs are keyed by
+    # identity (a base shares one per shape; hashing one is a Python call), each kept beside its answer so that no
+    # other spec can take its id while this dict lives (a fused path's spec is a new object each lookup).
+    fitted: dict[tuple, tuple[ModuleSpec, list[Problem]]] = {}
     for module, info in ctx.adapter.modules.items():
         if module.component not in components:
             outside[module.component].append(module)
@@ -51,8 +56,10 @@ def check_against_base(ctx: Context) -> list[Finding]:
             continue
         delta = ctx.deltas.get(module)
         if delta is not None:
-            findings += [finding(p.name, p.message, key=str(module), hint=p.hint)
-                         for p in fit_problems(info, delta, spec)]
+            kept = fitted.get(signature := (info.algo, delta, id(spec)))
+            if kept is None:
+                kept = fitted[signature] = (spec, fit_problems(info, delta, spec))
+            findings += [finding(p.name, p.message, key=str(module), hint=p.hint) for p in kept[1]]
     for component, modules in sorted(outside.items()):
         findings.append(finding("component-not-in-base",
                                 f"got {len(modules)} modules for {component}, expected only "
