@@ -113,20 +113,13 @@ def analyse(store: Store, source: Path, copier: Executor | None = None) -> Analy
     return Analysis(facts, staged)
 
 
-_worker_copier: ThreadPoolExecutor | None = None  # a worker process's own copier thread (threads do not fork)
-
-
-def start_worker() -> None:
-    """A worker process's initializer: its copier thread, so that its copies and fsyncs overlap its parsing too."""
-    global _worker_copier
-    _worker_copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorareg-add")
-
-
 def analyse_in_worker(store: Store, source: Path) -> Analysis | None:
-    """``analyse`` in a worker process; None when it fails: the parent then analyses the file itself, which raises
-    the very error one ``add`` raised (exceptions do not all survive pickling)."""
+    """``analyse`` in a worker process, without a copier thread: the processes keep the cores busy, and a thread
+    that needs the GIL back after each hash call would wait out the parsing thread's switch interval each time.
+    None when it fails: the parent then analyses the file itself, which raises the very error one ``add`` raised
+    (exceptions do not all survive pickling)."""
     try:
-        return analyse(store, source, _worker_copier)
+        return analyse(store, source)
     except Exception:
         return None
 
@@ -184,7 +177,7 @@ class _Analyser:
         except ValueError:  # no fork on this platform: analyse here
             self.workers = 1
             return
-        self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=start_worker)
+        self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
 
     def _fill(self) -> None:
         assert self.pool is not None

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from ..safetensors_io import SafetensorsHeader
 
 _CHUNK = 1 << 20
+# The copy's reads: each one and each hash update hands the GIL over and back, and a copy on a thread beside a
+# parsing thread waits for the GIL each time; few large reads keep a typical adapter to one round.
+_COPY_CHUNK = 16 << 20
 BLOB_SUFFIX = ".safetensors"
 JOURNAL_SUFFIX = ".jsonl"
 BLOB_MODE = 0o444  # the store's copies are not for editing
@@ -252,7 +255,7 @@ def _clone_or_copy(source: Path, tmp: Path, update: Callable[[bytes], Any]) -> t
                 while chunk := clone.read(_CHUNK):
                     update(chunk)
             return True, os.fstat(src.fileno())
-        while chunk := src.read(_CHUNK):
+        while chunk := src.read(_COPY_CHUNK):
             update(chunk)
             dst.write(chunk)
         dst.flush()
