@@ -9,6 +9,7 @@ tests/test_import_layers.py).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -341,3 +342,46 @@ def test_print_line_meets_a_broken_pipe_as_rich_does():
         return done.returncode, done.stderr
 
     assert run("plain") == run("rich") == (1, "")
+
+
+# --- echo: click.echo's output without click -------------------------------------------------------------------
+
+ECHO_TEXTS = ["plain", "", "two\nlines", "café ünïcode ✓", "\x1b[31mred\x1b[0m and \x1b]8;;x\x07", "tab\there\r"]
+
+
+def _streams():
+    """Fresh streams of the kinds a CLI writes to: UTF-8 and Latin-1 files, an ASCII one (click re-wraps it as
+    UTF-8), a StringIO (no encoding at all)."""
+    return {"utf-8": io.TextIOWrapper(io.BytesIO(), encoding="utf-8"),
+            "latin-1": io.TextIOWrapper(io.BytesIO(), encoding="latin-1", errors="replace"),
+            "ascii": io.TextIOWrapper(io.BytesIO(), encoding="ascii"),
+            "stringio": io.StringIO()}
+
+
+def _written(stream) -> object:
+    if isinstance(stream, io.StringIO):
+        return stream.getvalue()
+    stream.flush()
+    return stream.buffer.getvalue()
+
+
+@pytest.mark.parametrize("err", [False, True])
+@pytest.mark.parametrize("nl", [True, False])
+@pytest.mark.parametrize("text", ECHO_TEXTS)
+def test_echo_writes_what_click_echo_writes(text, nl, err, monkeypatch):
+    from loraregistry.cli.output import echo
+
+    written = {}
+    for name, writer in (("ours", lambda: echo(text, err=err, nl=nl)),
+                         ("click", lambda: click.echo(text, err=err, nl=nl))):
+        streams = _streams()
+        for kind, stream in streams.items():
+            monkeypatch.setattr(sys, "stderr" if err else "stdout", stream)
+            try:
+                writer()
+                outcome = _written(stream)
+            except Exception as exc:  # the same failure both ways counts as the same
+                outcome = (type(exc), str(exc))
+            written[name, kind] = outcome
+    assert {k: v for (w, k), v in written.items() if w == "ours"} == \
+           {k: v for (w, k), v in written.items() if w == "click"}
