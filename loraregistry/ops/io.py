@@ -18,7 +18,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -324,9 +324,7 @@ def _in_memory_adapter(header, arrays: Mapping[str, np.ndarray], path: Path) -> 
             alpha = arrays[key]
             scalar = alpha.size == 1 and (alpha.dtype.kind in "fiu" or alpha.dtype.name.startswith(("bfloat", "float8")))
             value = float(alpha.reshape(-1)[0]) if scalar else None  # what AdapterFile reads from the stored bytes
-            changes = {"alpha": value, "alpha_unknown": False}
-            # ModuleInfo is becoming a record.Record (its own replace) rather than a dataclass: either works
-            adapter.modules[module] = info.replace(**changes) if hasattr(info, "replace") else replace(info, **changes)
+            adapter.modules[module] = info.replace(alpha=value, alpha_unknown=False)
     return adapter
 
 
