@@ -69,7 +69,7 @@ class FormatDetection(Record):
 
 def _claimant(key: str, component: str | None) -> tuple[str, ParsedKey] | None:
     for name, fmt in FORMATS.items():
-        parsed = fmt.parse(key, component=component)
+        parsed = fmt.claim(key, component=component)
         if parsed is not None:
             return name, parsed
     return None

@@ -38,6 +38,11 @@ class KeyFormat(ABC):
         ``component`` is a hint for keys whose spelling carries no component.
         """
 
+    def claim(self, key: str, *, component: str | None = None) -> ParsedKey | None:
+        """``parse`` for detection and mapping inside this package: the result (its ``facts`` too) may be one a
+        format keeps for every caller, so it is read, never changed. Default: ``parse``."""
+        return self.parse(key, component=component)
+
     @abstractmethod
     def emit_one(self, ckey: CanonicalKey, dialect: Mapping[str, str]) -> str:
         """The key of one canonical key; raise UsageError when the format cannot spell it."""

@@ -125,7 +125,7 @@ def _parse_text_encoder(prefix: str, flat: str) -> ParsedKey | None:
 @functools.lru_cache(maxsize=1 << 17)
 def _parse_key(key: str) -> ParsedKey | None:
     """Cached: detection and mapping both parse every key, and files of one tool share key names.
-    Callers get a copy of the facts, never the cached dict."""
+    ``parse`` gives its callers a copy of the facts; ``claim`` (detection, which only reads) the kept result."""
     m = _KEY.fullmatch(key)
     if not m:
         return None
@@ -160,6 +160,9 @@ class KohyaFormat(KeyFormat):
     def parse(self, key: str, *, component: str | None = None) -> ParsedKey | None:
         parsed = _parse_key(key)
         return None if parsed is None else ParsedKey(parsed.key, dict(parsed.facts))
+
+    def claim(self, key: str, *, component: str | None = None) -> ParsedKey | None:
+        return _parse_key(key)  # the kept result itself: detection only reads it (no copy per key)
 
     def settle(self, parsed: dict[str, ParsedKey], dialect: dict[str, str]) -> dict[str, ParsedKey]:
         te3_keys = [k for k, p in parsed.items() if p.key.component == "text_encoder_3"]
