@@ -118,6 +118,10 @@ def test_the_fast_parser_reads_a_line_as_click_does_or_leaves_it(argv, fast, pla
         assert params == _click_params(argv)
 
 
+def test_arguments_that_are_not_strings_are_left_to_click(places):
+    assert parse_verify(["verify", Path(places["FILE"])]) is None
+
+
 @pytest.mark.parametrize("target", ["nope", "diffusers,nope", ",", " "])
 def test_a_bad_target_is_the_same_error_both_ways(target, places):
     argv = ["verify", "--target", target, places["FILE"]]

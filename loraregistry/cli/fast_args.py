@@ -42,7 +42,7 @@ _BY_NAME = {name: option for option in OPTIONS for name in option.names}
 def parse_verify(argv: list[str]) -> dict[str, Any] | None:
     """The ``verify`` command's parameters for ``argv`` (``["verify", ...]``, as given to ``lorareg``), or None
     for click to decide. A bad ``--target`` raises the same error as the click option's callback."""
-    if not argv or argv[0] != "verify":
+    if not argv or argv[0] != "verify" or not all(isinstance(arg, str) for arg in argv):
         return None
     given: dict[str, Any] = {}
     paths: list[str] = []
