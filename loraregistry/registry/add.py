@@ -140,7 +140,7 @@ class _Analyser:
     def __init__(self, store: Store, sources: list[Path], jobs: int | None) -> None:
         self.store, self.sources = store, sources
         self.position = 0
-        self.copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorareg-add")
+        self.copier: ThreadPoolExecutor | None = None  # started once no more workers will fork (threads do not)
         self.pool: Executor | None = None
         self.ahead: deque[Future[Analysis | None]] = deque()
         self.submitted = 1  # the first file is analysed here: its imports load before the workers fork
@@ -155,18 +155,26 @@ class _Analyser:
             for future in self.ahead:  # analysed ahead of a failure: their copies are not wanted
                 if not future.cancelled() and future.exception() is None and (result := future.result()):
                     result.copy.discard()
-        self.copier.shutdown(wait=True)
+        if self.copier is not None:
+            self.copier.shutdown(wait=True)
 
     def next(self) -> Analysis:
         source = self.sources[self.position]
         self.position += 1
+        if self.position == 1 and self.workers > 1:
+            return analyse(self.store, source)  # no thread yet: the workers fork next
         if self.position == 2 and self.workers > 1:
             self._start_pool()
-        if self.pool is None or self.position == 1:
-            return analyse(self.store, source, self.copier)
+        if self.pool is None:
+            return analyse(self.store, source, self._copier())
         self._fill()
         result = self.ahead.popleft().result()
-        return result if result is not None else analyse(self.store, source, self.copier)
+        return result if result is not None else analyse(self.store, source, self._copier())
+
+    def _copier(self) -> ThreadPoolExecutor:
+        if self.copier is None:
+            self.copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorareg-add")
+        return self.copier
 
     def _start_pool(self) -> None:
         import multiprocessing
