@@ -151,7 +151,9 @@ def test_the_cli_adds_in_order_and_stops_at_the_first_bad_file(tmp_path, capsys)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads fd targets from /proc/self/fd")
-def test_every_blob_and_its_name_are_fsynced_before_the_commit_that_indexes_it(tmp_path, monkeypatch):
+@pytest.mark.parametrize("jobs", [1, 2], ids=["in-process", "worker-processes"])
+def test_every_blob_and_its_name_are_fsynced_before_the_commit_that_indexes_it(tmp_path, monkeypatch, jobs):
+    """In this process (the workers' own fsyncs would not be seen here: they leave them to this one)."""
     paths = make_batch(tmp_path / "files")
     events: list[tuple[str, str]] = []
     fsync = os.fsync
@@ -177,7 +179,7 @@ def test_every_blob_and_its_name_are_fsynced_before_the_commit_that_indexes_it(t
     monkeypatch.setattr(add_module, "transaction", logged_transaction)
     monkeypatch.setattr("loraregistry.atomic_write.os.fsync", logged_fsync)
     with Registry.open(tmp_path / "reg") as reg:
-        entries = reg.add_many(paths, jobs=1)
+        entries = reg.add_many(paths, jobs=jobs)
     for entry in entries:
         blob = entry.path
         rename = next(i for i, (kind, what) in enumerate(events) if kind == "rename" and what.endswith(blob))

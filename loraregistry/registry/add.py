@@ -84,17 +84,18 @@ def add_files(registry: Registry, paths: Sequence[str | os.PathLike[str]], *,
     return entries
 
 
-def analyse(store: Store, source: Path, copier: Executor | None = None) -> Analysis:
-    """Read, copy and hash one file (``copier``: a thread that writes the copy while this one parses). Raises what
-    one ``add`` of the file raised, in the same order: missing file, not an adapter, unreadable, changed."""
+def analyse(store: Store, source: Path, copier: Executor | None = None, *, sync: bool = True) -> Analysis:
+    """Read, copy and hash one file (``copier``: a thread that writes the copy while this one parses; ``sync``:
+    see ``Store.stage``). Raises what one ``add`` of the file raised, in the same order: missing file, not an
+    adapter, unreadable, changed."""
     from ..adapter import AdapterFile
     from .core import _stat, adapter_facts
 
     read_at = _stat(source)  # before the copy and the header read start: a change after it is caught
-    copying = copier.submit(store.stage, source) if copier is not None else None
+    copying = copier.submit(store.stage, source, sync=sync) if copier is not None else None
     try:
         adapter = AdapterFile.open(source)
-        staged = copying.result() if copying is not None else store.stage(source)
+        staged = copying.result() if copying is not None else store.stage(source, sync=sync)
     except BaseException:
         if copying is not None:
             _discard(copying)
@@ -114,12 +115,13 @@ def analyse(store: Store, source: Path, copier: Executor | None = None) -> Analy
 
 
 def analyse_in_worker(store: Store, source: Path) -> Analysis | None:
-    """``analyse`` in a worker process, without a copier thread: the processes keep the cores busy, and a thread
-    that needs the GIL back after each hash call would wait out the parsing thread's switch interval each time.
-    None when it fails: the parent then analyses the file itself, which raises the very error one ``add`` raised
+    """``analyse`` in a worker process, without a copier thread (the processes keep the cores busy, and a thread
+    that needs the GIL back after each hash call would wait out the parsing thread's switch interval each time)
+    and without the fsync, which the parent, mostly waiting for the workers, makes before the rename. None when
+    it fails: the parent then analyses the file itself, which raises the very error one ``add`` raised
     (exceptions do not all survive pickling)."""
     try:
-        return analyse(store, source)
+        return analyse(store, source, sync=False)
     except Exception:
         return None
 

@@ -48,6 +48,7 @@ class StagedCopy(NamedTuple):
     hashes: Any  # hashes.FileHashes of the copy's bytes
     cloned: bool  # a reflink: shares the source's blocks
     copied_from: os.stat_result  # the source's stat after the copy
+    synced: bool  # its data fsynced already (else ``place`` does it before the rename)
 
     def discard(self) -> None:
         """Remove the temp file (gone already once placed)."""
@@ -75,23 +76,24 @@ class Store:
         self.root.mkdir(parents=True, exist_ok=True)
         sweep_stale_temps(self.root)
 
-    def stage(self, source: Path) -> StagedCopy:
+    def stage(self, source: Path, *, sync: bool = True) -> StagedCopy:
         """Step 1 of storing a file (thread-safe: hashlib, zlib, blake3 and fsync release the GIL, so a thread runs
         it while the caller parses the header): the store's own copy of ``source`` under a temp name in the store's
         root (same filesystem as every blob: renames are atomic), every byte hashed on the way (one read gives the
-        copy and every hash), its data fsynced. The caller must ``discard`` it once placed or refused."""
+        copy and every hash), its data fsynced unless ``sync`` is false (a worker process leaves the wait to the
+        process that places it, idle meanwhile). The caller must ``discard`` it once placed or refused."""
         from ..hashes import StreamHasher
 
         source = source.resolve()  # copy the file itself, not a symlink to it (huggingface_hub's cache)
         tmp = temp_path(self.root / f"incoming{BLOB_SUFFIX}")
         hasher = StreamHasher()  # reads the data offset from the copy's first bytes, as hash_file does
         try:
-            cloned, copied_from = _clone_or_copy(source, tmp, hasher.update)
+            cloned, copied_from = _clone_or_copy(source, tmp, hasher.update, sync=sync)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        return StagedCopy(source, tmp, hasher.result(), cloned, copied_from)
+        return StagedCopy(source, tmp, hasher.result(), cloned, copied_from, sync)
 
     def check_copy(self, staged: StagedCopy, header: SafetensorsHeader, read_at: os.stat_result,
                    read_until: os.stat_result | None) -> None:
@@ -112,6 +114,12 @@ class Store:
         dest = self.blob_path(staged.hashes.sha256)
         if dest.exists() and self._intact_and_private(dest, staged.hashes.sha256):
             return dest
+        if not staged.synced:  # the bytes durable before the name appears: fsync covers the file, any descriptor
+            fd = os.open(staged.tmp, os.O_RDWR)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.chmod(staged.tmp, BLOB_MODE)
         try:
             os.replace(staged.tmp, dest)
@@ -239,7 +247,8 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns) == (b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns)
 
 
-def _clone_or_copy(source: Path, tmp: Path, update: Callable[[bytes], Any]) -> tuple[bool, os.stat_result]:
+def _clone_or_copy(source: Path, tmp: Path, update: Callable[[bytes], Any], *,
+                   sync: bool = True) -> tuple[bool, os.stat_result]:
     """Write the store's own copy of ``source`` to ``tmp``; ``update`` sees every byte of the copy in order, so one
     read serves the copy and the caller's hashes. Returns whether the copy is a clone (reflink) and the source's
     stat after the copy."""
@@ -250,7 +259,8 @@ def _clone_or_copy(source: Path, tmp: Path, update: Callable[[bytes], Any]) -> t
     with src, tmp.open("xb") as dst:
         if _reflink(src.fileno(), dst.fileno()):
             dst.flush()
-            os.fsync(dst.fileno())
+            if sync:
+                os.fsync(dst.fileno())
             with tmp.open("rb") as clone:  # the clone shares blocks: hash what the store now holds
                 while chunk := clone.read(_CHUNK):
                     update(chunk)
@@ -259,5 +269,6 @@ def _clone_or_copy(source: Path, tmp: Path, update: Callable[[bytes], Any]) -> t
             update(chunk)
             dst.write(chunk)
         dst.flush()
-        os.fsync(dst.fileno())
+        if sync:
+            os.fsync(dst.fileno())
         return False, os.fstat(src.fileno())
