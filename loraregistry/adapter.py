@@ -136,13 +136,9 @@ def _shape_facts(role_shapes: tuple[tuple[str, tuple[int, ...]], ...]
 
 def _group(header: SafetensorsHeader) -> tuple[KeyMapping, dict[ModuleKey, dict[str, str]]]:
     """The key mapping and, per module, role -> key (raises UnknownAdapterFormat for unreadable keys)."""
-    from .formats import to_canonical
+    from .formats import to_canonical_by_module
 
-    mapping = to_canonical(list(header.tensors))
-    by_module: dict[ModuleKey, dict[str, str]] = {}
-    for key, ck in mapping.mapped.items():
-        by_module.setdefault(ck.module, {})[ck.role] = key
-    return mapping, by_module
+    return to_canonical_by_module(header.tensors)
 
 
 def _leaf_name(path: str) -> str:

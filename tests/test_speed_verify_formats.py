@@ -31,3 +31,38 @@ def test_claim_is_parse_for_every_shipped_format():
     for fmt in FORMATS.values():
         for key in keys:
             assert fmt.claim(key) == fmt.parse(key), (fmt.name, key)
+
+
+def _grouped(mapping) -> dict:
+    grouped: dict = {}
+    for key, ck in mapping.mapped.items():
+        grouped.setdefault(ck.module, {})[ck.role] = key
+    return grouped
+
+
+def test_by_module_is_the_mapping_grouped_and_each_callers_own():
+    for keys in (list(lora_tensors("sd1")), list(lora_tensors("sdxl-base")), [*lora_tensors("sd1"), "junk"]):
+        mapping, by_module = formats.to_canonical_by_module(keys)
+        assert mapping == formats.to_canonical(keys)
+        assert list(by_module.items()) == list(_grouped(mapping).items())
+        first = next(iter(by_module))
+        by_module[first]["down"] = "changed"
+        by_module.clear()
+        mapping.mapped.clear()
+        again, regrouped = formats.to_canonical_by_module(keys)
+        assert regrouped == _grouped(again) and again == formats.to_canonical(keys) and regrouped[first]["down"] != "changed"
+
+
+def test_by_module_follows_a_mapping_made_anew(monkeypatch):
+    """Registering a format forgets the kept mappings; the grouping kept for the old one must not be served."""
+    keys = [*lora_tensors("sd1"), "SHOUT.down"]
+    _, before = formats.to_canonical_by_module(keys)
+    monkeypatch.setattr(formats, "FORMATS", dict(formats.FORMATS))
+    from tests.test_speed_verify import _Shouty
+
+    formats.register_format(_Shouty())
+    try:
+        mapping, after = formats.to_canonical_by_module(keys)
+        assert mapping.format == "mixed" and after == _grouped(mapping) and after != before
+    finally:
+        formats._detected_mapping.cache_clear()

@@ -25,7 +25,7 @@ from .xlabs import XlabsFormat
 __all__ = [
     "FORMATS", "MIXED", "UNKNOWN", "FormatDetection", "KeyFormat", "ParsedKey", "SCALE_SHIFT_SWAPPED",
     "detect_format", "from_canonical", "fused_targets", "is_fused", "network_type", "register_format",
-    "roles_by_module", "to_canonical",
+    "roles_by_module", "to_canonical", "to_canonical_by_module",
 ]
 
 MIXED = "mixed"
@@ -143,6 +143,27 @@ def to_canonical(keys: Iterable[str], *, format: str | None = None, component: s
     detected = _detected_mapping(tuple(keys), component, format)
     return KeyMapping(format=detected.format, mapped=dict(detected.mapped), unknown=list(detected.unknown),
                       dialect=dict(detected.dialect))  # a copy: callers own what they get
+
+
+def to_canonical_by_module(keys: Iterable[str]) -> tuple[KeyMapping, dict[ModuleKey, dict[str, str]]]:
+    """``to_canonical(keys)`` (the format detected) and, per module, role -> key; both the caller's own copies."""
+    keys = tuple(keys)
+    detected = _detected_mapping(keys, None, None)
+    kept = _GROUPED.get(id(detected))
+    if kept is None or kept[0] is not detected:  # grouped for another mapping, since forgotten: group again
+        grouped: dict[ModuleKey, dict[str, str]] = {}
+        for key, ck in detected.mapped.items():
+            grouped.setdefault(ck.module, {})[ck.role] = key
+        if len(_GROUPED) >= 32:
+            _GROUPED.clear()
+        kept = _GROUPED[id(detected)] = (detected, grouped)  # holding the mapping: its id stays its own
+    mapping = KeyMapping(format=detected.format, mapped=dict(detected.mapped), unknown=list(detected.unknown),
+                         dialect=dict(detected.dialect))
+    return mapping, {module: dict(roles) for module, roles in kept[1].items()}
+
+
+# id(kept mapping) -> (that mapping, its modules' role -> key): a folder of one trainer's files groups their keys once.
+_GROUPED: dict[int, tuple[KeyMapping, dict[ModuleKey, dict[str, str]]]] = {}
 
 
 @functools.lru_cache(maxsize=32)
