@@ -36,7 +36,9 @@ def _merge(a: Path, b: Path, out: Path, limit: int | None) -> subprocess.Complet
     return subprocess.run([sys.executable, "-m", "loraregistry", "merge", f"{a}:0.7", f"{b}:0.2", "-o", str(out)],
                           preexec_fn=limited if limit is not None else None, capture_output=True, text=True,
                           env={"HF_HUB_OFFLINE": "1", "LORAREG_HOME": str(out.parent / "no-registry"),
-                               "PATH": "/usr/bin:/bin"})
+                               "PATH": "/usr/bin:/bin",
+                               # a .pyc written under the limit would be cut short, and kept: never write one
+                               "PYTHONDONTWRITEBYTECODE": "1"})
 
 
 # where the write stops: within the header's room, within the data, one byte short of the whole file

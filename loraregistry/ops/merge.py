@@ -40,7 +40,7 @@ from .fused import split_foreign_fused, split_fused
 from .delta import lowrank_factors, module_scale
 from .errors import BadMergeWeight, DoraNeedsBase, MixedArchitectures, RankTooHigh, TooLossy, UnsupportedModule
 from .lowrank import factor_svd, to_float32
-from .outfile import Background
+from .background import Background
 from .progress import progress
 from .targets import base_shapes, fused_path_of, layout, peft_text_model_defaults
 

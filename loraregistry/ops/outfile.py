@@ -1,4 +1,4 @@
-"""An operation's output written once: tensors laid out, the header's room reserved, the data written there
+"""An operation's output written once: tensors laid out, room kept for the header, the data written behind it
 while a second thread hashes the same buffers (AutoV3), the header (which records that hash) put into its room,
 then the whole-file sha256 on a thread beside the fsync (and the caller's verify).
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..safetensors_io import SafetensorsHeader, encode_header, parse_header, safetensors_dtype
+from .background import Background
 
 
 @dataclass(frozen=True)
@@ -162,26 +162,3 @@ def _sha256(first: bytes, views: list[memoryview]) -> str:
     for view in views:
         digest.update(view)  # releases the GIL on all but tiny buffers
     return digest.hexdigest()
-
-
-class Background(threading.Thread):
-    """``function(*args)`` on a thread; ``result()`` waits and returns it, or raises what it raised."""
-
-    def __init__(self, function, args) -> None:
-        super().__init__(daemon=True)
-        self._function, self._args = function, args
-        self._value: Any = None
-        self._error: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self._value = self._function(*self._args)
-        except BaseException as exc:  # handed to the caller's thread by result()
-            self._error = exc
-
-    def result(self) -> Any:
-        self.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
