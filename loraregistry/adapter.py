@@ -141,6 +141,7 @@ def _group(header: SafetensorsHeader) -> tuple[KeyMapping, dict[ModuleKey, dict[
     return to_canonical_by_module(header.tensors)
 
 
+@functools.lru_cache(maxsize=1 << 14)  # every module of every file asks; files of one base share their paths
 def _leaf_name(path: str) -> str:
     """The module's own name as target lists spell it: ``to_q``, and ``to_out.0`` rather than ``0``."""
     parts = path.split(".")
