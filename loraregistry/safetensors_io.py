@@ -224,6 +224,14 @@ def _int_or_negative_zero(text: str) -> int:
     return _NegativeZero(0) if text == "-0" else int(text)
 
 
+# json.loads(text, **hooks) builds a decoder per call; these two are built once (the text starts with "{": the
+# byte-order-mark check json.loads adds cannot apply).
+_STRICT_DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_refuse_constant,
+                                   parse_float=_finite_float)
+_STRICT_NEGATIVE_ZERO_DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_refuse_constant,
+                                                 parse_float=_finite_float, parse_int=_int_or_negative_zero)
+
+
 def _surrogate_place(obj: dict[str, Any]) -> str | None:
     """Where the header holds a lone surrogate (a string that cannot be encoded as UTF-8), or None."""
 
@@ -274,9 +282,8 @@ def _decode_json_text(text: str, path: str | None) -> dict[str, Any]:
                   path, "an adapter at the 100,000-tensor cap needs under 1,000,000; the file is corrupt or hostile",
                   TooManyValuesError)
     try:
-        obj = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_refuse_constant,
-                         parse_float=_finite_float,
-                         parse_int=_int_or_negative_zero if "-0" in text and _NEGATIVE_ZERO.search(text) else None)
+        negative_zero = "-0" in text and _NEGATIVE_ZERO.search(text)
+        obj = (_STRICT_NEGATIVE_ZERO_DECODER if negative_zero else _STRICT_DECODER).decode(text)
     except _DuplicateKey as exc:
         _fail(f"key {_short(exc.key)} appears more than once in the header", path,
               "the writer is broken; re-export the file")
@@ -480,14 +487,15 @@ _NUMBER = "(?:0|[1-9][0-9]*+)"  # JSON's spelling of a non-negative integer: no 
 # One entry exactly as the safetensors library (and lorareg) writes it, entries joined by ",":
 #   "NAME":{"dtype":"DTYPE","shape":[DIMS],"data_offsets":[START,END]}
 # Split at '"', every entry gives ten parts: NAME, ':{', 'dtype', ':', DTYPE, ',', 'shape', ':[DIMS],',
-# 'data_offsets', ':[START,END]},' (the last one from the ',' and the '"' that open the next entry).
+# 'data_offsets', ':[START,END]},' (with the ',' before the next entry; the last entry's ends at '}').
 _CONSTANT_PARTS = ((2, ":{"), (3, "dtype"), (4, ":"), (6, ","), (7, "shape"), (9, "data_offsets"))
 _SPELLED_DIMS = lazy(rf":\[((?:{_NUMBER}(?:,{_NUMBER})*+)?)\],")
-_SPELLED_OFFSETS = lazy(rf':\[{_NUMBER},{_NUMBER}\]\}},(?:":\[{_NUMBER},{_NUMBER}\]\}},)*+')  # '"'-joined parts
+_SPELLED_OFFSETS = lazy(rf':\[{_NUMBER},{_NUMBER}\]\}}(?:,":\[{_NUMBER},{_NUMBER}\]\}})*+')  # '"'-joined parts
 _DIGITS = lazy("[0-9]++")
 _NEXT_OFFSETS = ']},":['  # between one entry's END and the next entry's START, the parts joined by '"'
 _ITEMSIZE = {dtype: bits // 8 for dtype, bits in DTYPE_BITS.items() if bits % 8 == 0}  # whole-byte dtypes
 _JSON_BLANKS = " \t\r\n"
+_PADDING = 64  # safetensors pads a header with under 8 blanks: the end is found in its last characters
 _METADATA_HEAD = '{"' + METADATA_KEY + '":'
 _METADATA_LAST = ',"' + METADATA_KEY + '":{'
 _SCANNER = json.JSONDecoder()  # no hooks: only finds where the metadata object ends; the careful reader judges it
@@ -510,8 +518,10 @@ def _split_compact(text: str) -> tuple[str | None, str] | None:
     """(the metadata member as a JSON object of its own, or None; the entries) of a header whose metadata comes first,
     last or not at all; None for any other shape. The header is exactly "{" + entries + "," + metadata member + "}"
     (or the other way round, plus blanks), so the caller, checking both parts, checks all of it."""
-    body = text.rstrip(_JSON_BLANKS)
-    if not body.endswith("}"):
+    last = text[-_PADDING:]  # no copy of the whole header for a few blanks
+    kept = last.rstrip(_JSON_BLANKS)
+    body_end = len(text) - len(last) + len(kept) if kept else len(text.rstrip(_JSON_BLANKS))
+    if text[body_end - 1 : body_end] != "}":
         return None
     if text.startswith(_METADATA_HEAD):
         try:  # where the metadata object ends, found by json's C scanner (strings may hold any character)
@@ -520,13 +530,13 @@ def _split_compact(text: str) -> tuple[str | None, str] | None:
             return None
         if text[end : end + 2] != ',"':
             return None
-        return text[:end] + "}", body[end + 1 : -1]
+        return text[:end] + "}", text[end + 1 : body_end - 1]
     if not text.startswith('{"'):
         return None
-    at = body.rfind(_METADATA_LAST)
+    at = text.rfind(_METADATA_LAST, 0, body_end)
     if at == -1:
-        return None, body[1:-1]
-    return "{" + body[at + 1 :], body[1:at]
+        return None, text[1 : body_end - 1]
+    return "{" + text[at + 1 : body_end], text[1:at]
 
 
 def _parse_compact(text: str) -> tuple[dict[str, str], dict[str, TensorInfo]] | None:
@@ -557,16 +567,16 @@ def _compact_entries(entries: str) -> dict[str, TensorInfo] | None:
     then that layout and nothing else, whatever its names hold."""
     if "\\" in entries:  # an escape in a name: the careful reader decodes it
         return None
-    parts = (entries + ',"').split('"')  # the last entry ends like the others
-    count = (len(parts) - 2) // 10
-    if count < 1 or len(parts) != 10 * count + 2 or parts[0] or parts[-1]:
+    parts = entries.split('"')
+    count = (len(parts) - 1) // 10
+    if count < 1 or len(parts) != 10 * count + 1 or parts[0]:
         return None
-    for at, constant in _CONSTANT_PARTS:
-        if parts[at::10] != [constant] * count:
+    for at, constant in _CONSTANT_PARTS:  # joined at '"', which no part holds: equal texts mean equal parts
+        if '"'.join(parts[at::10]) + '"' != (constant + '"') * count:
             return None
-    names, dtypes, spelled_shapes, spelled_offsets = parts[1:-1:10], parts[5::10], parts[8::10], parts[10::10]
+    names, dtypes, spelled_shapes, spelled_offsets = parts[1::10], parts[5::10], parts[8::10], parts[10::10]
     try:
-        scanstring("".join(names) + '"', 0, True)  # json's own check: no control character in a name
+        scanstring("".join(names + ['"']), 0, True)  # json's own check: no control character in a name
         shape_of: dict[str, tuple[int, ...]] = {}
         for spelled in set(spelled_shapes):
             dims = _SPELLED_DIMS.fullmatch(spelled)
@@ -610,14 +620,14 @@ def _back_to_back(names: list[str], dtypes: list[str], shapes: list[tuple[int, .
     if ends[-1] >= _FAST_OFFSET_LIMIT:
         return None
     spelled_ends = list(map(repr, ends))  # a positive int's repr is its canonical JSON spelling
-    # ':[0,' E1 ']},":[' E1 ',' E2 ']},":[' E2 ',' ... Em ']},': the offset parts joined by '"'
+    # ':[0,' E1 ']},":[' E1 ',' E2 ']},":[' E2 ',' ... Em ']}': the offset parts joined by '"'
     expected = [_NEXT_OFFSETS] * (4 * len(ends) - 2)
     expected[0::4], expected[2::4], expected[3::4] = spelled_ends, spelled_ends[:-1], [","] * (len(ends) - 1)
-    expected[-1] = "]},"
+    expected[-1] = "]}"
     if ":[0," + "".join(expected) != '"'.join(spelled_offsets):
         return None
-    return dict(zip(names, map(tuple.__new__, itertools.repeat(TensorInfo), zip(names, dtypes, shapes,
-                                                                               [0, *ends[:-1]], ends))))
+    starts = itertools.chain((0,), ends)  # one longer than the others: zip stops with them
+    return dict(zip(names, map(tuple.__new__, itertools.repeat(TensorInfo), zip(names, dtypes, shapes, starts, ends))))
 
 
 def _in_any_order(names: list[str], dtypes: list[str], shapes: list[tuple[int, ...]], numels: list[int],
@@ -735,7 +745,7 @@ def _parse_carefully(raw: memoryview, path: str | None) -> tuple[dict[str, str],
 
 def _check_regular_file(path: Path) -> os.stat_result:
     try:
-        st = path.stat()
+        st = os.stat(path)
     except FileNotFoundError:
         raise FileAccessError("no such file", path=path, hint="check the path") from None
     except OSError as exc:

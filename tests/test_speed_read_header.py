@@ -55,6 +55,9 @@ HEADERS: dict[str, str] = {
     "metadata first": "{" + ",".join([META, A, B, C]) + "}",
     "metadata last": "{" + ",".join([A, B, C, META]) + "}",
     "metadata first, padded": "{" + ",".join([META, A, B]) + "}" + " " * 7,
+    "metadata first, long padding": "{" + ",".join([META, A, B]) + "}" + " " * 100,
+    "long padding after garbage": "{" + ",".join([A, B]) + "}x" + " \n" * 50,
+    "only blanks after the opening brace": "{" + " " * 100,
     "metadata first, no closing brace": "{" + ",".join([META, A, B]),
     "metadata first, garbage for the closing brace": "{" + ",".join([META, A, B]) + "x",
     "metadata first, garbage after the closing brace": "{" + ",".join([META, A, B]) + "}x",
@@ -77,6 +80,8 @@ HEADERS: dict[str, str] = {
     "key misspelt": "{" + ",".join([A, B.replace('"dtype"', '"dtypo"')]) + "}",
     "shape key misspelt": "{" + ",".join([A, B.replace('"shape"', '"Shape"')]) + "}",
     "offsets key misspelt": "{" + ",".join([A, B.replace('"data_offsets"', '"data_offset"')]) + "}",
+    "key spelt across two entries": "{" + ",".join([A.replace('"dtype"', '"dtypedtype"'), B.replace('"dtype"', '""')])
+                                    + "}",
     "colon missing": "{" + ",".join([A, B.replace('"shape":', '"shape"')]) + "}",
     "comma for a colon": "{" + ",".join([A, B.replace('"dtype":', '"dtype",')]) + "}",
     "blank before an entry": "{" + A + ", " + B + "}",
