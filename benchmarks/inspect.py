@@ -7,8 +7,9 @@ temporary folder, then times, in this one process:
   * reference: safetensors.safe_open(framework="numpy") + metadata() + keys() for each file;
   * lorareg header: safetensors_io.read_header (validated) for each file;
   * lorareg inspect: inspection.inspect_adapter(hashes=False) (header, canonical keys, modules, metadata);
-and prints files/s and the ratios. The three are timed in turn, ``--rounds`` times, and each keeps its best round:
-a machine shared with other work slows all three alike only when they run side by side. Nothing here asserts a time.
+and prints files/s and the ratios. The three are timed in turn, ``--rounds`` times (the order turning each round),
+and each keeps its best round: on a machine shared with other work, the readers are compared at their least
+disturbed. Nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -90,7 +91,10 @@ def main() -> None:
         paths = write_files(Path(tmp), args.files, args.rank)
         for fn in readers:  # warm caches
             fn(paths[0])
-        best = [min(passes) for passes in zip(*([timed(fn, paths) for fn in readers] for _ in range(args.rounds)))]
+        best = [float("inf")] * len(readers)
+        for round_ in range(args.rounds):  # the order turns each round: no reader always follows the same one
+            for i in [(round_ + k) % len(readers) for k in range(len(readers))]:
+                best[i] = min(best[i], timed(readers[i], paths))
         t_ref, t_hdr, t_insp = best
         size = paths[0].stat().st_size
         tensors = len(read_header(paths[0]).tensors)

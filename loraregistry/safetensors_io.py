@@ -577,36 +577,65 @@ def _compact_entries(entries: str) -> dict[str, TensorInfo] | None:
     names, dtypes, spelled_shapes, spelled_offsets = parts[1::10], parts[5::10], parts[8::10], parts[10::10]
     try:
         scanstring("".join(names + ['"']), 0, True)  # json's own check: no control character in a name
-        shape_of: dict[str, tuple[int, ...]] = {}
-        for spelled in set(spelled_shapes):
-            dims = _SPELLED_DIMS.fullmatch(spelled)
-            if dims is None:
-                return None
-            shape_of[spelled] = tuple(map(int, dims[1].split(","))) if dims[1] else ()
-    except ValueError:  # a control character; a number past Python's digit limit
+    except ValueError:
         return None
-    numel_of = {spelled: math.prod(shape) for spelled, shape in shape_of.items()}
-    if min(numel_of.values()) == 0 or max(map(len, shape_of.values())) > _MAX_DIMENSIONS:
-        return None  # empty tensors (ties in the layout) and too many dimensions: the careful path
-    shapes = list(map(shape_of.__getitem__, spelled_shapes))
-    sizes = _byte_sizes(dtypes, spelled_shapes, numel_of)
+    shapes_and_numels = _shapes_and_numels(spelled_shapes)
+    if shapes_and_numels is None:
+        return None
+    shapes, numels = shapes_and_numels
+    sizes = _byte_sizes(dtypes, numels)
     tensors = None if sizes is None else _back_to_back(names, dtypes, shapes, sizes, spelled_offsets)
     if tensors is None:
-        numels = list(map(numel_of.__getitem__, spelled_shapes))
         tensors = _in_any_order(names, dtypes, shapes, numels, spelled_offsets)
     if tensors is None or len(tensors) != count or METADATA_KEY in tensors:
         return None  # a repeated name (the dict kept one) or an entry named like the metadata
     return tensors
 
 
-def _byte_sizes(dtypes: list[str], spelled_shapes: list[str], numel_of: dict[str, int]) -> list[int] | None:
+# Spelled dims -> (shape, element count) for shapes the compact reader took: the files of one model family share
+# them, and reading them is a regex and int() per shape. Only ever added to; past the cap a new pair replaces both.
+_KNOWN_SHAPES: tuple[dict[str, tuple[int, ...]], dict[str, int]] = ({}, {})
+_KNOWN_SHAPES_CAP = 4096
+
+
+def _shapes_and_numels(spelled_shapes: list[str]) -> tuple[list[tuple[int, ...]], list[int]] | None:
+    """Each entry's shape and element count; None when a shape is not for the fast path (not spelled canonically,
+    empty: ties in the layout, over 64 dimensions, a number past Python's digit limit)."""
+    global _KNOWN_SHAPES
+    shape_of, numel_of = _KNOWN_SHAPES
+    try:
+        shapes = list(map(shape_of.__getitem__, spelled_shapes))  # a known shape's count was stored before it
+    except KeyError:
+        shape_of, numel_of = {}, {}
+        try:
+            for spelled in set(spelled_shapes):
+                dims = _SPELLED_DIMS.fullmatch(spelled)
+                if dims is None:
+                    return None
+                shape = tuple(map(int, dims[1].split(","))) if dims[1] else ()
+                numel = math.prod(shape)
+                if numel == 0 or len(shape) > _MAX_DIMENSIONS:
+                    return None
+                shape_of[spelled], numel_of[spelled] = shape, numel
+        except ValueError:
+            return None
+        known_shapes, known_numels = _KNOWN_SHAPES
+        if len(known_shapes) + len(shape_of) > _KNOWN_SHAPES_CAP:
+            _KNOWN_SHAPES = ({}, {}) if len(shape_of) > _KNOWN_SHAPES_CAP else (dict(shape_of), dict(numel_of))
+        else:
+            known_numels.update(numel_of)
+            known_shapes.update(shape_of)
+        shapes = list(map(shape_of.__getitem__, spelled_shapes))
+    return shapes, list(map(numel_of.__getitem__, spelled_shapes))
+
+
+def _byte_sizes(dtypes: list[str], numels: list[int]) -> list[int] | None:
     """Each entry's size in bytes; None when a dtype is unknown or smaller than a byte."""
     itemsize = _ITEMSIZE.get(dtypes[0])
-    if itemsize is not None and dtypes.count(dtypes[0]) == len(dtypes):  # one dtype, the usual case: per shape
-        size_of = {spelled: numel * itemsize for spelled, numel in numel_of.items()}
-        return list(map(size_of.__getitem__, spelled_shapes))
+    if itemsize is not None and dtypes.count(dtypes[0]) == len(dtypes):  # one dtype, the usual case
+        return list(map(operator.mul, numels, itertools.repeat(itemsize)))
     try:
-        return list(map(operator.mul, map(numel_of.__getitem__, spelled_shapes), map(_ITEMSIZE.__getitem__, dtypes)))
+        return list(map(operator.mul, numels, map(_ITEMSIZE.__getitem__, dtypes)))
     except KeyError:
         return None
 

@@ -230,6 +230,33 @@ def test_random_headers_read_the_same_both_ways(seed, monkeypatch):
     assert taken >= 20  # the compact reader itself was exercised, not only the readers behind it
 
 
+@pytest.mark.parametrize("cap", [0, 3, 12, 4096])
+def test_the_kept_shapes_never_change_a_reading(cap, monkeypatch):
+    """Shapes read before are kept for the next header (up to a cap, then replaced): with none kept, a few, or
+    all, every random header reads as the careful reader reads it, the first time and again (its shapes known)."""
+    monkeypatch.setattr(io, "_KNOWN_SHAPES_CAP", cap)
+    monkeypatch.setattr(io, "_KNOWN_SHAPES", ({}, {}))
+    rng = random.Random(cap)
+    for case in range(150):
+        text = _random_header(rng)
+        if case % 3:
+            text = _break(text, rng)
+        for _ in range(2):
+            fast, careful = _both_ways(text, monkeypatch)
+            assert fast == careful, (case, text)
+    assert len(io._KNOWN_SHAPES[0]) <= max(cap, 0) and len(io._KNOWN_SHAPES[0]) == len(io._KNOWN_SHAPES[1])
+
+
+def test_a_kept_shape_does_not_vouch_for_a_new_one(monkeypatch):
+    monkeypatch.setattr(io, "_KNOWN_SHAPES", ({}, {}))
+    good = "{" + ",".join([A, B]) + "}"
+    assert io._parse_compact(good) is not None and ":[2,3]," in io._KNOWN_SHAPES[0]
+    for dims in ("[01]", "[0]", "[" + ",".join(["1"] * 65) + "]", "[1.0]", "[ 4]"):
+        text = "{" + ",".join([A, B.replace("[4]", dims)]) + "}"
+        fast, careful = _both_ways(text, monkeypatch)
+        assert fast == careful and io._parse_compact(text) is None, dims
+
+
 # --- the file reads ---------------------------------------------------------------------------------------------------
 
 
