@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import os
 from collections import Counter
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from .adapter import AdapterFile
 
 INSPECT_SCHEMA_VERSION = 1
+_DTYPE = operator.attrgetter("dtype")
 
 
 def _counts(values) -> dict[str, int]:
@@ -33,7 +35,7 @@ def inspect_adapter(path: str | os.PathLike[str], *, hashes: bool = True) -> dic
         "algorithms": _counts(m.algo for m in modules),
         "ranks": _counts(m.rank for m in modules if m.rank is not None),
         "alphas": _counts(f"{m.alpha:g}" for m in modules if m.alpha is not None),
-        "dtypes": _counts(t.dtype for t in adapter.header.tensors.values()),
+        "dtypes": _counts(map(_DTYPE, adapter.header.tensors.values())),  # thousands of tensors: no generator
         "tensor_count": len(adapter.header.tensors),
         "unknown_keys": list(adapter.unknown_keys),
         "file_size": adapter.file_size,
