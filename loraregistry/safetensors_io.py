@@ -460,7 +460,9 @@ def parse_header(header_bytes: bytes, *, path: str | None = None, cap: int = DEF
     else:
         metadata, tensors = _parse_carefully(raw, path)
     header = SafetensorsHeader(header_size=n, metadata=metadata, tensors=tensors, path=path)
-    if file_size is not None and file_size != (total := header.total_size):
+    # header.total_size without its max over every entry: the tensors tile the data in order, the last one ends it
+    last = next(reversed(tensors.values()), None)
+    if file_size is not None and file_size != (total := header.data_offset + (last.end if last else 0)):
         if file_size < total:
             _fail(f"file is {file_size} bytes but its header describes {total} "
                   f"(missing {total - file_size} bytes of tensor data)", path,
