@@ -494,7 +494,7 @@ _CONSTANT_PARTS = ((2, ":{"), (3, "dtype"), (4, ":"), (6, ","), (7, "shape"), (9
 _SPELLED_DIMS = lazy(rf":\[((?:{_NUMBER}(?:,{_NUMBER})*+)?)\],")
 _SPELLED_OFFSETS = lazy(rf':\[{_NUMBER},{_NUMBER}\]\}}(?:,":\[{_NUMBER},{_NUMBER}\]\}})*+')  # '"'-joined parts
 _DIGITS = lazy("[0-9]++")
-_NEXT_OFFSETS = ']},":['  # between one entry's END and the next entry's START, the parts joined by '"'
+_TO_DTYPE, _TO_SHAPE, _TO_OFFSETS, _ENTRY_END = '":{"dtype":"', '","shape"', '"data_offsets":[', ']},"'
 _ITEMSIZE = {dtype: bits // 8 for dtype, bits in DTYPE_BITS.items() if bits % 8 == 0}  # whole-byte dtypes
 _JSON_BLANKS = " \t\r\n"
 _PADDING = 64  # safetensors pads a header with under 8 blanks: the end is found in its last characters
@@ -566,16 +566,14 @@ def _compact_entries(entries: str) -> dict[str, TensorInfo] | None:
 
     Split at '"', the parts are accepted only when every constant part is in its place and every other part is
     valid on its own (a name with no escape or control character, a known dtype, canonical numbers): the text is
-    then that layout and nothing else, whatever its names hold."""
+    then that layout and nothing else, whatever its names hold. (For entries back to back, the check of the
+    constant parts is the text rebuilt from the others.)"""
     if "\\" in entries:  # an escape in a name: the careful reader decodes it
         return None
     parts = entries.split('"')
     count = (len(parts) - 1) // 10
     if count < 1 or len(parts) != 10 * count + 1 or parts[0]:
         return None
-    for at, constant in _CONSTANT_PARTS:  # joined at '"', which no part holds: equal texts mean equal parts
-        if '"'.join(parts[at::10]) + '"' != (constant + '"') * count:
-            return None
     names, dtypes, spelled_shapes, spelled_offsets = parts[1::10], parts[5::10], parts[8::10], parts[10::10]
     try:
         scanstring("".join(names + ['"']), 0, True)  # json's own check: no control character in a name
@@ -586,8 +584,11 @@ def _compact_entries(entries: str) -> dict[str, TensorInfo] | None:
         return None
     shapes, numels = shapes_and_numels
     sizes = _byte_sizes(dtypes, numels)
-    tensors = None if sizes is None else _back_to_back(names, dtypes, shapes, sizes, spelled_offsets)
+    tensors = None if sizes is None else _back_to_back(entries, names, dtypes, spelled_shapes, shapes, sizes)
     if tensors is None:
+        for at, constant in _CONSTANT_PARTS:  # joined at '"', which no part holds: equal texts mean equal parts
+            if '"'.join(parts[at::10]) + '"' != (constant + '"') * count:
+                return None
         tensors = _in_any_order(names, dtypes, shapes, numels, spelled_offsets)
     if tensors is None or len(tensors) != count or METADATA_KEY in tensors:
         return None  # a repeated name (the dict kept one) or an entry named like the metadata
@@ -642,20 +643,24 @@ def _byte_sizes(dtypes: list[str], numels: list[int]) -> list[int] | None:
         return None
 
 
-def _back_to_back(names: list[str], dtypes: list[str], shapes: list[tuple[int, ...]], sizes: list[int],
-                  spelled_offsets: list[str]) -> dict[str, TensorInfo] | None:
+def _back_to_back(entries: str, names: list[str], dtypes: list[str], spelled_shapes: list[str],
+                  shapes: list[tuple[int, ...]], sizes: list[int]) -> dict[str, TensorInfo] | None:
     """The tensors when they are written in data order from byte 0, each starting where the one before ends (what
-    the safetensors library writes): the offsets follow from the sizes, so their spelling is only compared with the
-    text, nothing parsed. None otherwise (or when an offset is too big for the fast path)."""
+    the safetensors library writes): the offsets follow from the sizes, and the entries are rebuilt from names,
+    dtypes, shapes and those offsets, exactly as the library writes them, then compared with the text: nothing
+    parsed, every constant part checked. None otherwise (or when an offset is too big for the fast path)."""
     ends = list(itertools.accumulate(sizes))
     if ends[-1] >= _FAST_OFFSET_LIMIT:
         return None
     spelled_ends = list(map(repr, ends))  # a positive int's repr is its canonical JSON spelling
-    # ':[0,' E1 ']},":[' E1 ',' E2 ']},":[' E2 ',' ... Em ']}': the offset parts joined by '"'
-    expected = [_NEXT_OFFSETS] * (4 * len(ends) - 2)
-    expected[0::4], expected[2::4], expected[3::4] = spelled_ends, spelled_ends[:-1], [","] * (len(ends) - 1)
-    expected[-1] = "]}"
-    if ":[0," + "".join(expected) != '"'.join(spelled_offsets):
+    count = len(ends)
+    rebuilt = [_ENTRY_END] * (10 * count + 1)  # '"' NAME '":{"dtype":"' DTYPE '","shape"' ':[DIMS],'
+    rebuilt[0] = '"'  #                         '"data_offsets":[' START ',' END ']},"' (the last: ']}')
+    rebuilt[1::10], rebuilt[3::10], rebuilt[5::10] = names, dtypes, spelled_shapes
+    rebuilt[2::10], rebuilt[4::10], rebuilt[6::10] = [_TO_DTYPE] * count, [_TO_SHAPE] * count, [_TO_OFFSETS] * count
+    rebuilt[7::10], rebuilt[8::10], rebuilt[9::10] = ["0", *spelled_ends[:-1]], [","] * count, spelled_ends
+    rebuilt[-1] = "]}"
+    if "".join(rebuilt) != entries:
         return None
     starts = itertools.chain((0,), ends)  # one longer than the others: zip stops with them
     return dict(zip(names, map(tuple.__new__, itertools.repeat(TensorInfo), zip(names, dtypes, shapes, starts, ends))))
@@ -804,7 +809,7 @@ def _read_up_to(fd: int, size: int) -> bytes:
 
 def read_header(path: str | os.PathLike[str], *, cap: int = DEFAULT_HEADER_CAP) -> SafetensorsHeader:
     """Read and validate only the header of a file: 8 + N bytes are read, never the data."""
-    p = Path(path)
+    p = path if isinstance(path, Path) else Path(path)
     st = _check_regular_file(p)  # before opening: a FIFO or a device is named, never opened
     try:  # os-level reads on one descriptor: a buffered file object costs more than the reads themselves
         fd = os.open(p, os.O_RDONLY)
