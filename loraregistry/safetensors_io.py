@@ -475,10 +475,11 @@ def parse_header(header_bytes: bytes, *, path: str | None = None, cap: int = DEF
 
 # --- the fast path: a well-formed header, checked in bulk ---------------------------------------------------
 # Most headers are what the safetensors library writes: string metadata, entries of exactly dtype / shape /
-# data_offsets with plain non-negative integers, non-empty tensors laid out back to back. For those, Python's json
-# without hooks (its C scanner throughout) and checks that run over all entries at once (map over C functions,
-# list comparisons) replace a Python call per entry. Anything else, or any doubt, goes to the careful path, which
-# gives the verdict and the message: the fast path never rejects, it only accepts what the careful path accepts.
+# data_offsets with plain non-negative integers, non-empty tensors laid out back to back. Those are read by splitting
+# the text once at '"' (``_parse_compact``); other layouts by Python's json without hooks (``_parse_bulk``); both
+# check all entries at once (map over C functions, joins, list comparisons) instead of a Python call per entry.
+# Anything else, or any doubt, goes to the careful path, which gives the verdict and the message: the fast path
+# never rejects, it only accepts what the careful path accepts, and reads it the same.
 
 _new_info = functools.partial(tuple.__new__, TensorInfo)  # a TensorInfo from a 5-tuple, built in C
 _dtype, _shape, _offsets = operator.itemgetter("dtype"), operator.itemgetter("shape"), operator.itemgetter("data_offsets")
