@@ -1,6 +1,6 @@
 """Header-level inspect throughput: lorareg against safetensors.safe_open, measured in the same run.
 
-    .venv/bin/python benchmarks/inspect.py [--files 200] [--rank 16] [--rounds 5]
+    .venv/bin/python benchmarks/inspect.py [--files 200] [--rank 16] [--rounds 20]
 
 Writes N SD1-shaped kohya adapters (every default UNet attention/ff module plus the text encoder) to a
 temporary folder, then times, in this one process:
@@ -84,7 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=200)
     parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=5, help="each reader's best of this many passes over the files")
+    parser.add_argument("--rounds", type=int, default=20, help="each reader's best of this many passes over the files")
     args = parser.parse_args()
     readers = (reference, read_header, lambda p: inspect_adapter(p, hashes=False))
     with tempfile.TemporaryDirectory() as tmp:
