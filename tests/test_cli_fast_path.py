@@ -229,6 +229,23 @@ def test_a_run_ends_alike_with_and_without_click(argv, files, tmp_path, capsys, 
     assert "Traceback" not in fast[2] and "internal error" not in fast[2]
 
 
+@pytest.mark.parametrize("argv", [["verify", "--json", "good"], ["verify", "missing"]])
+def test_a_fast_run_leaves_the_collector_as_it_found_it(argv, files, tmp_path, capsys):
+    import gc
+
+    before = gc.get_threshold()
+    seen = []
+    real = gc.set_threshold
+    try:
+        gc.set_threshold = lambda *t: seen.append(t) or real(*t)  # the run raises it while it works
+        main(_argv(argv, files, tmp_path / "j.xml"))
+    finally:
+        gc.set_threshold = real
+    capsys.readouterr()
+    assert seen and seen[0][0] > before[0]
+    assert gc.get_threshold() == before
+
+
 @pytest.mark.parametrize("interrupt", [KeyboardInterrupt, EOFError])
 def test_an_interrupt_ends_alike(interrupt, files, tmp_path, capsys, monkeypatch):
     import loraregistry.cli.verify_run as verify_run
