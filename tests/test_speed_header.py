@@ -1,6 +1,6 @@
 """The fast header readers accept exactly what the careful reader accepts, with the same result.
 
-``parse_header`` first tries ``_parse_compact`` (the layout the safetensors library writes, one regex split) and
+``parse_header`` first tries ``_parse_compact`` (the layout the safetensors library writes, split once at '"') and
 ``_parse_bulk`` (any layout: json without hooks, checks over all entries at once); either may only say "not sure",
 never reject. Each header below is read both ways: the same metadata and tensors in the same order, or the same
 error and message from the careful path.
