@@ -256,8 +256,9 @@ def write_op_output(path: str | os.PathLike[str], tensors: Mapping[CanonicalKey,
     One write, one hash of each kind (``outfile``): the record is built from the tensors in memory while a
     second thread hashes their bytes (AutoV3); the file is written once, the data first behind the header's room
     (a hash has one length whatever its value), then the header that records the hash; the whole-file sha256 is
-    taken from memory on a thread during the fsync and verify, which reads the written file (header, alphas, the
-    value scan) but is told the tensor hash instead of re-hashing.
+    taken from memory on a thread during the fsync and verify. Verify starts from the header and modules in memory
+    (``written_verify``: the file's header and alphas are not read and parsed again), scans the values from the
+    written file, and is told the tensor hash instead of re-hashing.
     """
     from ..atomic_write import new_temp_path
     from ..hashes import known_tensor_sha256
@@ -266,6 +267,7 @@ def write_op_output(path: str | os.PathLike[str], tensors: Mapping[CanonicalKey,
     from ..verify import verify
     from ..writer import adapter_layout
     from .outfile import Layout, OutputFile
+    from .written_verify import final_header, verify_written
 
     out = check_output_path(path, inputs)
     temp = new_temp_path(out)  # not *.safetensors: a killed run's leftover is no adapter, and is swept
@@ -276,6 +278,8 @@ def write_op_output(path: str | os.PathLike[str], tensors: Mapping[CanonicalKey,
             output = OutputFile(layout)  # hashing the data from here on
             try:
                 encoded, parsed = layout.header(extra, path=temp)
+                final = extra
+                draft = _draft_or_none(parsed, layout.arrays, temp) if metadata is None else None
                 if metadata is not None:
                     draft = _in_memory_adapter(parsed, layout.arrays, temp)
                     record = metadata.model_copy(update={"network": _network_info(draft)})
@@ -289,10 +293,14 @@ def write_op_output(path: str | os.PathLike[str], tensors: Mapping[CanonicalKey,
                 output.write_data(temp, len(encoded))
                 data_sha256 = output.data_sha256()
                 if metadata is not None:
-                    encoded = layout.encoded_header(with_hash(data_sha256))
+                    final = with_hash(data_sha256)
+                    encoded = layout.encoded_header(final)
                 output.finish(encoded)  # the whole-file sha256 and the fsync run while verify reads the file
                 with known_tensor_sha256(temp, parsed.data_offset, data_sha256):
-                    report = verify(temp, base=base)
+                    if draft is None:  # keys in no known format: verify says so its own way
+                        report = verify(temp, base=base)
+                    else:  # the header and modules from memory; the values scanned from the file
+                        report = verify_written(temp, final_header(parsed, final), draft, base=base)
                 sha256 = output.sha256()
             finally:
                 output.close()
@@ -326,6 +334,16 @@ def _in_memory_adapter(header, arrays: Mapping[str, np.ndarray], path: Path) -> 
             value = float(alpha.reshape(-1)[0]) if scalar else None  # what AdapterFile reads from the stored bytes
             adapter.modules[module] = info.replace(alpha=value, alpha_unknown=False)
     return adapter
+
+
+def _draft_or_none(header, arrays: Mapping[str, np.ndarray], path: Path) -> AdapterFile | None:
+    """``_in_memory_adapter``, or None for keys in no known format (verify then reads the file and reports them)."""
+    from ..errors import UnknownAdapterFormat
+
+    try:
+        return _in_memory_adapter(header, arrays, path)
+    except UnknownAdapterFormat:
+        return None
 
 
 def _fsync_folder(folder: Path) -> None:
