@@ -32,11 +32,10 @@ from .db import connect, sqlite_errors, transaction
 from .entry import BLOB_GONE, BLOB_IN_PLACE, Entry, Origin, Verdict
 from .errors import AmbiguousEntry, BlobIntegrityError, EntryNotFound, RegistryNotWritable
 from .civitai_bases import finer_base
-from .paths import default_root
+from .paths import DB_NAME, default_root
 from ..hashes import file_sha256
 from .store import BLOB_CHANGED, BLOB_MISSING, BLOB_OK, Store, hash_blob
 
-DB_NAME = "registry.db"
 RATINGS = ("general", "mature", "adult")
 _SHA_PREFIX = re.compile(r"[0-9a-f]{4,64}")  # shorter prefixes match too much to be useful
 
@@ -368,7 +367,7 @@ class Registry:
         else:
             path = self.store.blob_location(row["sha256"])
             blob = self.store.blob_state(row["sha256"], row["size"], row["blob_mtime_ns"])
-        return Entry(
+        return Entry.from_index(
             sha256=row["sha256"], path=path, file_name=row["file_name"],
             size=row["size"], added_at=row["added_at"], name=row["name"], description=row["description"],
             architecture=row["architecture"], format=row["format"], network_type=row["network_type"],

@@ -39,6 +39,10 @@ CREATE TABLE IF NOT EXISTS entries (
     blob_mtime_ns INTEGER         -- the stored file's mtime when stored: the cheap integrity check
 );
 CREATE INDEX IF NOT EXISTS entries_architecture ON entries (architecture);
+-- search's order (newest first, then sha256): a listing, or one architecture's, reads an index in order instead
+-- of sorting every matching row with all its JSON columns (~4 ms of a 1,000-entry listing)
+CREATE INDEX IF NOT EXISTS entries_added_at ON entries (added_at DESC, sha256);
+CREATE INDEX IF NOT EXISTS entries_architecture_added_at ON entries (architecture, added_at DESC, sha256);
 CREATE TABLE IF NOT EXISTS origins (
     sha256 TEXT NOT NULL REFERENCES entries (sha256) ON DELETE CASCADE,
     kind TEXT NOT NULL,
