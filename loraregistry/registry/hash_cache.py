@@ -24,8 +24,7 @@ import os
 import re
 from pathlib import Path
 
-from .core import DB_NAME
-from .paths import default_root
+from .paths import DB_NAME, default_root  # not .core: every op looks up here, and .core is the whole registry
 
 BUSY_TIMEOUT_S = 0.2  # a cache must not make an operation wait: past this, hash instead (lookup) or skip (remember)
 

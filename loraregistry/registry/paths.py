@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 ENV_HOME = "LORAREG_HOME"
+DB_NAME = "registry.db"  # the index, in the registry root
 
 
 def default_root() -> Path:
