@@ -370,7 +370,7 @@ import loraregistry.cli, loraregistry.ops.merge, loraregistry.verify, loraregist
 import loraregistry.writer, loraregistry.registry.hash_cache, loraregistry.verify.checks.tensors
 from loraregistry.schema import AdapterMetadata, Parent  # the record's models load on first use
 from loraregistry import adapter, verify, writer
-from loraregistry.ops import io, merge, outfile
+from loraregistry.ops import io, merge, outfile, written_verify
 from loraregistry.registry import hash_cache
 seconds["imports"] = time.perf_counter() - started
 steps = [
@@ -385,7 +385,7 @@ steps = [
         (outfile.OutputFile, "write_data", "  write the data (its AutoV3 on a thread meanwhile)"),
         (outfile.OutputFile, "data_sha256", "  then wait for the AutoV3"),
         (os, "fsync", "  fsync (the file on a thread, then the folder)"),
-        (verify, "verify", "  verify the output (the whole-file sha256 and fsync on threads meanwhile)"),
+        (written_verify, "verify_written", "  verify the output (the whole-file sha256 and fsync on threads meanwhile)"),
         (outfile.OutputFile, "sha256", "  then wait for the whole-file sha256 and fsync"),
         (hash_cache, "remember", "  remember in the hash cache")]
 for owner, name, label in steps:
