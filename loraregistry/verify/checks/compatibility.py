@@ -44,22 +44,29 @@ def check_against_base(ctx: Context) -> list[Finding]:
     # identity (a base shares one per shape; hashing one is a Python call), each kept beside its answer so that no
     # other spec can take its id while this dict lives (a fused path's spec is a new object each lookup).
     fitted: dict[tuple, tuple[ModuleSpec, list[Problem]]] = {}
+    tables = {component: target.table(component) for component in components}
+    deltas = ctx.deltas
     for module, info in ctx.adapter.modules.items():
-        if module.component not in components:
+        table = tables.get(module.component)
+        if table is None:
             outside[module.component].append(module)
             continue
-        spec = target.lookup(module.component, module.path)  # the exact path first
+        # The exact path in the table (a dict lookup, nearly every module), else lookup's other spellings.
+        spec = table.get(module.path)
+        if spec is None:
+            spec = target.lookup(module.component, module.path)
         if spec is None:
             findings.append(finding("module-not-in-base", f"got module '{module}', which {label} does not have",
                                     key=str(module), hint="the adapter was made for another base model, or its "
                                                           "key names are misspelled"))
             continue
-        delta = ctx.deltas.get(module)
+        delta = deltas.get(module)
         if delta is not None:
             kept = fitted.get(signature := (info.algo, delta, id(spec)))
             if kept is None:
                 kept = fitted[signature] = (spec, fit_problems(info, delta, spec))
-            findings += [finding(p.name, p.message, key=str(module), hint=p.hint) for p in kept[1]]
+            if kept[1]:
+                findings += [finding(p.name, p.message, key=str(module), hint=p.hint) for p in kept[1]]
     for component, modules in sorted(outside.items()):
         findings.append(finding("component-not-in-base",
                                 f"got {len(modules)} modules for {component}, expected only "
