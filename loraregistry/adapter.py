@@ -159,7 +159,8 @@ def _leaf_name(path: str) -> str:
 def _is_spatial_conv(info: ModuleInfo) -> bool:
     """A convolution with a kernel wider than 1x1: what kohya's conv_dim and LyCORIS' conv_dim apply to. Both
     give 1x1 convs (SD1's proj_in/proj_out) the Linear rank, so those count as Linear in the rank facts."""
-    return info.kind == "conv" and info.kernel is not None and any(size != 1 for size in info.kernel)
+    kernel = info.kernel
+    return info.kind == "conv" and kernel is not None and kernel.count(1) != len(kernel)  # some size is not 1
 
 
 def _most_common(values: list) -> object | None:
@@ -250,7 +251,8 @@ class AdapterFile(Record):
     def network_type(self) -> str:
         from .formats import network_type
 
-        return network_type({m: set(info.tensors) for m, info in self.modules.items()})
+        # a module's tensors by role: network_type reads only their roles (no set built per module)
+        return network_type({m: info.tensors for m, info in self.modules.items()})
 
     @cached_property
     def module_alphas(self) -> dict[ModuleKey, float]:
@@ -267,18 +269,28 @@ class AdapterFile(Record):
     @cached_property
     def facts(self) -> WeightFacts:
         alphas = self.module_alphas
-        spatial = {m.module for m in self.modules.values() if _is_spatial_conv(m)}
-        linear = [m for m in self.modules.values() if m.module not in spatial]
-        conv = [m for m in self.modules.values() if m.module in spatial]
-        rank = _most_common([m.rank for m in linear])
-        alpha = _most_common([alphas.get(m.module) for m in linear])
-        conv_rank = _most_common([m.rank for m in conv])
-        conv_alpha = _most_common([alphas.get(m.module) for m in conv])
-        rank_pattern = {str(m.module): m.rank for m in self.modules.values()
-                        if m.rank is not None and m.rank != (conv_rank if m.module in spatial else rank)}
-        alpha_pattern = {str(m.module): alphas[m.module] for m in self.modules.values()
-                         if m.module in alphas and alphas[m.module] != (conv_alpha if m.module in spatial else alpha)}
-        targets = tuple(sorted({_leaf_name(m.module.path) for m in self.modules.values()}))
+        infos = list(self.modules.values())
+        spatial = {m.module for m in infos if _is_spatial_conv(m)}
+        # one pass over the modules (hundreds): the values per kind, in module order (ties go to the first seen)
+        linear_ranks, linear_alphas, conv_ranks, conv_alphas = [], [], [], []
+        in_spatial = []
+        for m in infos:
+            module = m.module
+            if module in spatial:
+                in_spatial.append(True)
+                conv_ranks.append(m.rank)
+                conv_alphas.append(alphas.get(module))
+            else:
+                in_spatial.append(False)
+                linear_ranks.append(m.rank)
+                linear_alphas.append(alphas.get(module))
+        rank, alpha = _most_common(linear_ranks), _most_common(linear_alphas)
+        conv_rank, conv_alpha = _most_common(conv_ranks), _most_common(conv_alphas)
+        rank_pattern = {str(m.module): m.rank for m, conv in zip(infos, in_spatial)
+                        if m.rank is not None and m.rank != (conv_rank if conv else rank)}
+        alpha_pattern = {str(m.module): alphas[m.module] for m, conv in zip(infos, in_spatial)
+                         if m.module in alphas and alphas[m.module] != (conv_alpha if conv else alpha)}
+        targets = tuple(sorted({_leaf_name(m.module.path) for m in infos}))
         return WeightFacts(
             format=self.format, network_type=self.network_type, components=self.components,
             module_count=len(self.modules), rank=rank, alpha=alpha, conv_rank=conv_rank, conv_alpha=conv_alpha,

@@ -55,6 +55,18 @@ def _plain_open(path: Path):
     return header, mapping, modules, os.stat(path).st_size
 
 
+def _plain_network_type(modules: dict) -> str:
+    from loraregistry.formats.lycoris import _CONV_LEAVES, FULL_ROLES, LOHA_ROLES, LOKR_ROLES
+
+    roles = set().union(*(set(info.tensors) for info in modules.values()))
+    for name, present in (("dora", "dora_scale" in roles), ("loha", roles & LOHA_ROLES), ("lokr", roles & LOKR_ROLES),
+                          ("full", roles & FULL_ROLES), ("locon", "mid" in roles)):
+        if present:
+            return name
+    convs = [m for m in modules if m.component == "unet" and m.path.split(".")[-1] in _CONV_LEAVES]
+    return "locon" if convs else "lora"
+
+
 def _plain_facts(adapter: AdapterFile) -> WeightFacts:
     def most_common(values):
         values = [v for v in values if v is not None]
@@ -72,7 +84,7 @@ def _plain_facts(adapter: AdapterFile) -> WeightFacts:
         parts = m.module.path.split(".")
         leaves.add(".".join(parts[-2:]) if parts[-1].isdigit() and len(parts) > 1 else parts[-1])
     return WeightFacts(
-        format=adapter.mapping.format, network_type=adapter.network_type,
+        format=adapter.mapping.format, network_type=_plain_network_type(adapter.modules),
         components=tuple(sorted({m.module.component for m in mods})), module_count=len(mods), rank=rank, alpha=alpha,
         conv_rank=conv_rank, conv_alpha=conv_alpha,
         rank_pattern={str(m.module): m.rank for m in mods
@@ -94,7 +106,7 @@ def _plain_inspect(path: Path) -> dict:
     mods = list(modules.values())
     return {
         "schema_version": INSPECT_SCHEMA_VERSION, "path": str(path), "format": mapping.format,
-        "dialect": dict(mapping.dialect), "network_type": adapter.network_type,
+        "dialect": dict(mapping.dialect), "network_type": _plain_network_type(modules),
         "components": _counts(m.module.component for m in mods), "module_count": len(mods),
         "conv_module_count": sum(m.kind == "conv" for m in mods), "algorithms": _counts(m.algo for m in mods),
         "ranks": _counts(m.rank for m in mods if m.rank is not None),
@@ -126,6 +138,7 @@ def _open_fields(path: Path):
                      list(vars(i)))
                     for m, i in adapter.modules.items()],
         "facts": repr(adapter.facts), "module_alphas": repr(adapter.module_alphas),
+        "network_type": adapter.network_type,
     }
 
 
@@ -139,6 +152,7 @@ def _plain_fields(path: Path):
                      list(vars(i)))
                     for m, i in modules.items()],
         "facts": repr(_plain_facts(adapter)), "module_alphas": repr(adapter.module_alphas),
+        "network_type": _plain_network_type(modules),
     }
 
 

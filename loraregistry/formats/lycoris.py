@@ -71,5 +71,6 @@ def network_type(
         convs = set(conv_modules)
         has_conv = any(module in convs for module in roles_by_module)
     else:
-        has_conv = any(m.component == "unet" and is_conv_module(m.path) for m in roles_by_module)
+        has_conv = any(m.component == "unet" and m.path.rsplit(".", 1)[-1] in _CONV_LEAVES  # is_conv_module, inline
+                       for m in roles_by_module)
     return "locon" if has_conv else "lora"
