@@ -96,3 +96,26 @@ def test_a_forced_bad_output_reports_what_a_from_disk_verify_finds(tmp_path):
     assert result.output.forced and not result.output.report.ok
     assert result.output.report == verify(out)
     assert any(f.severity == "error" for f in result.output.report.findings)
+
+
+def test_an_output_without_a_record_reports_what_a_from_disk_verify_finds(parents, tmp_path):  # noqa: F811
+    from loraregistry.adapter import AdapterFile
+    from loraregistry.ops.io import load_canonical, write_op_output
+
+    out = tmp_path / "plain.safetensors"
+    written = write_op_output(out, load_canonical(AdapterFile.open(parents["a16"])), format="kohya",
+                              header={"ss_note": "kept"})
+    assert written.report == verify(out)
+
+
+@pytest.mark.parametrize("operation", ["convert to peft", "convert to diffusers", "resize to rank 2"])
+def test_other_operations_report_what_a_from_disk_verify_finds(operation, parents, tmp_path):  # noqa: F811
+    from loraregistry.ops.convert import convert
+    from loraregistry.ops.resize import ResizeSettings, resize
+
+    out = tmp_path / "out.safetensors"
+    if operation.startswith("convert"):
+        result = convert(parents["bbf"], out, to=operation.split()[-1])
+    else:
+        result = resize(parents["bbf"], out, ResizeSettings(rank=2))
+    assert result.output.report == verify(out)
