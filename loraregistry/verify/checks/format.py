@@ -61,7 +61,7 @@ def check_keys(ctx: Context) -> list[Finding]:
                                 "cannot load (it refuses the whole file); ComfyUI and A1111 load them",
                                 hint="for diffusers, load it with LyCORIS, or bake it into the base model"))
     unchecked = [str(k) for k, problems in ctx.factor_problems.items()
-                 if any(p.name == "unchecked-algorithm" for p in problems)]
+                 if problems and any(p.name == "unchecked-algorithm" for p in problems)]  # most have none
     if unchecked:
         findings.append(finding("unchecked-algorithm", f"got {len(unchecked)} modules of an algorithm verify does "
                                 f"not check: {_examples(unchecked)}", key=unchecked[0],
