@@ -104,6 +104,7 @@ def _child(fn, items, per_job: int, read_jobs: int, write_results: int) -> None:
     try:
         _write_all(write_results, _pickled([(i, _sendable(outcome))
                                             for i, outcome in _draw(fn, items, per_job, read_jobs)]))
+        os.close(write_results)  # the parent reads its end now, not once this process's memory is torn down
         code = 0
     finally:  # whatever happened (an interrupt included), leave without running the parent's code
         os._exit(code)
