@@ -17,6 +17,18 @@ def _counts(values) -> dict[str, int]:
     return {str(k): v for k, v in sorted(Counter(values).items(), key=lambda kv: (-kv[1], str(kv[0])))}
 
 
+def _alpha_counts(modules) -> dict[str, int]:
+    """``_counts`` of each stored alpha as ``f"{alpha:g}"``, formatting each distinct value once (hundreds of modules
+    share a few alphas). A zero is formatted module by module: 0.0 and -0.0 count as one value but print apart."""
+    by_value = Counter(m.alpha for m in modules if m.alpha is not None)
+    if 0.0 in by_value:
+        return _counts(f"{m.alpha:g}" for m in modules if m.alpha is not None)
+    spelled: Counter[str] = Counter()
+    for value, count in by_value.items():  # values that print alike (1e-7 apart, NaNs) add up as before
+        spelled[f"{value:g}"] += count
+    return {k: v for k, v in sorted(spelled.items(), key=lambda kv: (-kv[1], kv[0]))}
+
+
 def inspect_adapter(path: str | os.PathLike[str], *, hashes: bool = True) -> dict[str, Any]:
     """Everything ``lorareg inspect`` reports for one file. Reads the header, alpha scalars and (for
     hashes) the bytes once; never loads tensors into memory, never imports torch."""
@@ -34,7 +46,7 @@ def inspect_adapter(path: str | os.PathLike[str], *, hashes: bool = True) -> dic
         "conv_module_count": sum(1 for m in modules if m.kind == "conv"),
         "algorithms": _counts(m.algo for m in modules),
         "ranks": _counts(m.rank for m in modules if m.rank is not None),
-        "alphas": _counts(f"{m.alpha:g}" for m in modules if m.alpha is not None),
+        "alphas": _alpha_counts(modules),
         "dtypes": _counts(map(_DTYPE, adapter.header.tensors.values())),  # thousands of tensors: no generator
         "tensor_count": len(adapter.header.tensors),
         "unknown_keys": list(adapter.unknown_keys),

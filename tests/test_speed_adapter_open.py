@@ -251,3 +251,24 @@ def _plain_with(header, path: Path):
                 info = header.tensors[roles["alpha"]]
                 f.seek(header.data_offset + info.start)
                 _scalar(f.read(info.nbytes), info.dtype)
+
+
+class _Alpha:
+    def __init__(self, alpha):
+        self.alpha = alpha
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("alphas", [
+    [], [None, None], [8.0, 8.0, 4.0, None, 4.0, 4.0], [0.0, -0.0, 1.0], [-0.0, 0.0, 0.0], [NAN, NAN, 1.0],
+    [1.0, 1.0000001, 1.0000001, 2.0], [float("inf"), -float("inf"), 1e-300, 1e300], [0.1 + 0.2, 0.3, 0.3],
+    [NAN, -NAN, float("-nan")], [3.0, 2.0, 3.0, 2.0, 1.0],
+], ids=repr)
+def test_alpha_counts_are_each_modules_alpha_formatted_and_counted(alphas):
+    from loraregistry.inspection import _alpha_counts
+
+    modules = [_Alpha(a) for a in alphas]
+    assert list(_alpha_counts(modules).items()) == list(_counts(f"{m.alpha:g}" for m in modules
+                                                                if m.alpha is not None).items())
