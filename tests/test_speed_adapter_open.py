@@ -272,3 +272,19 @@ def test_alpha_counts_are_each_modules_alpha_formatted_and_counted(alphas):
     modules = [_Alpha(a) for a in alphas]
     assert list(_alpha_counts(modules).items()) == list(_counts(f"{m.alpha:g}" for m in modules
                                                                 if m.alpha is not None).items())
+
+
+@pytest.mark.parametrize("path", GOLDENS, ids=lambda p: p.name)
+def test_from_header_modules_are_built_as_by_their_init(path):
+    """describe_module fills a ModuleInfo's fields directly: the same values, in the same order, as __init__ sets."""
+    header = read_header(path)
+    adapter = AdapterFile.from_header(header, path=path)
+    _, by_module = formats.to_canonical_by_module(header.tensors)
+    assert list(adapter.modules) == sorted(by_module)
+    for module, info in adapter.modules.items():
+        roles = by_module[module]
+        tensors = {role: header.tensors[key] for role, key in roles.items()}
+        algo, kind, rank, fin, fout, kernel, dora = _shape_facts.__wrapped__(
+            tuple((role, t.shape) for role, t in tensors.items()))
+        plain = ModuleInfo(module, tensors, roles, algo, kind, rank, fin, fout, kernel, None, dora, "alpha" in roles)
+        assert info == plain and list(vars(info).items()) == list(vars(plain).items()) and repr(info) == repr(plain)
