@@ -2,7 +2,8 @@
 
 (a) lorareg's own process freezes the collector's objects before it exits (the interpreter's last full collection
 skipped), an in-process ``main([...])`` never does, and the process's output and exit code are those of an
-in-process run.
+in-process run; (b) a tensor scan over many files imports numpy before the fork only where the processes would
+outrun their standard-library budgets.
 """
 
 from __future__ import annotations
@@ -53,3 +54,29 @@ def test_an_in_process_main_leaves_the_collector_as_it_was(adapter, capsys):
     main(["verify", "--no-tensors", "--json", str(adapter)])
     capsys.readouterr()
     assert gc.get_freeze_count() == before
+
+
+# (b) A scan over many files imports numpy once, before the fork, when the processes together would scan more than
+# their standard-library budget (health.STDLIB_SCAN_BYTES each); the fields are the same either way (test_scan_stdlib).
+@pytest.mark.parametrize(("sizes", "processes", "expected"), [
+    ([50, 50], 1, False),  # exactly the budget: still the standard library
+    ([50, 51], 1, True),
+    ([60, 60], 2, False),  # two processes, two budgets
+    ([150, 60], 2, True),
+    ([150, None, 60], 2, True),  # a missing file counts nothing (its error is reported per file)
+    ([150, None], 2, False),
+    ([], 4, False),
+])
+def test_numpy_is_imported_before_the_fork_only_past_every_process_budget(sizes, processes, expected, tmp_path,
+                                                                         monkeypatch):
+    from loraregistry.cli.verify_run import _scans_past_stdlib_budget
+    from loraregistry.verify import health
+
+    monkeypatch.setattr(health, "STDLIB_SCAN_BYTES", 100)
+    files = []
+    for i, size in enumerate(sizes):
+        path = tmp_path / f"f{i}.safetensors"
+        if size is not None:
+            path.write_bytes(bytes(size))
+        files.append(str(path))
+    assert _scans_past_stdlib_budget(files, processes) is expected

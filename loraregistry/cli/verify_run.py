@@ -86,11 +86,32 @@ def verify_many(files: list[str], base: str | None, tensors: bool, targets, stri
         return [verify_one(spec, base, tensors, targets, strict=strict) for spec in files]
     from .fork_map import fork_map
 
+    if tensors and _scans_past_stdlib_budget(local, workers):
+        # Every process would scan its first files on the standard library, then import numpy for the rest:
+        # imported here once, the copies inherit it (one import instead of one per process; same findings).
+        import numpy  # noqa: F401
     # The first file runs here: it loads the fingerprints, key indexes and imports that the forked copies
     # then inherit instead of each building them again.
     first = verify_one(files[0], base, tensors, targets, strict=strict)
     return [first, *fork_map(lambda spec: verify_one(spec, base, tensors, targets, strict=strict), files[1:],
                              workers)]
+
+
+def _scans_past_stdlib_budget(files: list[str], processes: int) -> bool:
+    """Whether these files hold more bytes than ``processes`` processes scan without numpy (verify/health.py's
+    budget per process)."""
+    from ..verify.health import STDLIB_SCAN_BYTES
+
+    budget = STDLIB_SCAN_BYTES * processes
+    total = 0
+    for spec in files:
+        try:
+            total += os.stat(spec).st_size
+        except OSError:  # verify_one reports it
+            continue
+        if total > budget:
+            return True
+    return False
 
 
 def _render(reports, strict: bool) -> None:
