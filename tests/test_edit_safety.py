@@ -292,6 +292,11 @@ def test_convert_writes_through_a_lorareg_temp_name_and_sweeps_leftovers(tmp_pat
         return real_verify(path, **kwargs)
 
     monkeypatch.setattr(verify_module, "verify", spy)
+    import loraregistry.ops.written_verify as written_verify  # the output's verify from what the writer holds
+
+    real_written = written_verify.verify_written
+    monkeypatch.setattr(written_verify, "verify_written", lambda path, *a, **k: verified.append(Path(path).name)
+                        or real_written(path, *a, **k))
     source = make_kohya(tmp_path / "in.safetensors")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
