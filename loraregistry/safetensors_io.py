@@ -26,7 +26,6 @@ import os
 import stat
 import struct
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from json.decoder import scanstring
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -44,6 +43,7 @@ from .errors import (
     TruncatedFileError,
 )
 from .lazy_re import lazy
+from .record import FrozenRecord
 from .sniff import SNIFF_BYTES, sniff
 
 # The atomic writer lives in atomic_write.py; imported here so existing callers keep working.
@@ -94,14 +94,17 @@ class TensorInfo(NamedTuple):
 _END = operator.itemgetter(4)  # TensorInfo.end, read in C
 
 
-@dataclass(frozen=True)
-class SafetensorsHeader:
+class SafetensorsHeader(FrozenRecord):
     """A validated header. ``tensors`` is ordered by data offset."""
 
     header_size: int
     metadata: dict[str, str]
     tensors: dict[str, TensorInfo]
-    path: str | None = None
+    path: str | None
+
+    def __init__(self, header_size: int, metadata: dict[str, str], tensors: dict[str, TensorInfo],
+                 path: str | None = None) -> None:
+        self._set(header_size=header_size, metadata=metadata, tensors=tensors, path=path)
 
     @property
     def data_offset(self) -> int:

@@ -26,11 +26,13 @@ report = verify(sys.argv[1], tensors=False)
 print(json.dumps({"ok": report.ok, "architecture": report.detected_architecture, "modules": sorted(sys.modules)}))
 """
 # gzip: the fingerprint index is decompressed with zlib; heapq: Counter.most_common imports it, the rank/alpha facts
-# use max(); pkgutil: consumer discovery, which runs only for --target.
-_NOT_FOR_HEADER_VERIFY = ("gzip", "heapq", "pkgutil")
-# The verify path's own value classes (safetensors_io and schema are other modules' business).
+# use max(); pkgutil: consumer discovery, which runs only for --target; dataclasses (and the inspect, ast and dis it
+# imports): value classes are record.Record.
+_NOT_FOR_HEADER_VERIFY = ("gzip", "heapq", "pkgutil", "dataclasses", "inspect", "ast", "dis")
+# The verify path's own value classes, and the header's and the metadata import's.
 _RECORD_MODULES = ("loraregistry.adapter", "loraregistry.canonical", "loraregistry.architectures",
-                   "loraregistry.formats", "loraregistry.verify")
+                   "loraregistry.formats", "loraregistry.verify", "loraregistry.safetensors_io",
+                   "loraregistry.schema._foreign", "loraregistry.schema.resolve")
 _NOT_ON_THE_HEADER_PATH = ("loraregistry.verify.base", "loraregistry.verify.health", "loraregistry.verify.bitscan",
                            "loraregistry.verify.output_models", "loraregistry.verify.outputs")
 

@@ -23,7 +23,8 @@ from loraregistry.verify.report import Report
 def _record_classes() -> list[type]:
     for info in pkgutil.walk_packages(loraregistry.__path__, "loraregistry."):
         if info.name.startswith(("loraregistry.verify", "loraregistry.formats", "loraregistry.architectures")) or \
-                info.name in ("loraregistry.adapter", "loraregistry.canonical"):
+                info.name in ("loraregistry.adapter", "loraregistry.canonical", "loraregistry.safetensors_io",
+                              "loraregistry.schema._foreign", "loraregistry.schema.resolve"):
             importlib.import_module(info.name)
     found, todo = [], [Record]
     while todo:
@@ -41,7 +42,8 @@ def test_the_header_path_records_are_found():
     names = {cls.__name__ for cls in RECORDS}
     assert {"ModuleInfo", "AdapterFile", "ModuleSpec", "Architecture", "KeyMapping", "WeightFacts", "ParsedKey",
             "FormatDetection", "Fit", "Declaration", "Detection", "CodeInfo", "Finding", "Report", "Context",
-            "Verdict", "Verified", "Consumer"} <= names
+            "Verdict", "Verified", "Consumer", "SafetensorsHeader", "Found", "Findings", "ImportedMetadata",
+            "LightImport"} <= names
 
 
 @pytest.mark.parametrize("cls", RECORDS, ids=lambda cls: f"{cls.__module__}.{cls.__qualname__}")

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any
+
+from ..record import FrozenRecord, Record
 
 # Values that mean "not set" in the wild: str(None) from kohya, "Dynamic" from resize_lora (rank varies).
 NULL_STRINGS = frozenset({"", "none", "null", "nan", "dynamic", "undefined"})
@@ -99,21 +100,27 @@ def single_learning_rate(value: Any) -> Any:
 # --- what one source says about the canonical record --------------------------------------------
 
 
-@dataclass(frozen=True)
-class Found:
+class Found(FrozenRecord):
     """A value for one field of AdapterMetadata and the header key(s) it came from."""
 
     value: Any
     key: str
 
+    def __init__(self, value: Any, key: str) -> None:
+        self._set(value=value, key=key)
 
-@dataclass
-class Findings:
+
+class Findings(Record):
     """The fields one source declares (dotted AdapterMetadata paths) plus the warnings reading it gave."""
 
     source: str
-    values: dict[str, Found] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
+    values: dict[str, Found]
+    warnings: list[str]
+
+    def __init__(self, source: str, values: dict[str, Found] | None = None, warnings: list[str] | None = None) -> None:
+        self.source = source
+        self.values = {} if values is None else values
+        self.warnings = [] if warnings is None else warnings
 
     def put(self, path: str, value: Any, key: str) -> None:
         if value is None or value == [] or value == {}:

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..architectures.ids import ARCHITECTURES, resolve
 from ..canonical import NETWORK_TYPES, WeightFacts
 from ..errors import MetadataError
+from ..record import Record
 from . import kohya, modelspec
 from ._foreign import Findings, Found, short
 from .diffusers_meta import KEY as DIFFUSERS_KEY
@@ -47,15 +47,22 @@ _WEIGHTS = "weights"
 _UNORDERED = {"network.components", "network.target_modules"}
 
 
-@dataclass
-class ImportedMetadata:
+class ImportedMetadata(Record):
     """The record a header's metadata amounts to, and how it was assembled."""
 
     metadata: AdapterMetadata
     sources: dict[str, dict[str, str]]  # 'lorareg' / 'modelspec' / 'kohya' / 'diffusers' / 'other' -> raw keys
-    inferred: list[str] = field(default_factory=list)  # fields whose value came from the weights
-    warnings: list[str] = field(default_factory=list)
-    origins: dict[str, str] = field(default_factory=dict)  # field path -> header key it came from, or 'weights'
+    inferred: list[str]  # fields whose value came from the weights
+    warnings: list[str]
+    origins: dict[str, str]  # field path -> header key it came from, or 'weights'
+
+    def __init__(self, metadata: AdapterMetadata, sources: dict[str, dict[str, str]], inferred: list[str] | None = None,
+                 warnings: list[str] | None = None, origins: dict[str, str] | None = None) -> None:
+        self.metadata = metadata
+        self.sources = sources
+        self.inferred = [] if inferred is None else inferred
+        self.warnings = [] if warnings is None else warnings
+        self.origins = {} if origins is None else origins
 
 
 def split_sources(header: Mapping[str, str]) -> dict[str, dict[str, str]]:
@@ -97,13 +104,16 @@ def import_metadata(header_metadata: Mapping[str, str], *, facts: WeightFacts | 
     )
 
 
-@dataclass
-class LightImport:
+class LightImport(Record):
     """What ``import_metadata`` would give for a header whose merged fields need no judging: the warnings and the
     field values (dotted path -> value, as the record would hold them), without building the record."""
 
     values: dict[str, Any]
     warnings: list[str]
+
+    def __init__(self, values: dict[str, Any], warnings: list[str]) -> None:
+        self.values = values
+        self.warnings = warnings
 
 
 def import_light(header_metadata: Mapping[str, str], *, facts: WeightFacts | None = None) -> LightImport | None:
