@@ -14,7 +14,6 @@ left to ``verify`` itself: those outputs go the old way, so their report is the 
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
 
 from ..adapter import AdapterFile
@@ -24,7 +23,7 @@ from ..safetensors_io import SafetensorsHeader
 def final_header(parsed: SafetensorsHeader, metadata: dict[str, str] | None) -> SafetensorsHeader:
     """``parsed`` (the header parsed with a stand-in hash) with the metadata the file holds: ``encode_header``
     writes ``metadata`` sorted by key, and a JSON string reads back as the string it was."""
-    return replace(parsed, metadata=dict(sorted(metadata.items())) if metadata else {})
+    return parsed.replace(metadata=dict(sorted(metadata.items())) if metadata else {})
 
 
 def verify_written(path: Path, header: SafetensorsHeader, draft: AdapterFile, *, base: str | None):
