@@ -70,6 +70,9 @@ DTYPE_BITS: dict[str, int] = {
     "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
 }
 FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64", "F8_E5M2", "F8_E4M3", "F8_E8M0"})
+# +Inf's bits in the IEEE floats read on their bits: the exponent all ones (a magnitude above it is NaN). The scan's
+# two passes and the ops' value check share it.
+INF_BITS: dict[str, int] = {"F16": 0x7C00, "BF16": 0x7F80, "F32": 0x7F80_0000, "F64": 0x7FF0_0000_0000_0000}
 
 
 class TensorInfo(NamedTuple):

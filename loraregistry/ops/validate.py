@@ -18,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..alphas import algorithm
+from ..safetensors_io import INF_BITS
 from .errors import MalformedModule
 
 # The largest delta any supported base has is Flux's MLP, 3072 x 12288 (38M entries); SD convs 1280*1280*9.
@@ -167,7 +168,7 @@ def _full(roles) -> Geometry:
 _GEOMETRY = {"lora": _lora, "loha": _loha, "lokr": _lokr, "full": _full}
 
 
-EXPONENT_MASKS = {"float16": 0x7C00, "bfloat16": 0x7F80}  # an all-ones exponent: infinity or NaN
+EXPONENT_MASKS = {"float16": INF_BITS["F16"], "bfloat16": INF_BITS["BF16"]}  # an all-ones exponent: infinity or NaN
 
 
 def _finite(a: np.ndarray) -> bool:

@@ -28,13 +28,13 @@ from functools import lru_cache
 from itertools import islice
 from pathlib import Path
 
-from ..safetensors_io import SafetensorsHeader
+from ..safetensors_io import INF_BITS, SafetensorsHeader
 
 Fields = tuple[int, int, bool, float]  # nan, inf, all_zero, max_abs: TensorStats' pass-one fields
 
 # dtype -> (bytes per value, struct code of the word, +Inf's magnitude bits, struct code of the float or None)
-_LAYOUT = {"F16": (2, "H", 0x7C00, "e"), "BF16": (2, "H", 0x7F80, None),
-           "F32": (4, "I", 0x7F80_0000, "f"), "F64": (8, "Q", 0x7FF0_0000_0000_0000, "d")}
+_LAYOUT = {"F16": (2, "H", INF_BITS["F16"], "e"), "BF16": (2, "H", INF_BITS["BF16"], None),
+           "F32": (4, "I", INF_BITS["F32"], "f"), "F64": (8, "Q", INF_BITS["F64"], "d")}
 SMALL_TENSOR = 64  # values read one by one (alphas, tiny factors): cheaper than the byte passes
 MAX_TIES = 64  # tied values read one by one; more are narrowed down with big-int masks
 _SAMPLE = 256  # values in the sample that bounds a column's maximum (larger: a tighter bound, fewer bytes kept)

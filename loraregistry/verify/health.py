@@ -33,7 +33,7 @@ from pathlib import Path
 from ..adapter import ModuleInfo
 from ..canonical import ModuleKey
 from ..errors import InvalidSafetensorsError
-from ..safetensors_io import SafetensorsHeader, TensorInfo, numpy_dtype
+from ..safetensors_io import INF_BITS, SafetensorsHeader, TensorInfo, numpy_dtype
 from . import bitscan
 from .shapes import NOT_FACTORS
 
@@ -59,8 +59,8 @@ _ROWS_GRAM = frozenset({"up", "lokr_w1_a", "lokr_w2_a"})  # factor [n, r]: accum
 _COLS_GRAM = frozenset({"down", "lokr_w1_b", "lokr_w2_b"})  # factor [r, n]: accumulate F F^T over column chunks
 
 # IEEE layouts read on their bits: (unsigned view, magnitude mask = all but the sign, +Inf = exponent all ones).
-_BITS = {"F16": ("<u2", 0x7FFF, 0x7C00), "BF16": ("<u2", 0x7FFF, 0x7F80),
-         "F32": ("<u4", 0x7FFF_FFFF, 0x7F80_0000), "F64": ("<u8", 0x7FFF_FFFF_FFFF_FFFF, 0x7FF0_0000_0000_0000)}
+_BITS = {"F16": ("<u2", 0x7FFF, INF_BITS["F16"]), "BF16": ("<u2", 0x7FFF, INF_BITS["BF16"]),
+         "F32": ("<u4", 0x7FFF_FFFF, INF_BITS["F32"]), "F64": ("<u8", 0x7FFF_FFFF_FFFF_FFFF, INF_BITS["F64"])}
 
 
 def _never() -> None:
